@@ -1,0 +1,24 @@
+"""gated-vpt: gated visual prompt tuning (Yoo et al., ICML 2023) as a peft method for transformers' ViT family.
+
+Importing the package registers the method with peft, so ``peft.get_peft_model(model, GatedPromptConfig(...))``
+and ``PeftModel.from_pretrained(base, adapter_dir)`` work.
+"""
+
+from .backbones import BACKBONES, supported_model_types
+from .config import GatedPromptConfig
+from .heads import init_classifier_
+from .layer import GatedPromptBlock
+from .model import GatedPromptModel
+from .registration import register
+
+register()
+
+__all__ = [
+    "BACKBONES",
+    "GatedPromptBlock",
+    "GatedPromptConfig",
+    "GatedPromptModel",
+    "init_classifier_",
+    "supported_model_types",
+]
+__version__ = "0.1.0"

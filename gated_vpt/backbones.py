@@ -1,0 +1,113 @@
+"""The per-backbone table: everything that differs between the supported transformers models.
+
+Each entry says where the encoder blocks hang (the attribute path below the base model; transformers moved the
+blocks from ``encoder.layer`` to ``layers`` in 5.9, so both are tried), where the query projection sits in a
+block, how many special tokens precede the patches, which head pooling the paper uses for that family, and
+whether the embeddings shuffle patches (ViTMAE) and so need a fixed order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+from torch import nn
+
+BLOCK_CONTAINERS = ("layers", "encoder.layer")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How gated prompts reach one model family."""
+
+    special_tokens: Callable[[object], int]
+    pooling: Literal["cls", "mean"] = "cls"
+    query: str = "attention.q_proj"
+    fixed_patch_order: bool = False
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "vit": BackboneSpec(special_tokens=lambda config: 1),
+    "vit_mae": BackboneSpec(special_tokens=lambda config: 1, pooling="mean", fixed_patch_order=True),
+    "vit_msn": BackboneSpec(special_tokens=lambda config: 1),
+    "deit": BackboneSpec(special_tokens=lambda config: 2),
+    "dinov2": BackboneSpec(special_tokens=lambda config: 1),
+    "dinov2_with_registers": BackboneSpec(special_tokens=lambda config: 1 + config.num_register_tokens),
+}
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A supported model, resolved: its spec plus the located blocks."""
+
+    model_type: str
+    spec: BackboneSpec
+    encoder: nn.Module
+    block_names: tuple[str, ...]
+    num_special_tokens: int
+    hidden_size: int
+    patch_size: tuple[int, int]
+    num_channels: int
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.block_names)
+
+    def signature(self) -> dict:
+        """What an adapter records about the backbone it was made for."""
+        return {
+            "model_type": self.model_type,
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_blocks,
+            "num_special_tokens": self.num_special_tokens,
+        }
+
+
+def supported_model_types() -> list[str]:
+    return sorted(BACKBONES)
+
+
+def resolve_backbone(model: nn.Module) -> Backbone:
+    """Find the encoder blocks of ``model`` (a transformers ViT-family model, possibly with a task head).
+
+    Raises ``ValueError`` naming the supported model types when the model is not one of them.
+    """
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in BACKBONES:
+        raise ValueError(
+            f"gated_vpt does not support {type(model).__name__} (model_type={model_type!r}). Supported model types: "
+            f"{', '.join(supported_model_types())} (e.g. ViTModel, ViTForImageClassification, ViTMAEModel, DeiTModel, "
+            "Dinov2Model, Dinov2WithRegistersModel, ViTMSNModel and their image-classification heads)."
+        )
+    spec = BACKBONES[model_type]
+    encoder = getattr(model, "base_model", model)
+    for container in BLOCK_CONTAINERS:
+        blocks = encoder.get_submodule(container) if _has_submodule(encoder, container) else None
+        if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
+            break
+    else:
+        raise ValueError(
+            f"Could not find the encoder blocks of {type(model).__name__} (looked for {' and '.join(BLOCK_CONTAINERS)} "
+            "below the base model). This transformers version may have moved them; please report it."
+        )
+    names = {id(module): name for name, module in model.named_modules()}
+    patch = config.patch_size
+    return Backbone(
+        model_type=model_type,
+        spec=spec,
+        encoder=encoder,
+        block_names=tuple(names[id(block)] for block in blocks),
+        num_special_tokens=spec.special_tokens(config),
+        hidden_size=config.hidden_size,
+        patch_size=tuple(patch) if isinstance(patch, (tuple, list)) else (patch, patch),
+        num_channels=config.num_channels,
+    )
+
+
+def _has_submodule(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True

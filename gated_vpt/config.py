@@ -1,0 +1,119 @@
+"""Configuration of gated visual prompt tuning (Yoo et al., ICML 2023)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+from peft.config import PeftConfig
+
+from .registration import METHOD_NAME, _extend_peft_type
+
+PromptMode = Literal["shallow", "deep"]
+HeadPooling = Literal["auto", "cls", "mean"]
+
+
+@dataclass
+class GatedPromptConfig(PeftConfig):
+    """Configuration of a gated prompt adapter for a transformers ViT-family backbone.
+
+    The defaults are the paper's method: shallow prompts, one learned gate per block (logits start at
+    ``-gate_init``) and one learnable attention temperature per block. The baselines are other settings of the
+    same class: VPT-shallow is ``gated=False, learnable_temperature=False`` and VPT-deep is
+    ``prompt_mode="deep"`` (no gates, no temperature, as in the paper).
+
+    Example:
+
+    ```py
+    >>> import gated_vpt
+    >>> from peft import get_peft_model
+    >>> from transformers import ViTConfig, ViTForImageClassification
+    >>> base = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4,
+    ...     num_attention_heads=2, intermediate_size=64, num_labels=3))
+    >>> model = get_peft_model(base, gated_vpt.GatedPromptConfig(num_prompt_tokens=4, gate_init=5.0))
+    >>> model.print_trainable_parameters()  # prompts, 3 gate logits, 4 temperatures and the classifier
+    ```
+    """
+
+    num_prompt_tokens: int = field(default=5, metadata={"help": "Number of learnable prompt tokens P (per block in deep mode)."})
+    prompt_mode: PromptMode = field(
+        default="shallow",
+        metadata={"help": "'shallow': one prompt set enters at `prompt_start_block` and is carried through the blocks; "
+                  "'deep': a fresh prompt set replaces the carried prompts before every block from the start block on."},
+    )
+    gated: Optional[bool] = field(
+        default=None,
+        metadata={"help": "Learn one sigmoid gate per block (all but the last) that mixes each block's prompt output "
+                  "with its prompt input. Default: True for shallow prompts, False for deep prompts."},
+    )
+    gate_init: float = field(
+        default=5.0, metadata={"help": "Positive number; gate logits start at -gate_init (5 -> gates 0.0067). Paper: 1 to 20."}
+    )
+    learnable_temperature: Optional[bool] = field(
+        default=None,
+        metadata={"help": "Learn one attention temperature per block (init 1, clamped to [0.01, 10]) that divides the "
+                  "attention logits. Default: True for shallow prompts, False for deep prompts."},
+    )
+    prompt_dropout: float = field(default=0.1, metadata={"help": "Dropout on the prompt embeddings only, in [0, 1)."})
+    prompt_start_block: int = field(
+        default=0,
+        metadata={"help": "First block that sees prompts (paper Fig. 1); blocks before it run on the usual sequence."},
+    )
+    head_pooling: HeadPooling = field(
+        default="auto",
+        metadata={"help": "'cls': the head reads the CLS token (MoCo v3, supervised ViT). 'mean': the CLS row of the "
+                  "last block's output is replaced by the mean of all other tokens, prompts included, so the model's "
+                  "final LayerNorm and CLS head compute the paper's MAE head. 'auto': 'mean' for vit_mae checkpoints, "
+                  "'cls' otherwise."},
+    )
+    target_modules: Optional[Union[list[str], str]] = field(
+        default=None,
+        metadata={"help": "Filled in from the backbone table (the encoder blocks); not meant to be set by hand."},
+    )
+    modules_to_save: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Modules trained and saved with the adapter besides the prompts, e.g. ['classifier']. "
+                  "Default: the model's `classifier` when it has one."},
+    )
+    backbone: Optional[dict] = field(
+        default=None,
+        metadata={"help": "Shape of the backbone the adapter was made for (filled in when the adapter is created); "
+                  "loading onto a different backbone is refused before any weight changes."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = _extend_peft_type(METHOD_NAME)
+        if self.gated is None:
+            self.gated = self.prompt_mode == "shallow"
+        if self.learnable_temperature is None:
+            self.learnable_temperature = self.prompt_mode == "shallow"
+        self._validate()
+
+    def _validate(self) -> None:
+        def fail(name: str, allowed: str) -> None:
+            raise ValueError(f"GatedPromptConfig.{name}={getattr(self, name)!r} is invalid: {allowed}.")
+
+        if isinstance(self.num_prompt_tokens, bool) or not isinstance(self.num_prompt_tokens, int) or self.num_prompt_tokens < 1:
+            fail("num_prompt_tokens", "use a positive integer (the paper uses 1 to 100)")
+        if self.prompt_mode not in ("shallow", "deep"):
+            fail("prompt_mode", "use 'shallow' or 'deep'")
+        for name in ("gated", "learnable_temperature"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "use True, False or leave it unset")
+        if isinstance(self.gate_init, bool) or not isinstance(self.gate_init, (int, float)) or not 0 < self.gate_init <= 50:
+            fail("gate_init", "use a positive number, the gate logits start at -gate_init (the paper uses 1 to 20)")
+        if isinstance(self.prompt_dropout, bool) or not isinstance(self.prompt_dropout, (int, float)) or not 0 <= self.prompt_dropout < 1:
+            fail("prompt_dropout", "use a probability in [0, 1)")
+        if isinstance(self.prompt_start_block, bool) or not isinstance(self.prompt_start_block, int) or self.prompt_start_block < 0:
+            fail("prompt_start_block", "use a block index >= 0")
+        if self.head_pooling not in ("auto", "cls", "mean"):
+            fail("head_pooling", "use 'auto', 'cls' or 'mean'")
+        if self.prompt_mode == "deep" and self.gated:
+            raise ValueError(
+                "GatedPromptConfig(prompt_mode='deep', gated=True) is invalid: deep prompts are replaced before every "
+                "block, so a gate would never reach the output. Use gated=False with prompt_mode='deep', or "
+                "prompt_mode='shallow' for gated prompts."
+            )
+        if isinstance(self.modules_to_save, str):
+            self.modules_to_save = [self.modules_to_save]

@@ -1,0 +1,146 @@
+"""The tuner layer: one wrapper per encoder block that runs the block on the prompted sequence.
+
+For each adapter, the block at ``prompt_start_block`` inserts the prompts (deep mode: every later block swaps in a
+fresh set), every prompted block runs under its temperature and gates its prompt rows (all but the last), and the
+last block removes the prompts so the final LayerNorm and head see the usual sequence.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+from torch.nn import functional as F
+
+from .config import GatedPromptConfig
+from .gate import effective_temperature, gate_prompts
+from .heads import pool_into_cls
+from .prompts import insert_prompts, new_prompts, prompt_rows, remove_prompts, replace_prompts
+
+
+class GatedPromptBlock(nn.Module, BaseTunerLayer):
+    """Wraps encoder block ``index`` of ``num_blocks``; holds that block's prompts, gate logit and temperature.
+
+    Example:
+
+    ```py
+    >>> model = get_peft_model(vit, GatedPromptConfig())
+    >>> block = model.base_model.model.vit.layers[0]  # a GatedPromptBlock
+    >>> block.gvpt_gate["default"]  # the gate logit, -gate_init at the start
+    ```
+    """
+
+    adapter_layer_names = ("gvpt_prompt", "gvpt_gate", "gvpt_temperature")
+    other_param_names = ("gvpt_config",)
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        query: nn.Module,
+        index: int,
+        num_blocks: int,
+        num_special_tokens: int,
+        hidden_size: int,
+        prompt_bound: float,
+    ) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.index = index
+        self.num_blocks = num_blocks
+        self.num_special_tokens = num_special_tokens
+        self.hidden_size = hidden_size
+        self.prompt_bound = prompt_bound
+        self.gvpt_prompt = nn.ParameterDict()
+        self.gvpt_gate = nn.ParameterDict()
+        self.gvpt_temperature = nn.ParameterDict()
+        self.gvpt_config: dict[str, GatedPromptConfig] = {}
+        self._active_adapter: list[str] = []
+        self.merged_adapters = []
+        self._query_hook = query.register_forward_hook(self._scale_query)
+
+    @property
+    def is_last(self) -> bool:
+        return self.index == self.num_blocks - 1
+
+    def update_layer(self, adapter_name: str, config: GatedPromptConfig) -> None:
+        """Create this block's parameters for ``adapter_name``."""
+        start = config.prompt_start_block
+        self.gvpt_config[adapter_name] = config
+        if self.index < start:
+            return
+        if self.index == start or config.prompt_mode == "deep":
+            self.gvpt_prompt[adapter_name] = nn.Parameter(
+                new_prompts(config.num_prompt_tokens, self.hidden_size, self.prompt_bound)
+            )
+        if config.gated and not self.is_last:
+            self.gvpt_gate[adapter_name] = nn.Parameter(torch.tensor(-float(config.gate_init)))
+        if config.learnable_temperature:
+            self.gvpt_temperature[adapter_name] = nn.Parameter(torch.tensor(1.0))
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+
+    def unhook(self) -> nn.Module:
+        """Remove the query hook and return the wrapped block (for unloading)."""
+        self._query_hook.remove()
+        return self.base_layer
+
+    def _adapter(self) -> Optional[str]:
+        """The adapter this block runs, or None when adapters are disabled or none reaches this block."""
+        if self.disable_adapters or not self.active_adapters:
+            return None
+        if len(self.active_adapters) > 1:
+            raise ValueError(
+                f"gated_vpt runs one adapter at a time, but {self.active_adapters} are active. Call "
+                "model.set_adapter(name) with a single adapter name."
+            )
+        name = self.active_adapters[0]
+        config = self.gvpt_config.get(name)
+        if config is None or self.index < config.prompt_start_block:
+            return None
+        return name
+
+    def _scale_query(self, module: nn.Module, args: Any, query: torch.Tensor) -> Optional[torch.Tensor]:
+        name = self._adapter()
+        if name is None or name not in self.gvpt_temperature:
+            return None
+        return query / effective_temperature(self.gvpt_temperature[name])
+
+    def _prompts_for(self, name: str, batch_size: int) -> torch.Tensor:
+        prompts = self.gvpt_prompt[name].unsqueeze(0).expand(batch_size, -1, -1)
+        return F.dropout(prompts, self.gvpt_config[name].prompt_dropout, self.training)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, **kwargs: Any) -> torch.Tensor:
+        name = self._adapter()
+        if name is None:
+            return self.base_layer(hidden_states, attention_mask, **kwargs)
+        if attention_mask is not None:
+            raise ValueError(
+                "gated_vpt does not support attention masks: the mask was built for the sequence without prompts. "
+                "Call the model without `attention_mask` (ViT inputs are unpadded), and use eager or sdpa attention "
+                "rather than flex attention."
+            )
+        config = self.gvpt_config[name]
+        num_special = self.num_special_tokens
+        if name in self.gvpt_prompt:
+            prompts = self._prompts_for(name, hidden_states.shape[0])
+            place = insert_prompts if self.index == config.prompt_start_block else replace_prompts
+            hidden_states = place(hidden_states, prompts, num_special)
+        prompts_in = prompt_rows(hidden_states, num_special, config.num_prompt_tokens)
+        output = self.base_layer(hidden_states, None, **kwargs)
+        if name in self.gvpt_gate:
+            output = gate_prompts(output, prompts_in, self.gvpt_gate[name], num_special)
+        if self.is_last:
+            if config.head_pooling == "mean":
+                output = pool_into_cls(output)
+            output = remove_prompts(output, num_special, config.num_prompt_tokens)
+        return output
+
+    def train(self, mode: bool = True) -> "GatedPromptBlock":
+        """Only the prompt dropout follows ``mode``; the frozen block stays in eval mode (no dropout, no drop-path)."""
+        self.training = mode
+        self.base_layer.eval()
+        return self
+
+    def __repr__(self) -> str:
+        return "gated_vpt." + super().__repr__()

@@ -1,0 +1,206 @@
+"""The peft tuner: wraps every encoder block of a ViT-family model in a ``GatedPromptBlock``."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Optional
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner, _get_submodules
+from peft.utils.other import AuxiliaryTrainingWrapper
+from torch import nn
+
+from .backbones import Backbone, resolve_backbone
+from .config import GatedPromptConfig
+from .layer import GatedPromptBlock
+from .prompts import prompt_init_bound
+from .registration import PREFIX
+
+# Adapter files name blocks as checkpoints on disk do (``encoder.layer.N``), whatever layout transformers uses.
+_BLOCK_KEY = re.compile(r"(^|\.)(?:layers|encoder\.layer)\.(\d+)\.(?=" + PREFIX + ")")
+
+
+class GatedPromptModel(BaseTuner):
+    """Gated visual prompt tuning (Yoo et al., ICML 2023, https://arxiv.org/abs/2306.05067) for transformers'
+    ViT family: learnable prompt tokens pass through the frozen encoder blocks, each block's change to them is
+    gated by a learned sigmoid gate, and each block's attention has a learnable temperature.
+
+    Created by ``peft.get_peft_model`` from a ``GatedPromptConfig``; not usually instantiated directly.
+
+    Example:
+
+    ```py
+    >>> import gated_vpt
+    >>> from peft import get_peft_model
+    >>> from transformers import ViTForImageClassification
+    >>> base = ViTForImageClassification.from_pretrained("facebook/vit-mae-base", num_labels=200)
+    >>> model = get_peft_model(base, gated_vpt.GatedPromptConfig(num_prompt_tokens=100, gate_init=5.0))
+    >>> model.print_trainable_parameters()
+    ```
+    """
+
+    prefix: str = PREFIX
+    tuner_layer_cls = GatedPromptBlock
+    target_module_mapping: dict[str, list[str]] = {}
+
+    def _prepare_adapter_config(self, peft_config: GatedPromptConfig, model_config: dict) -> GatedPromptConfig:
+        backbone = resolve_backbone(self.model)
+        check_backbone(peft_config, backbone)
+        if peft_config.prompt_start_block >= backbone.num_blocks:
+            raise ValueError(
+                f"GatedPromptConfig.prompt_start_block={peft_config.prompt_start_block} is invalid for a backbone with "
+                f"{backbone.num_blocks} blocks: use a block index from 0 to {backbone.num_blocks - 1}."
+            )
+        if backbone.spec.fixed_patch_order:
+            _require_no_masking(self.model, backbone)
+        peft_config.backbone = backbone.signature()
+        if peft_config.head_pooling == "auto":
+            peft_config.head_pooling = backbone.spec.pooling
+        # Always derived from the model, so an adapter saved under another transformers layout still matches.
+        peft_config.target_modules = "|".join(re.escape(name) for name in backbone.block_names)
+        if peft_config.modules_to_save is None and isinstance(getattr(self.model, "classifier", None), nn.Module):
+            peft_config.modules_to_save = ["classifier"]
+        return peft_config
+
+    def _create_and_replace(
+        self,
+        peft_config: GatedPromptConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        parameter_name: Optional[str] = None,
+    ) -> None:
+        if isinstance(target, GatedPromptBlock):
+            target.update_layer(adapter_name, peft_config)
+            return
+        backbone = resolve_backbone(self.model)
+        block = GatedPromptBlock(
+            target,
+            query=target.get_submodule(backbone.spec.query),
+            index=backbone.block_names.index(current_key),
+            num_blocks=backbone.num_blocks,
+            num_special_tokens=backbone.num_special_tokens,
+            hidden_size=backbone.hidden_size,
+            prompt_bound=prompt_init_bound(backbone.patch_size, backbone.num_channels, backbone.hidden_size),
+        )
+        block.update_layer(adapter_name, peft_config)
+        if adapter_name not in self.active_adapters:
+            block.requires_grad_(False)
+        self._replace_module(parent, target_name, block, target)
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs) -> None:
+        super().inject_adapter(model, adapter_name, **kwargs)
+        backbone = resolve_backbone(model)
+        if backbone.spec.fixed_patch_order and not hasattr(backbone.encoder, "_gvpt_noise_hook"):
+            backbone.encoder._gvpt_noise_hook = backbone.encoder.embeddings.register_forward_pre_hook(
+                _fixed_patch_order, with_kwargs=True
+            )
+
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+        setattr(parent, child_name, new_module)
+        reference = next(child.parameters(), None)
+        if reference is not None and isinstance(new_module, GatedPromptBlock):
+            for name in new_module.adapter_layer_names:
+                getattr(new_module, name).to(reference.device)
+
+    def _unload_and_optionally_merge(
+        self,
+        merge: bool = True,
+        progressbar: bool = False,
+        safe_merge: bool = False,
+        adapter_names: Optional[list[str]] = None,
+    ) -> nn.Module:
+        if merge:
+            raise ValueError(
+                "Gated prompts cannot be merged into the backbone weights (they add tokens). Use model.unload() to get "
+                "the plain backbone back, or keep the PeftModel for inference."
+            )
+        for key in [key for key, module in self.model.named_modules() if isinstance(module, GatedPromptBlock)]:
+            parent, target, target_name = _get_submodules(self.model, key)
+            setattr(parent, target_name, target.unhook())
+        encoder = getattr(self.model, "base_model", self.model)
+        hook = getattr(encoder, "_gvpt_noise_hook", None)
+        if hook is not None:
+            hook.remove()
+            del encoder._gvpt_noise_hook
+        for key in [key for key, module in self.model.named_modules() if isinstance(module, AuxiliaryTrainingWrapper)]:
+            parent, target, target_name = _get_submodules(self.model, key)
+            setattr(parent, target_name, target.original_module)
+        if hasattr(self.model, "peft_config"):
+            del self.model.peft_config
+        return self.model
+
+    def train(self, mode: bool = True) -> "GatedPromptModel":
+        """Training mode reaches the prompt dropout and the saved modules (e.g. the classifier) only: the frozen
+        backbone stays in eval mode, as in the paper."""
+        super().train(mode)
+        if mode:
+            trainable = [m for m in self.model.modules() if isinstance(m, (GatedPromptBlock, AuxiliaryTrainingWrapper))]
+            self.model.eval()
+            for module in trainable:
+                if isinstance(module, GatedPromptBlock):
+                    module.training = True
+                else:
+                    module.train(True)
+        return self
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        key = super()._remove_adapter_name_from_key(key, adapter_name)
+        return _BLOCK_KEY.sub(r"\1encoder.layer.\2.", key)
+
+    @staticmethod
+    def _check_target_module_exists(peft_config: GatedPromptConfig, key: str) -> bool:
+        return re.fullmatch(peft_config.target_modules, key) is not None
+
+
+def check_backbone(config: GatedPromptConfig, backbone: Backbone) -> None:
+    """Refuse an adapter made for a backbone of another shape, before anything is changed."""
+    if not config.backbone:
+        return
+    actual = backbone.signature()
+    mismatched = [
+        f"{field}: adapter {config.backbone.get(field)!r}, model {actual[field]!r}"
+        for field in ("hidden_size", "num_hidden_layers", "num_special_tokens")
+        if config.backbone.get(field) != actual[field]
+    ]
+    if mismatched:
+        raise ValueError(
+            "This gated_vpt adapter was made for another backbone (" + "; ".join(mismatched) + "). Load it onto the "
+            f"base model it was trained on{_base_hint(config)}."
+        )
+    if config.backbone.get("model_type") != actual["model_type"]:
+        warnings.warn(
+            f"This gated_vpt adapter was made for a {config.backbone.get('model_type')!r} backbone and is being loaded "
+            f"onto a {actual['model_type']!r} one of the same shape; check that this is the base you meant.",
+            stacklevel=3,
+        )
+
+
+def _base_hint(config: GatedPromptConfig) -> str:
+    return f" ({config.base_model_name_or_path})" if config.base_model_name_or_path else ""
+
+
+def _require_no_masking(model: nn.Module, backbone: Backbone) -> None:
+    embeddings = backbone.encoder.embeddings
+    ratio = getattr(model.config, "mask_ratio", 0.0)
+    if hasattr(embeddings, "random_masking") and ratio != 0.0:
+        raise ValueError(
+            f"This {type(model).__name__} masks {ratio:.0%} of the patches at random (config.mask_ratio={ratio}), which "
+            "prompt tuning must not do. Load it with mask_ratio=0.0, e.g. "
+            "ViTMAEModel.from_pretrained(model_id, mask_ratio=0.0), or use ViTForImageClassification for MAE weights."
+        )
+
+
+def _fixed_patch_order(module: nn.Module, args: tuple, kwargs: dict) -> Optional[tuple]:
+    """ViTMAE's embeddings shuffle patches by argsort of random noise; ``arange`` noise keeps their order."""
+    if kwargs.get("noise") is not None or (len(args) > 1 and args[1] is not None):
+        return None
+    pixel_values = args[0] if args else kwargs["pixel_values"]
+    patch_h, patch_w = module.patch_embeddings.patch_size
+    num_patches = (pixel_values.shape[-2] // patch_h) * (pixel_values.shape[-1] // patch_w)
+    noise = torch.arange(num_patches, device=pixel_values.device, dtype=torch.float32).expand(pixel_values.shape[0], -1)
+    return args, {**kwargs, "noise": noise}

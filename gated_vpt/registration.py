@@ -1,0 +1,63 @@
+"""Registering gated prompt tuning as a peft method.
+
+peft keeps its methods in the closed ``PeftType`` enum and refuses to register a name that is not a member, so
+the member is added here before ``register_peft_method`` is called. Both steps are idempotent: importing the
+package twice (or reloading it) leaves peft in the same state.
+"""
+
+from __future__ import annotations
+
+from peft.utils.peft_types import PeftType, register_peft_method
+
+METHOD_NAME = "gated_vpt"
+PREFIX = "gvpt_"
+
+
+def _extend_peft_type(name: str) -> PeftType:
+    """Add ``name.upper()`` as a member of peft's ``PeftType`` str-enum, or return the existing member."""
+    key = name.upper()
+    if key in PeftType.__members__:
+        return PeftType[key]
+    member = str.__new__(PeftType, key)
+    member._name_ = key
+    member._value_ = key
+    member.__objclass__ = PeftType
+    if hasattr(PeftType, "_sort_order_"):
+        member._sort_order_ = len(PeftType._member_names_)
+    member.__init__()
+    PeftType._member_names_.append(key)
+    PeftType._member_map_[key] = member
+    PeftType._value2member_map_[key] = member
+    # EnumType.__setattr__ guards member names, so the class attribute is set through type.
+    type.__setattr__(PeftType, key, member)
+    return member
+
+
+def register() -> PeftType:
+    """Make ``GatedPromptConfig`` / ``GatedPromptModel`` known to peft (safe to call more than once)."""
+    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+
+    from .config import GatedPromptConfig
+    from .model import GatedPromptModel
+
+    peft_type = _extend_peft_type(METHOD_NAME)
+    if PEFT_TYPE_TO_TUNER_MAPPING.get(peft_type) is not GatedPromptModel:
+        if peft_type in PEFT_TYPE_TO_TUNER_MAPPING:
+            _forget(peft_type)
+        register_peft_method(
+            name=METHOD_NAME, config_cls=GatedPromptConfig, model_cls=GatedPromptModel, prefix=PREFIX
+        )
+    return peft_type
+
+
+def _forget(peft_type: PeftType) -> None:
+    """Drop an older registration (e.g. after ``importlib.reload``) so the current classes can take its place."""
+    from peft import mapping
+
+    for table in (
+        mapping.PEFT_TYPE_TO_CONFIG_MAPPING,
+        mapping.PEFT_TYPE_TO_TUNER_MAPPING,
+        mapping.PEFT_TYPE_TO_MIXED_MODEL_MAPPING,
+        mapping.PEFT_TYPE_TO_PREFIX_MAPPING,
+    ):
+        table.pop(peft_type, None)
