@@ -58,6 +58,7 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         self.gvpt_config: dict[str, GatedPromptConfig] = {}
         self._active_adapter: list[str] = []
         self.merged_adapters = []
+        self._per_sample: Optional[tuple[list[str], torch.Tensor]] = None
         self._query_hook = query.register_forward_hook(self._scale_query)
 
     @property
@@ -89,25 +90,54 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         """The adapter this block runs, or None when adapters are disabled or none reaches this block."""
         if self.disable_adapters or not self.active_adapters:
             return None
-        if len(self.active_adapters) > 1:
+        if self._per_sample is not None:
+            name = self._per_sample[0][0]
+        elif len(self.active_adapters) > 1:
             raise ValueError(
-                f"gated_vpt runs one adapter at a time, but {self.active_adapters} are active. Call "
-                "model.set_adapter(name) with a single adapter name."
+                f"gated_vpt runs one adapter per sample, but {self.active_adapters} are active. Call "
+                "model.set_adapter(name) with a single name, or pass adapter_names=[...] (one per sample) to forward."
             )
-        name = self.active_adapters[0]
+        else:
+            name = self.active_adapters[0]
         config = self.gvpt_config.get(name)
         if config is None or self.index < config.prompt_start_block:
             return None
         return name
 
-    def _scale_query(self, module: nn.Module, args: Any, query: torch.Tensor) -> Optional[torch.Tensor]:
-        name = self._adapter()
-        if name is None or name not in self.gvpt_temperature:
+    def set_per_sample_adapters(self, names: Optional[list[str]], index: Optional[torch.Tensor]) -> None:
+        """Route sample ``i`` of the next forward through adapter ``names[index[i]]`` (None: back to the active one).
+
+        Used by ``GatedPromptModel`` for ``model(pixel_values, adapter_names=[...])``.
+        """
+        self._per_sample = None if names is None else (names, index)
+
+    def _per_adapter(self, params: nn.ParameterDict, missing: float) -> Optional[torch.Tensor]:
+        """This block's scalar for every sample, shaped (batch, 1, 1), or a plain scalar for a single adapter.
+
+        Adapters without the parameter get ``missing`` (gate logit +inf: gate 1, temperature 1), which leaves their
+        samples exactly as an adapter without gates or temperatures would.
+        """
+        if self._per_sample is None:
+            name = self._adapter()
+            return params[name] if name in params else None
+        names, index = self._per_sample
+        if not any(name in params for name in names):
             return None
-        return query / effective_temperature(self.gvpt_temperature[name])
+        values = torch.stack([params[n] if n in params else params[next(iter(params))].new_tensor(missing) for n in names])
+        return values[index].view(-1, 1, 1)
+
+    def _scale_query(self, module: nn.Module, args: Any, query: torch.Tensor) -> Optional[torch.Tensor]:
+        if self._adapter() is None:
+            return None
+        temperature = self._per_adapter(self.gvpt_temperature, 1.0)
+        return None if temperature is None else query / effective_temperature(temperature)
 
     def _prompts_for(self, name: str, batch_size: int) -> torch.Tensor:
-        prompts = self.gvpt_prompt[name].unsqueeze(0).expand(batch_size, -1, -1)
+        if self._per_sample is None:
+            prompts = self.gvpt_prompt[name].unsqueeze(0).expand(batch_size, -1, -1)
+        else:
+            names, index = self._per_sample
+            prompts = torch.stack([self.gvpt_prompt[n] for n in names])[index]
         return F.dropout(prompts, self.gvpt_config[name].prompt_dropout, self.training)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, **kwargs: Any) -> torch.Tensor:
@@ -128,8 +158,9 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
             hidden_states = place(hidden_states, prompts, num_special)
         prompts_in = prompt_rows(hidden_states, num_special, config.num_prompt_tokens)
         output = self.base_layer(hidden_states, None, **kwargs)
-        if name in self.gvpt_gate:
-            output = gate_prompts(output, prompts_in, self.gvpt_gate[name], num_special)
+        gate_logit = self._per_adapter(self.gvpt_gate, float("inf"))
+        if gate_logit is not None:
+            output = gate_prompts(output, prompts_in, gate_logit, num_special)
         if self.is_last:
             if config.head_pooling == "mean":
                 output = pool_into_cls(output)

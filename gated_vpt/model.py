@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional, Sequence
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner, _get_submodules
@@ -146,6 +147,47 @@ class GatedPromptModel(BaseTuner):
                 else:
                     module.train(True)
         return self
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs) -> Iterator[None]:
+        """``model(pixel_values, adapter_names=[...])``: sample ``i`` runs through adapter ``adapter_names[i]``."""
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is None:
+            yield
+            return
+        names, index = self._per_sample_routing(adapter_names)
+        blocks = [m for m in self.model.modules() if isinstance(m, GatedPromptBlock)]
+        for block in blocks:
+            block.set_per_sample_adapters(names, index)
+        try:
+            yield
+        finally:
+            for block in blocks:
+                block.set_per_sample_adapters(None, None)
+
+    def _per_sample_routing(self, adapter_names: Sequence[str]) -> tuple[list[str], torch.Tensor]:
+        unknown = sorted(set(adapter_names) - set(self.peft_config))
+        if unknown:
+            raise ValueError(f"adapter_names contains unknown adapters {unknown}; loaded: {sorted(self.peft_config)}.")
+        names = sorted(set(adapter_names))
+        layout = {
+            name: (c.num_prompt_tokens, c.prompt_start_block, c.prompt_mode, c.head_pooling)
+            for name, c in ((n, self.peft_config[n]) for n in names)
+        }
+        if len(set(layout.values())) > 1:
+            raise ValueError(
+                "Adapters mixed in one batch must share num_prompt_tokens, prompt_start_block, prompt_mode and "
+                f"head_pooling; got {layout}. Run the differing adapters in separate batches."
+            )
+        if any(getattr(m, "gradient_checkpointing", False) for m in self.model.modules()) and torch.is_grad_enabled():
+            raise ValueError(
+                "Per-sample adapters cannot be combined with gradient checkpointing while gradients are on; run the "
+                "mixed batch under torch.no_grad() or disable gradient checkpointing."
+            )
+        position = {name: i for i, name in enumerate(names)}
+        device = next(self.model.parameters()).device
+        index = torch.tensor([position[name] for name in adapter_names], device=device)
+        return names, index
 
     @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
