@@ -7,7 +7,9 @@ and ``PeftModel.from_pretrained(base, adapter_dir)`` work.
 from .backbones import BACKBONES, supported_model_types
 from .config import GatedPromptConfig
 from .heads import init_classifier_
+from .introspection import BlockReport, GateReport, gate_report
 from .layer import GatedPromptBlock
+from .loading import load_adapter
 from .model import GatedPromptModel
 from .registration import register
 
@@ -15,10 +17,14 @@ register()
 
 __all__ = [
     "BACKBONES",
+    "BlockReport",
+    "GateReport",
     "GatedPromptBlock",
     "GatedPromptConfig",
     "GatedPromptModel",
+    "gate_report",
     "init_classifier_",
+    "load_adapter",
     "supported_model_types",
 ]
 __version__ = "0.1.0"

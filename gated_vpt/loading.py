@@ -1,0 +1,134 @@
+"""Loading gated_vpt adapters from a directory or the Hub, with errors that say what to do.
+
+``PeftModel.from_pretrained`` works once ``gated_vpt`` has been imported (peft has no plugin discovery, so a
+script that never imports it gets ``KeyError: 'GATED_VPT'``). ``load_adapter`` imports the method for you,
+checks the files before anything is loaded, and refuses pickled weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from peft import PeftModel
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PICKLED_WEIGHTS = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
+
+
+def load_adapter(
+    base_model: nn.Module,
+    path_or_repo_id: Union[str, Path],
+    adapter_name: str = "default",
+    *,
+    revision: Optional[str] = None,
+    is_trainable: bool = False,
+    token: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+) -> PeftModel:
+    """Load a gated_vpt adapter onto ``base_model`` (a transformers model, or a ``PeftModel`` to add it to).
+
+    ``path_or_repo_id`` is a local adapter directory or a Hub repo id (``revision`` pins a branch, tag or commit).
+
+    Example:
+
+    ```py
+    >>> from transformers import ViTForImageClassification
+    >>> from gated_vpt import load_adapter
+    >>> base = ViTForImageClassification.from_pretrained("facebook/vit-mae-base", num_labels=200)
+    >>> model = load_adapter(base, "user/mae-cub-gated")
+    ```
+    """
+    directory = resolve_adapter_dir(path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir)
+    read_adapter_files(directory)
+    if isinstance(base_model, PeftModel):
+        base_model.load_adapter(str(directory), adapter_name=adapter_name, is_trainable=is_trainable)
+        return base_model
+    return PeftModel.from_pretrained(base_model, str(directory), adapter_name=adapter_name, is_trainable=is_trainable)
+
+
+def resolve_adapter_dir(
+    path_or_repo_id: Union[str, Path],
+    *,
+    revision: Optional[str] = None,
+    token: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+) -> Path:
+    """A local directory holding the adapter's two files, downloading them from the Hub when given a repo id."""
+    path = Path(path_or_repo_id)
+    if path.is_dir():
+        return path
+    if path.exists() or str(path_or_repo_id).startswith((".", "/", "~")) or str(path_or_repo_id).count("/") > 1:
+        raise FileNotFoundError(f"{path_or_repo_id} is not an adapter directory (expected a folder with {CONFIG_NAME}).")
+    repo_id = str(path_or_repo_id)
+    try:
+        config_file = hf_hub_download(repo_id, CONFIG_NAME, revision=revision, token=token, cache_dir=cache_dir)
+        hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision, token=token, cache_dir=cache_dir)
+    except RepositoryNotFoundError as error:
+        raise FileNotFoundError(
+            f"No Hub repository {repo_id!r} (or it is private): check the id, or log in with `hf auth login` / pass "
+            "token=... for a private repository."
+        ) from error
+    except RevisionNotFoundError as error:
+        raise FileNotFoundError(f"Repository {repo_id!r} has no revision {revision!r}: use a branch, tag or commit it has.") from error
+    except EntryNotFoundError as error:
+        raise FileNotFoundError(
+            f"Repository {repo_id!r} has no {CONFIG_NAME} and {WEIGHTS_NAME}; it does not hold a gated_vpt adapter "
+            f"(at revision {revision or 'main'})."
+        ) from error
+    except LocalEntryNotFoundError as error:
+        raise FileNotFoundError(
+            f"Could not fetch {repo_id!r}: the Hub is unreachable (or HF_HUB_OFFLINE=1) and the adapter is not in the "
+            "local cache. Connect once to download it, or pass a local adapter directory."
+        ) from error
+    return Path(config_file).parent
+
+
+def read_adapter_files(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Read and check an adapter directory: its config says gated_vpt, its weights are safetensors and readable."""
+    directory = Path(directory)
+    config_path = directory / CONFIG_NAME
+    weights_path = directory / WEIGHTS_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; save adapters with model.save_pretrained(directory).")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{config_path} is not valid JSON ({error}); re-save or re-download the adapter.") from error
+    if config.get("peft_type") != "GATED_VPT":
+        raise ValueError(
+            f"{directory} holds a {config.get('peft_type')!r} adapter, not a gated_vpt one; load it with "
+            "peft.PeftModel.from_pretrained instead."
+        )
+    if not weights_path.is_file():
+        pickled = [name for name in PICKLED_WEIGHTS if (directory / name).is_file()]
+        hint = (
+            f" It has {pickled[0]}, a pickle file, which gated_vpt does not load (unpickling runs code); re-save the "
+            "adapter with save_pretrained(..., safe_serialization=True) where it was trained."
+            if pickled
+            else ""
+        )
+        raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}.{hint}")
+    try:
+        state_dict = load_file(weights_path)
+    except (SafetensorError, OSError) as error:
+        raise ValueError(
+            f"{weights_path} is not a readable safetensors file ({error}); it may be truncated or corrupt. Re-save it "
+            "or download it again."
+        ) from error
+    if not any(".gvpt_" in key for key in state_dict):
+        raise ValueError(f"{weights_path} holds no gated_vpt parameters (gvpt_prompt, gvpt_gate, ...); it is not this adapter's file.")
+    return config, state_dict
