@@ -1,0 +1,79 @@
+"""gated_vpt registers itself with peft, idempotently, and peft's own entry points find it."""
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+from peft import PeftConfig
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+from peft.utils.peft_types import PeftType
+
+import gated_vpt
+from gated_vpt.registration import _extend_peft_type, register
+
+
+def test_method_is_a_peft_type_with_its_classes():
+    assert PeftType("GATED_VPT") is PeftType.GATED_VPT
+    assert PEFT_TYPE_TO_CONFIG_MAPPING[PeftType.GATED_VPT] is gated_vpt.GatedPromptConfig
+    assert PEFT_TYPE_TO_TUNER_MAPPING[PeftType.GATED_VPT] is gated_vpt.GatedPromptModel
+    assert PEFT_TYPE_TO_PREFIX_MAPPING[PeftType.GATED_VPT] == "gvpt_"
+
+
+def test_registration_is_idempotent_and_survives_reload():
+    members = list(PeftType)
+    assert _extend_peft_type("gated_vpt") is PeftType.GATED_VPT
+    register()
+    register()
+    assert list(PeftType) == members
+    importlib.reload(importlib.import_module("gated_vpt.registration"))
+    importlib.import_module("gated_vpt.registration").register()
+    assert list(PeftType) == members
+    assert PEFT_TYPE_TO_TUNER_MAPPING[PeftType.GATED_VPT].__name__ == "GatedPromptModel"
+
+
+def test_peft_config_from_pretrained_finds_the_config(tmp_path):
+    gated_vpt.GatedPromptConfig(num_prompt_tokens=3, gate_init=7.0).save_pretrained(tmp_path)
+    loaded = PeftConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, gated_vpt.GatedPromptConfig)
+    assert (loaded.num_prompt_tokens, loaded.gate_init, loaded.peft_type) == (3, 7.0, PeftType.GATED_VPT)
+
+
+def test_plain_peft_without_import_fails_but_load_adapter_imports_it(tmp_path):
+    gated_vpt.GatedPromptConfig().save_pretrained(tmp_path)
+    code = "import sys; from peft import PeftConfig; PeftConfig.from_pretrained(sys.argv[1])"
+    plain = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert plain.returncode != 0 and "GATED_VPT" in plain.stderr
+    with_import = subprocess.run([sys.executable, "-c", "import gated_vpt; " + code, str(tmp_path)], capture_output=True, text=True)
+    assert with_import.returncode == 0, with_import.stderr
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"num_prompt_tokens": 0}, "num_prompt_tokens"),
+        ({"num_prompt_tokens": 2.5}, "num_prompt_tokens"),
+        ({"prompt_mode": "middle"}, "prompt_mode"),
+        ({"gated": "yes"}, "gated"),
+        ({"learnable_temperature": 1}, "learnable_temperature"),
+        ({"gate_init": 0}, "gate_init"),
+        ({"gate_init": -5}, "gate_init"),
+        ({"prompt_dropout": 1.0}, "prompt_dropout"),
+        ({"prompt_dropout": -0.1}, "prompt_dropout"),
+        ({"prompt_start_block": -1}, "prompt_start_block"),
+        ({"head_pooling": "max"}, "head_pooling"),
+        ({"prompt_mode": "deep", "gated": True}, "gated=True"),
+    ],
+)
+def test_invalid_config_values_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        gated_vpt.GatedPromptConfig(**kwargs)
+
+
+def test_variant_defaults_follow_the_paper():
+    gated = gated_vpt.GatedPromptConfig()
+    deep = gated_vpt.GatedPromptConfig(prompt_mode="deep")
+    shallow = gated_vpt.GatedPromptConfig(gated=False, learnable_temperature=False)
+    assert (gated.gated, gated.learnable_temperature, gated.prompt_dropout) == (True, True, 0.1)
+    assert (deep.gated, deep.learnable_temperature) == (False, False)
+    assert (shallow.gated, shallow.learnable_temperature, shallow.prompt_mode) == (False, False, "shallow")
