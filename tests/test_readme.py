@@ -1,0 +1,24 @@
+"""CI runs the README's test command unchanged: keep .ci/run and the README in step."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _commands(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip().startswith("pip install -e")]
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = _commands((ROOT / "README.md").read_text())
+    ci = _commands((ROOT / ".ci" / "run").read_text())
+    test_command = [c for c in readme if "pytest" in c]
+    assert len(test_command) == 1, readme
+    assert ci == test_command
+    assert "torch==2.13.0" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_quick_start_runs_the_main_job_through_accelerate():
+    readme = _commands((ROOT / "README.md").read_text())
+    assert any("accelerate launch examples/train_image_classification.py" in c for c in readme)
+    assert (ROOT / "examples" / "train_image_classification.py").is_file()
