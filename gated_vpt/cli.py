@@ -1,0 +1,221 @@
+"""The ``gated-vpt`` command: push, pull, inspect and run gated_vpt adapters, and convert checkpoints.
+
+Examples:
+
+    gated-vpt push out/cub-gated user/mae-cub-gated          # token from --token, HF_TOKEN or `hf auth login`
+    gated-vpt pull user/mae-cub-gated --revision v1 -o adapters/cub
+    gated-vpt info user/mae-cub-gated --json
+    gated-vpt predict user/mae-cub-gated --base facebook/vit-mae-base photos/ --top-k 3
+    gated-vpt convert --help
+
+Errors (a missing repo or revision, no network, an adapter made for another base, no token) are printed as one
+line, ``gated-vpt: error: ...``, with exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+USER_ERRORS = (ValueError, OSError)  # OSError covers FileNotFoundError, PermissionError, ConnectionError
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 error, 2 usage)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["convert"]:
+        from . import convert
+
+        return convert.main(argv[1:]) or 0
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except USER_ERRORS as error:
+        print(f"gated-vpt: error: {error}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gated-vpt", description="Gated visual prompt tuning adapters: share them on the Hub, inspect and run them."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    push = commands.add_parser("push", help="upload a local adapter directory to a Hub repo (with its model card)")
+    push.add_argument("directory", help="adapter directory written by model.save_pretrained")
+    push.add_argument("repo_id", help="target repo, e.g. user/mae-cub-gated (created when missing)")
+    push.add_argument("--token", help="Hub token with write access (default: HF_TOKEN or `hf auth login`); never printed")
+    push.add_argument("--private", action="store_true", default=None, help="create the repo as private")
+    push.add_argument("--message", default="Upload gated_vpt adapter", help="commit message")
+    push.set_defaults(run=_push)
+
+    pull = commands.add_parser("pull", help="download an adapter from the Hub and check its files")
+    _add_source(pull, "repo_id", "Hub repo id, e.g. user/mae-cub-gated")
+    pull.add_argument("-o", "--output", help="copy the files into this directory (default: keep them in the Hub cache)")
+    pull.set_defaults(run=_pull)
+
+    info = commands.add_parser("info", help="show an adapter's config, per-block gates and temperatures, and file sizes")
+    _add_source(info, "adapter", "adapter directory or Hub repo id")
+    info.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    info.set_defaults(run=_info)
+
+    predict = commands.add_parser("predict", help="classify images with a base model plus an adapter")
+    _add_source(predict, "adapter", "adapter directory or Hub repo id")
+    predict.add_argument("images", nargs="+", help="image files or folders of images")
+    predict.add_argument("--base", help="base model id or directory (default: the adapter config's base_model_name_or_path)")
+    predict.add_argument("--top-k", type=int, default=5, help="labels printed per image (default 5)")
+    predict.add_argument("--labels", help="label names: a text file with one per line, or a JSON list or {index: name}")
+    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--json", action="store_true", help="print one JSON object per image")
+    predict.set_defaults(run=_predict)
+
+    commands.add_parser("convert", add_help=False, help="convert checkpoints (see `gated-vpt convert --help`)")
+    return parser
+
+
+def _add_source(parser: argparse.ArgumentParser, name: str, help: str) -> None:
+    parser.add_argument(name, help=help)
+    parser.add_argument("--revision", help="branch, tag or commit sha on the Hub (default: main)")
+    parser.add_argument("--token", help="Hub token for private repos (default: HF_TOKEN or `hf auth login`)")
+
+
+def _push(args: argparse.Namespace) -> None:
+    from .hub import push_adapter
+
+    sha = push_adapter(args.directory, args.repo_id, token=args.token, private=args.private, commit_message=args.message)
+    print(f"Pushed {args.directory} to {args.repo_id} (commit {sha}).")
+
+
+def _pull(args: argparse.Namespace) -> None:
+    from .hub import pull_adapter
+
+    path = pull_adapter(args.repo_id, revision=args.revision, local_dir=args.output, token=args.token)
+    print(path)
+
+
+def _info(args: argparse.Namespace) -> None:
+    from .hub import fetch_adapter
+    from .introspection import gate_report
+    from .loading import read_adapter_files
+
+    directory = fetch_adapter(args.adapter, revision=args.revision, token=args.token)
+    config, state_dict = read_adapter_files(directory)
+    report = gate_report(directory)
+    files = {file.name: file.stat().st_size for file in sorted(directory.iterdir()) if file.is_file()}
+    parameters = {}
+    for key, tensor in state_dict.items():
+        group = key.rsplit(".", 1)[-1] if ".gvpt_" in key else "head (" + key.split(".")[-2] + ")"
+        parameters[group] = parameters.get(group, 0) + tensor.numel()
+    if args.json:
+        summary = {"adapter": str(args.adapter), "directory": str(directory), "config": config,
+                   "parameters": parameters, "gates": report.to_dict(), "files": files}
+        print(json.dumps(summary, indent=2))
+        return
+    keys = ("base_model_name_or_path", "num_prompt_tokens", "prompt_mode", "prompt_start_block", "gated", "gate_init",
+            "learnable_temperature", "prompt_dropout", "head_pooling", "modules_to_save", "backbone")
+    print(f"Adapter {args.adapter} ({directory})\n")
+    print("\n".join(f"  {key}: {config.get(key)}" for key in keys))
+    print("\nParameters: " + ", ".join(f"{name} {count:,}" for name, count in parameters.items()))
+    print(f"\n{report.format_table()}\n")
+    print("Files: " + ", ".join(f"{name} ({_size(size)})" for name, size in files.items()))
+
+
+def _predict(args: argparse.Namespace) -> None:
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    if args.top_k < 1 or args.batch_size < 1:
+        raise ValueError("--top-k and --batch-size must be positive integers.")
+    paths = _image_paths(args.images)
+    model, processor, labels = _load_classifier(args)
+    k = min(args.top_k, len(labels))
+    for start in range(0, len(paths), args.batch_size):
+        batch = paths[start : start + args.batch_size]
+        try:
+            images = [Image.open(path).convert("RGB") for path in batch]
+        except UnidentifiedImageError as error:
+            raise ValueError(f"Cannot read an image: {error}. Pass image files (PNG, JPEG, ...) or folders of them.") from error
+        with torch.no_grad():
+            logits = model(pixel_values=processor(images=images, return_tensors="pt")["pixel_values"]).logits
+        scores, indices = logits.softmax(dim=-1).topk(k, dim=-1)
+        for path, row_scores, row_indices in zip(batch, scores.tolist(), indices.tolist()):
+            top = [{"label": labels[i], "index": i, "score": s} for s, i in zip(row_scores, row_indices)]
+            if args.json:
+                print(json.dumps({"image": str(path), "top": top}))
+            else:
+                print(f"{path}: " + ", ".join(f"{t['label']} ({t['score']:.4f})" for t in top))
+
+
+def _load_classifier(args: argparse.Namespace):
+    """The base model with the adapter loaded, its image processor and the label names."""
+    import transformers
+    from transformers import AutoImageProcessor, ViTImageProcessor
+
+    from .card import BASE_CLASSES, DEFAULT_BASE_CLASS
+    from .hub import fetch_adapter
+    from .loading import load_adapter, read_adapter_files
+
+    transformers.logging.set_verbosity_error()
+    directory = fetch_adapter(args.adapter, revision=args.revision, token=args.token)
+    config, state_dict = read_adapter_files(directory)
+    base_id = args.base or config.get("base_model_name_or_path")
+    if not base_id:
+        raise ValueError("The adapter does not record its base model; pass --base <model id or directory>.")
+    heads = [tensor for key, tensor in state_dict.items() if key.endswith("classifier.weight")]
+    if not heads:
+        raise ValueError("This adapter has no classifier head (modules_to_save), so it cannot predict labels.")
+    num_labels = heads[0].shape[0]
+    model_class = getattr(transformers, BASE_CLASSES.get(config["backbone"]["model_type"], DEFAULT_BASE_CLASS))
+    base = model_class.from_pretrained(base_id, num_labels=num_labels, ignore_mismatched_sizes=True)
+    model = load_adapter(base, directory).eval()
+    try:
+        processor = AutoImageProcessor.from_pretrained(base_id)
+    except OSError:
+        size = base.config.image_size
+        print(f"note: {base_id} has no image processor config; resizing to {size}x{size} with ViT defaults.", file=sys.stderr)
+        processor = ViTImageProcessor(size={"height": size, "width": size})
+    return model, processor, _label_names(args.labels, base.config, num_labels)
+
+
+def _label_names(path: Optional[str], config, num_labels: int) -> list[str]:
+    if path is None:
+        return [config.id2label.get(i, f"LABEL_{i}") for i in range(num_labels)]
+    text = Path(path).read_text()
+    if path.endswith(".json"):
+        loaded = json.loads(text)
+        names = [loaded[str(i)] for i in range(num_labels)] if isinstance(loaded, dict) else list(loaded)
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(names) != num_labels:
+        raise ValueError(f"--labels {path} has {len(names)} names but the adapter's classifier has {num_labels} outputs.")
+    return names
+
+
+def _image_paths(inputs: Sequence[str]) -> list[Path]:
+    paths = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            paths += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise FileNotFoundError(f"No image file or folder {str(item)!r}.")
+    if not paths:
+        raise FileNotFoundError(f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {', '.join(inputs)}.")
+    return paths
+
+
+def _size(num_bytes: int) -> str:
+    for unit in ("B", "KB", "MB"):
+        if num_bytes < 1024:
+            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    return f"{num_bytes:.1f} GB"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Pushing adapters to the Hub and pulling them back, with a gated_vpt model card and errors that say what to do.
+
+``model.push_to_hub(repo_id)`` (from transformers) also works, but on a new repo it uploads transformers' generic
+card; ``push_adapter`` uploads the adapter's files with this package's card. Tokens are passed to
+huggingface_hub only: they are never printed, logged or written into a file.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+from huggingface_hub import HfApi, constants, get_token, snapshot_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+from torch import nn
+
+from .card import is_gated_vpt_card, set_adapter_id, write_model_card
+from .loading import CONFIG_NAME, WEIGHTS_NAME, read_adapter_files, resolve_adapter_dir
+
+CARD_NAME = "README.md"
+UPLOADED_FILES = [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, "*.png"]
+
+
+def push_adapter(
+    source: Union[nn.Module, str, Path],
+    repo_id: str,
+    *,
+    token: Optional[str] = None,
+    private: Optional[bool] = None,
+    commit_message: str = "Upload gated_vpt adapter",
+) -> str:
+    """Upload an adapter (a ``PeftModel`` or a directory saved by ``save_pretrained``) to ``repo_id`` and return the
+    new commit's sha. The repo is created when missing. The card is the directory's gated_vpt card pointed at
+    ``repo_id``, or a new one when the directory has none (or only peft's template).
+
+    Example:
+
+    ```py
+    >>> from gated_vpt.hub import push_adapter
+    >>> sha = push_adapter("out/cub-gated", "user/mae-cub-gated")   # token from HF_TOKEN or `hf auth login`
+    ```
+    """
+    token = token or get_token()
+    if not token:
+        raise PermissionError(
+            f"Pushing to {repo_id!r} needs a Hugging Face token with write access: pass --token / token=..., set the "
+            "HF_TOKEN environment variable, or run `hf auth login`."
+        )
+    with tempfile.TemporaryDirectory() as staging:
+        staging = Path(staging)
+        if isinstance(source, nn.Module):
+            source.save_pretrained(staging)
+            write_model_card(staging, source, repo_id=repo_id)
+        else:
+            _stage_directory(Path(source), staging, repo_id)
+        api = HfApi(token=token)
+        with _hub_errors(repo_id, write=True):
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            commit = api.upload_folder(
+                folder_path=staging, repo_id=repo_id, commit_message=commit_message, allow_patterns=UPLOADED_FILES
+            )
+    return commit.oid
+
+
+def pull_adapter(
+    repo_id: str,
+    revision: Optional[str] = None,
+    local_dir: Optional[Union[str, Path]] = None,
+    *,
+    token: Optional[str] = None,
+) -> Path:
+    """Download an adapter (its config, weights, card and gate pictures) and check its files. Returns the cache
+    snapshot, or ``local_dir`` with copies of the files when given. Works offline from the cache.
+
+    Example:
+
+    ```py
+    >>> from gated_vpt.hub import pull_adapter
+    >>> path = pull_adapter("user/mae-cub-gated", revision="v1", local_dir="adapters/cub")
+    ```
+    """
+    directory = fetch_adapter(repo_id, revision=revision, token=token)
+    if not constants.HF_HUB_OFFLINE:
+        with _hub_errors(repo_id, revision=revision):
+            snapshot_download(repo_id, revision=directory.name, allow_patterns=[CARD_NAME, "*.png"], token=token)
+    if local_dir is None:
+        return directory
+    local_dir = Path(local_dir)
+    local_dir.mkdir(parents=True, exist_ok=True)
+    for file in directory.iterdir():
+        if file.is_file():
+            shutil.copyfile(file, local_dir / file.name)
+    return local_dir
+
+
+def fetch_adapter(path_or_repo_id: Union[str, Path], revision: Optional[str] = None, token: Optional[str] = None) -> Path:
+    """The local directory of an adapter given as a directory or a Hub repo id, its files checked."""
+    with _hub_errors(str(path_or_repo_id), revision=revision):
+        directory = resolve_adapter_dir(path_or_repo_id, revision=revision, token=token)
+    read_adapter_files(directory)
+    return directory
+
+
+def _stage_directory(directory: Path, staging: Path, repo_id: str) -> None:
+    read_adapter_files(directory)
+    for pattern in UPLOADED_FILES:
+        for file in directory.glob(pattern):
+            shutil.copyfile(file, staging / file.name)
+    card = staging / CARD_NAME
+    if card.is_file() and is_gated_vpt_card(card.read_text()):
+        card.write_text(set_adapter_id(card.read_text(), repo_id))
+    else:
+        write_model_card(staging, repo_id=repo_id)
+
+
+@contextmanager
+def _hub_errors(repo_id: str, revision: Optional[str] = None, write: bool = False) -> Iterator[None]:
+    """Turn network failures into messages naming the endpoint and the fix (missing repos and revisions get their
+    messages from ``gated_vpt.loading``); the token never appears in them."""
+    try:
+        yield
+    except Exception as error:
+        chain = [error, error.__cause__, error.__context__]
+        where = f"{repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+        if constants.HF_HUB_OFFLINE and any(isinstance(e, (OfflineModeIsEnabled, LocalEntryNotFoundError)) for e in chain):
+            raise ConnectionError(
+                f"HF_HUB_OFFLINE=1 is set and {where} is not in the local cache ({constants.HF_HUB_CACHE}). Download it "
+                "once while online (e.g. `gated-vpt pull`), or unset HF_HUB_OFFLINE."
+            ) from error
+        if any(_is_transport_error(e) or isinstance(e, LocalEntryNotFoundError) for e in chain):
+            cached = "" if write else ", and it is not in the local cache"
+            raise ConnectionError(
+                f"Could not reach the Hub at {constants.ENDPOINT} for {where}{cached}. Check your network connection "
+                "and the HF_ENDPOINT variable, or use a local adapter directory."
+            ) from error
+        if write and isinstance(error, HfHubHTTPError) and error.response.status_code in (401, 403):
+            raise PermissionError(
+                f"The Hub refused the token for {repo_id!r} (HTTP {error.response.status_code}): use a token with "
+                "write access to that namespace (https://huggingface.co/settings/tokens) or run `hf auth login`."
+            ) from error
+        raise
+
+
+def _is_transport_error(error: Optional[BaseException]) -> bool:
+    """A connection-level failure of huggingface_hub's HTTP client (httpx or httpx2, by hub version)."""
+    return error is not None and any(cls.__name__ == "TransportError" for cls in type(error).__mro__)
