@@ -1,0 +1,152 @@
+"""Command-line arguments shared by the training scripts, and recipe files as argument defaults.
+
+The argument names (argparse ``dest``) are the recipe keys of ``gated_vpt.recipes``. A recipe given with
+``--config`` replaces the defaults; flags on the command line still override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence, Union
+
+# Settings that do not change what a run computes; everything else must match to resume a checkpoint.
+NON_SEMANTIC_ARGS = (
+    "config", "recipe_stage", "output_dir", "resume_from_checkpoint", "checkpointing_steps", "max_train_steps",
+    "with_tracking", "report_to", "push_to_hub", "hub_model_id", "hub_token", "per_device_eval_batch_size",
+)
+
+
+def _bool(text: Union[str, bool]) -> bool:
+    if isinstance(text, bool):
+        return text
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _checkpointing_steps(text: Union[str, int, None]) -> Union[str, int, None]:
+    if text is None or text == "epoch" or isinstance(text, int):
+        return text
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected 'epoch' or a positive number of optimizer updates, got {text!r}")
+
+
+def add_model_args(parser: argparse.ArgumentParser, default_model: Optional[str]) -> None:
+    group = parser.add_argument_group("backbone")
+    group.add_argument("--model_name_or_path", default=default_model,
+                       help="A Hub model id or a local directory in transformers format (default: the embedded tiny MAE).")
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data (default: the embedded digits, split 800/200/797)")
+    group.add_argument("--dataset_name", default=None, help="A Hub data set id.")
+    group.add_argument("--dataset_config_name", default=None, help="The Hub data set's configuration.")
+    group.add_argument("--train_dir", default=None, help="A local image folder (<dir>/<class>/<image>) for training.")
+    group.add_argument("--validation_dir", default=None, help="A local image folder for validation.")
+    group.add_argument("--test_dir", default=None, help="A local image folder for the final test.")
+    group.add_argument("--train_split", default="train", help="Split of --dataset_name used for training.")
+    group.add_argument("--validation_split", default="validation",
+                       help="Split evaluated after every epoch (skipped when the data set has none).")
+    group.add_argument("--test_split", default="test", help="Split evaluated at the end (skipped when absent).")
+    group.add_argument("--image_column_name", default=None, help="Image column (default: 'image' or 'img').")
+    group.add_argument("--label_column_name", default=None, help="Label column (default: 'label' or 'labels').")
+    group.add_argument("--num_labels", type=int, default=None,
+                       help="Number of classes; checked against the data set (default: taken from it).")
+
+
+def add_prompt_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("adapter (gated_vpt.GatedPromptConfig)")
+    group.add_argument("--num_prompt_tokens", type=int, default=5)
+    group.add_argument("--prompt_mode", choices=("shallow", "deep"), default="shallow")
+    group.add_argument("--gated", type=_bool, default=None, help="true/false (default: true for shallow prompts).")
+    group.add_argument("--gate_init", type=float, default=5.0, help="Gate logits start at -gate_init.")
+    group.add_argument("--learnable_temperature", type=_bool, default=None,
+                       help="true/false (default: true for shallow prompts).")
+    group.add_argument("--prompt_dropout", type=float, default=0.1)
+    group.add_argument("--prompt_start_block", type=int, default=0)
+    group.add_argument("--head_pooling", choices=("auto", "cls", "mean"), default="auto",
+                       help="'auto': mean pooling for MAE backbones, CLS otherwise (the paper's heads).")
+
+
+def add_optimization_args(parser: argparse.ArgumentParser, learning_rate: float, batch_size: int, epochs: int) -> None:
+    group = parser.add_argument_group("optimisation (the paper: SGD, momentum 0.9, no weight decay, warmup + cosine per epoch)")
+    group.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    group.add_argument("--learning_rate", type=float, default=learning_rate, help="Used as given (no batch-size scaling).")
+    group.add_argument("--gate_learning_rate", type=float, default=None,
+                       help="Learning rate of the gate logits (default: --learning_rate). See docs/TRAINING.md.")
+    group.add_argument("--momentum", type=float, default=0.9)
+    group.add_argument("--weight_decay", type=float, default=0.0)
+    group.add_argument("--per_device_train_batch_size", type=int, default=batch_size)
+    group.add_argument("--per_device_eval_batch_size", type=int, default=256)
+    group.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    group.add_argument("--num_train_epochs", type=int, default=epochs)
+    group.add_argument("--warmup_epochs", type=int, default=10, help="Linear warmup from 0 over this many epochs.")
+    group.add_argument("--scheduler_step", choices=("epoch", "step"), default="epoch",
+                       help="Step the schedule once per epoch (the paper) or once per optimizer update.")
+    group.add_argument("--seed", type=int, default=0)
+
+
+def add_run_args(parser: argparse.ArgumentParser, default_output_dir: str) -> None:
+    group = parser.add_argument_group("run")
+    group.add_argument("--output_dir", default=default_output_dir)
+    group.add_argument("--checkpointing_steps", type=_checkpointing_steps, default="epoch",
+                       help="'epoch' (a checkpoint after every epoch) or N (also one every N optimizer updates).")
+    group.add_argument("--resume_from_checkpoint", default=None,
+                       help="A checkpoint directory, or 'latest' for the latest one in --output_dir.")
+    group.add_argument("--max_train_steps", type=int, default=None,
+                       help="Stop after this many optimizer updates without writing results (the schedule still spans "
+                            "--num_train_epochs, so the run can be resumed from its last checkpoint).")
+    group.add_argument("--with_tracking", action="store_true", help="Log to Accelerate's trackers.")
+    group.add_argument("--report_to", default="tensorboard", help="Trackers for --with_tracking ('all', 'tensorboard', ...).")
+    group.add_argument("--push_to_hub", action="store_true", help="Upload the adapter to --hub_model_id at the end.")
+    group.add_argument("--hub_model_id", default=None)
+    group.add_argument("--hub_token", default=None)
+    group.add_argument("--gradient_checkpointing", action="store_true")
+    group.add_argument("--torch_compile", action="store_true", help="Compile the model with torch.compile (inductor).")
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("recipe")
+    group.add_argument("--config", default=None, help="A recipe JSON (e.g. hub_configs/<recipe>.json); flags override it.")
+    group.add_argument("--recipe_stage", choices=("final", "tune"), default="final",
+                       help="'tune' applies the recipe's tune_args (the hyperparameter-search split).")
+
+
+def parse_args_with_recipe(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], task_type: str) -> argparse.Namespace:
+    """Parse ``argv``; when ``--config`` names a recipe, its values become the defaults (command-line flags win).
+
+    Raises ``ValueError`` when the recipe is invalid or sets an argument this script does not have.
+    """
+    args = parser.parse_args(argv)
+    if args.config is None:
+        _check_choices(parser, args)
+        return args
+    from gated_vpt.recipes import load_recipe
+
+    recipe = load_recipe(args.config, task_type=task_type, stage=args.recipe_stage)
+    known = {action.dest for action in parser._actions}
+    unknown = sorted(set(recipe) - known)
+    if unknown:
+        raise ValueError(f"Recipe {args.config} sets {unknown}, which this script does not accept.")
+    parser.set_defaults(**recipe)
+    args = parser.parse_args(argv)
+    _check_choices(parser, args)
+    return args
+
+
+def _check_choices(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """argparse does not check defaults (which recipes set) against ``choices``; do it here."""
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if action.choices is not None and value is not None and value not in action.choices:
+            raise ValueError(f"--{action.dest}={value!r} is invalid: use one of {list(action.choices)}.")
+
+
+def run_config(args: argparse.Namespace, num_processes: int) -> dict:
+    """The settings a checkpoint must share with the run that resumes it."""
+    config = {k: v for k, v in vars(args).items() if k not in NON_SEMANTIC_ARGS}
+    config["num_processes"] = num_processes
+    return config

@@ -1,0 +1,173 @@
+"""Image classification pieces: checked data loaders, the backbone with a fresh classifier and a gated prompt
+adapter, and top-1 evaluation through ``evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from accelerate import Accelerator
+from datasets import DatasetDict
+from peft import PeftModel, get_peft_model
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel, ViTForImageClassification
+
+from gated_vpt import GatedPromptConfig, init_classifier_
+
+from .data import (
+    IMAGE_COLUMN_GUESSES,
+    LABEL_COLUMN_GUESSES,
+    EpochShuffleSampler,
+    ImageTransform,
+    TransformedImages,
+    check_images,
+    find_column,
+    image_normalisation,
+    label_names,
+    load_image_datasets,
+    target_mode,
+)
+from .metrics import load_metric
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ClassificationData:
+    """Loaders for one run (not yet prepared by Accelerate) and what describes them."""
+
+    train_loader: DataLoader
+    eval_loaders: dict[str, DataLoader]
+    labels: list[str]
+    sampler: EpochShuffleSampler
+    train_images: TransformedImages
+
+
+def load_classification_data(args: argparse.Namespace, num_channels: int) -> ClassificationData:
+    """Load and check the data named by ``args`` (see ``gated_vpt.training.args``), raising ``ValueError`` on a
+    missing column, non-image column, label problems or a class count that differs from ``args.num_labels``."""
+    datasets = load_image_datasets(
+        args.dataset_name,
+        args.dataset_config_name,
+        args.train_dir,
+        args.validation_dir,
+        args.test_dir,
+        splits={"train": args.train_split, "validation": args.validation_split, "test": args.test_split},
+    )
+    train = datasets["train"]
+    image_column = find_column(train, args.image_column_name, IMAGE_COLUMN_GUESSES, "image", "--image_column_name")
+    label_column = find_column(train, args.label_column_name, LABEL_COLUMN_GUESSES, "label", "--label_column_name")
+    modes = set()
+    for role, split in datasets.items():
+        for column, flag in ((image_column, "--image_column_name"), (label_column, "--label_column_name")):
+            if column not in split.column_names:
+                raise ValueError(f"The {role} split has no column {column!r} (columns: {split.column_names}); set {flag}.")
+        modes.add(check_images(split, image_column, num_channels))
+    if modes - {target_mode(num_channels)}:
+        logger.warning(
+            f"Images are {'/'.join(sorted(modes))}; they are converted to {target_mode(num_channels)} to match the "
+            f"backbone's {num_channels} input channels."
+        )
+    labels = label_names(datasets, label_column, args.num_labels)
+    return _loaders(args, datasets, image_column, label_column, labels, num_channels)
+
+
+def _loaders(args, datasets: DatasetDict, image_column: str, label_column: str, labels: list[str], num_channels: int) -> ClassificationData:
+    mean, std = image_normalisation(args.model_name_or_path)
+
+    def transform(train: bool) -> ImageTransform:
+        return ImageTransform(args.transform, args.image_size, mean, std, num_channels=num_channels, train=train)
+
+    train_images = TransformedImages(datasets["train"], image_column, label_column, transform(True), seed=args.seed)
+    sampler = EpochShuffleSampler(len(train_images), seed=args.seed)
+    train_loader = DataLoader(train_images, batch_size=args.per_device_train_batch_size, sampler=sampler, drop_last=True)
+    if len(train_loader) == 0:
+        raise ValueError(
+            f"The train split has {len(train_images)} images, fewer than one batch of {args.per_device_train_batch_size}; "
+            "lower --per_device_train_batch_size."
+        )
+    eval_loaders = {
+        role: DataLoader(
+            TransformedImages(datasets[role], image_column, label_column, transform(False)),
+            batch_size=args.per_device_eval_batch_size,
+        )
+        for role in ("validation", "test")
+        if role in datasets
+    }
+    return ClassificationData(train_loader, eval_loaders, labels, sampler, train_images)
+
+
+def load_image_classifier(model_name_or_path: str, labels: list[str]) -> PreTrainedModel:
+    """The backbone with a new classifier (``len(labels)`` outputs, the paper's initialisation). MAE checkpoints
+    load into ``ViTForImageClassification`` (transformers has no MAE classification head)."""
+    config = AutoConfig.from_pretrained(model_name_or_path)
+    model_class = ViTForImageClassification if config.model_type == "vit_mae" else AutoModelForImageClassification
+    model = model_class.from_pretrained(
+        model_name_or_path,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+        ignore_mismatched_sizes=True,
+    )
+    init_classifier_(model.classifier)
+    return model
+
+
+def prompt_config(args: argparse.Namespace) -> GatedPromptConfig:
+    return GatedPromptConfig(
+        num_prompt_tokens=args.num_prompt_tokens,
+        prompt_mode=args.prompt_mode,
+        gated=args.gated,
+        gate_init=args.gate_init,
+        learnable_temperature=args.learnable_temperature,
+        prompt_dropout=args.prompt_dropout,
+        prompt_start_block=args.prompt_start_block,
+        head_pooling=args.head_pooling,
+    )
+
+
+def add_gated_prompts(model: PreTrainedModel, config: GatedPromptConfig) -> PeftModel:
+    """``get_peft_model(model, config)``, usable on MAE weights loaded into ``ViTForImageClassification``."""
+    peft_model = get_peft_model(model, config)
+    _drop_mae_noise_hook(peft_model.get_base_model())
+    return peft_model
+
+
+def _drop_mae_noise_hook(model: nn.Module) -> None:
+    """The core fixes ViTMAE's patch order with a hook that passes ``noise`` to the embeddings whenever
+    ``model_type == 'vit_mae'``; ViT's embeddings (MAE weights in ``ViTForImageClassification``) take no ``noise``
+    and never shuffle, so the hook is removed there."""
+    encoder = getattr(model, "base_model", model)
+    hook = getattr(encoder, "_gvpt_noise_hook", None)
+    if hook is not None and not hasattr(encoder.embeddings, "random_masking"):
+        hook.remove()
+        del encoder._gvpt_noise_hook
+
+
+def evaluate_accuracy(accelerator: Accelerator, model: nn.Module, loader: DataLoader) -> float:
+    """Top-1 accuracy of ``model`` on a prepared ``loader`` (all processes' predictions, duplicates dropped)."""
+    metric = load_metric("accuracy")
+    was_training = model.training
+    model.eval()
+    for batch in loader:
+        with torch.no_grad():
+            logits = model(pixel_values=batch["pixel_values"]).logits
+        predictions, references = accelerator.gather_for_metrics((logits.argmax(dim=-1), batch["labels"]))
+        metric.add_batch(predictions=predictions, references=references)
+    model.train(was_training)
+    return metric.compute()["accuracy"]
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def final_split(data: ClassificationData) -> Optional[str]:
+    """The split reported as the result: test when present (the paper reports last-epoch test accuracy)."""
+    return "test" if "test" in data.eval_loaders else ("validation" if "validation" in data.eval_loaders else None)

@@ -1,0 +1,273 @@
+"""Image-classification data: loading (Hub id, local imagefolder, embedded default), checks, and the paper's
+transforms, applied per sample with a generator seeded by (seed, epoch, index) so that a resumed run sees exactly
+the augmentations an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from typing import Iterator, Literal, Optional
+
+import numpy as np
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
+from PIL import Image as PILImage
+from torch.utils.data import Sampler
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_COLUMN_GUESSES = ("image", "img")
+LABEL_COLUMN_GUESSES = ("label", "labels")
+# The embedded default: scikit-learn's 1,797 8x8 digits split like VTAB-1k (800 train, 200 validation, rest test).
+EMBEDDED_SPLIT_SIZES = {"train": 800, "validation": 200}
+EMBEDDED_SPLIT_SEED = 0
+
+
+def embedded_digits() -> DatasetDict:
+    """scikit-learn's digits (shipped in its wheel) as a ``DatasetDict`` with ``image`` (8x8 grayscale PIL) and
+    ``label`` columns, split by a fixed stratified shuffle into train / validation / test (800 / 200 / 797)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    labels = digits.target.astype(np.int64)
+    order = _stratified_order(labels, np.random.default_rng(EMBEDDED_SPLIT_SEED))
+    bounds = np.cumsum([0, *EMBEDDED_SPLIT_SIZES.values(), len(labels)])
+    features = Features({"image": Image(), "label": ClassLabel(names=[str(i) for i in range(10)])})
+    splits = {}
+    for name, start, stop in zip((*EMBEDDED_SPLIT_SIZES, "test"), bounds[:-1], bounds[1:]):
+        rows = order[start:stop]
+        splits[name] = Dataset.from_dict(
+            {"image": [PILImage.fromarray(images[i], mode="L") for i in rows], "label": labels[rows].tolist()},
+            features=features,
+        )
+    return DatasetDict(splits)
+
+
+def _stratified_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A permutation in which every prefix holds the classes in (nearly) their overall proportions."""
+    keys = np.empty(len(labels))
+    for value in np.unique(labels):
+        members = np.flatnonzero(labels == value)
+        keys[rng.permutation(members)] = (np.arange(len(members)) + rng.random()) / len(members)
+    return np.argsort(keys, kind="stable")
+
+
+def load_image_datasets(
+    dataset_name: Optional[str] = None,
+    dataset_config_name: Optional[str] = None,
+    train_dir: Optional[str] = None,
+    validation_dir: Optional[str] = None,
+    test_dir: Optional[str] = None,
+    splits: Optional[dict[str, Optional[str]]] = None,
+) -> DatasetDict:
+    """Load ``train`` / ``validation`` / ``test`` splits from a Hub data set, local image folders, or (with neither
+    given) the embedded digits. ``splits`` maps those roles to the source's split names (None: role absent)."""
+    if dataset_name and (train_dir or validation_dir or test_dir):
+        raise ValueError("Give either --dataset_name or --train_dir/--validation_dir/--test_dir, not both.")
+    if dataset_name:
+        source = load_dataset(dataset_name, dataset_config_name)
+    elif train_dir or validation_dir or test_dir:
+        files = {role: f"{path}/**" for role, path in (("train", train_dir), ("validation", validation_dir), ("test", test_dir)) if path}
+        if "train" not in files:
+            raise ValueError("--validation_dir/--test_dir need a --train_dir as well.")
+        source = load_dataset("imagefolder", data_files=files)
+        splits = {role: role for role in files}
+    else:
+        return embedded_digits()
+    splits = splits or {"train": "train", "validation": "validation", "test": "test"}
+    chosen = {}
+    for role, name in splits.items():
+        if name is None:
+            continue
+        if name not in source:
+            if role == "train" or name != role:
+                raise ValueError(f"The data set has no split {name!r} (for {role}); it has {sorted(source)}. Set --{role}_split.")
+            continue
+        chosen[role] = source[name]
+    return DatasetDict(chosen)
+
+
+def find_column(dataset: Dataset, requested: Optional[str], guesses: tuple[str, ...], kind: str, flag: str) -> str:
+    """The column holding ``kind`` (image or label): ``requested`` if given, else the first of ``guesses`` present."""
+    columns = list(dataset.column_names)
+    if requested is not None:
+        if requested not in columns:
+            raise ValueError(f"The data set has no {kind} column {requested!r}; its columns are {columns}. Set {flag}.")
+        return requested
+    for name in guesses:
+        if name in columns:
+            return name
+    raise ValueError(f"Could not find the {kind} column (looked for {list(guesses)}); the columns are {columns}. Set {flag}.")
+
+
+def check_images(dataset: Dataset, column: str, num_channels: int) -> str:
+    """Refuse a column that does not hold images; return the mode of its first image (e.g. 'L', 'RGB')."""
+    feature = dataset.features[column]
+    if not isinstance(feature, Image):
+        raise ValueError(
+            f"Column {column!r} holds {feature!r}, not images. Point --image_column_name at the image column "
+            f"(columns: {list(dataset.column_names)})."
+        )
+    if num_channels not in (1, 3):
+        raise ValueError(f"The backbone expects {num_channels}-channel images; only 1 (L) and 3 (RGB) are supported.")
+    return dataset[0][column].mode
+
+
+def target_mode(num_channels: int) -> str:
+    return "RGB" if num_channels == 3 else "L"
+
+
+def label_names(datasets: DatasetDict, column: str, num_labels: Optional[int]) -> list[str]:
+    """Class names of the label ``column`` (a ``ClassLabel``, or integers 0..K-1); checks every split and, when
+    given, that there are ``num_labels`` classes."""
+    train = datasets["train"]
+    feature = train.features[column]
+    if isinstance(feature, ClassLabel):
+        names = list(feature.names)
+    else:
+        values = sorted(set().union(*(set(split[column]) for split in datasets.values() if column in split.column_names)))
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+            raise ValueError(
+                f"Label column {column!r} holds {feature!r}; use class indices or a ClassLabel column "
+                f"(e.g. dataset.class_encode_column({column!r}))."
+            )
+        if values[0] < 0:
+            raise ValueError(f"Labels in {column!r} must be class indices 0..K-1; found {values[0]}.")
+        names = [str(i) for i in range(values[-1] + 1)]
+    for role, split in datasets.items():
+        if column not in split.column_names:
+            raise ValueError(f"The {role} split has no label column {column!r}; its columns are {split.column_names}.")
+        if not isinstance(feature, ClassLabel):
+            continue
+        other = split.features[column]
+        if not isinstance(other, ClassLabel) or list(other.names) != names:
+            raise ValueError(f"The {role} split's labels differ from the train split's ({other!r} vs {feature!r}).")
+    if num_labels is not None and num_labels != len(names):
+        raise ValueError(
+            f"--num_labels={num_labels} but the data set has {len(names)} classes; the classifier head must have one "
+            "output per class. Fix --num_labels (or the recipe's num_labels) or the data set."
+        )
+    return names
+
+
+def image_normalisation(model_name_or_path: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The backbone's own ``image_mean`` / ``image_std`` from its ``preprocessor_config.json``; ImageNet's when the
+    checkpoint has none."""
+    from transformers.utils import cached_file
+
+    path = cached_file(model_name_or_path, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
+    if path is None:
+        logger.warning("%s has no preprocessor_config.json; normalising with ImageNet's mean and std.", model_name_or_path)
+        return IMAGENET_MEAN, IMAGENET_STD
+    with open(path) as handle:
+        config = json.load(handle)
+    return tuple(config.get("image_mean", IMAGENET_MEAN)), tuple(config.get("image_std", IMAGENET_STD))
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """The paper's transforms (VPT's code): ``fgvc`` trains on resize to ``image_size * 256/224``, random crop
+    ``image_size``, horizontal flip, and evaluates on the same resize and a center crop; ``vtab`` resizes straight
+    to ``image_size`` without augmentation. Both then normalise with the backbone's mean and std.
+
+    Example:
+
+    ```py
+    >>> transform = ImageTransform("fgvc", 224, IMAGENET_MEAN, IMAGENET_STD, num_channels=3, train=True)
+    >>> transform(pil_image, torch.Generator().manual_seed(0)).shape
+    torch.Size([3, 224, 224])
+    ```
+    """
+
+    kind: Literal["fgvc", "vtab"]
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_channels: int = 3
+    train: bool = False
+
+    @property
+    def random(self) -> bool:
+        return self.train and self.kind == "fgvc"
+
+    def __call__(self, image: PILImage.Image, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        image = image.convert(target_mode(self.num_channels))
+        if self.kind == "vtab":
+            image = image.resize((self.image_size, self.image_size), PILImage.BILINEAR)
+        else:
+            resize = int(math.floor(self.image_size * 256 / 224 + 0.5))
+            image = image.resize((resize, resize), PILImage.BILINEAR)
+            if self.train:
+                top, left = (int(v) for v in torch.randint(0, resize - self.image_size + 1, (2,), generator=generator))
+                flip = bool(torch.rand((), generator=generator) < 0.5)
+            else:
+                top = left = int(round((resize - self.image_size) / 2.0))
+                flip = False
+            image = image.crop((left, top, left + self.image_size, top + self.image_size))
+            if flip:
+                image = image.transpose(PILImage.FLIP_LEFT_RIGHT)
+        array = np.asarray(image, dtype=np.float32) / 255.0
+        tensor = torch.from_numpy(array.reshape(*array.shape[:2], -1)).permute(2, 0, 1)
+        mean = torch.tensor(self.mean[: self.num_channels]).view(-1, 1, 1)
+        std = torch.tensor(self.std[: self.num_channels]).view(-1, 1, 1)
+        return (tensor - mean) / std
+
+
+class TransformedImages(torch.utils.data.Dataset):
+    """A split as ``{"pixel_values", "labels"}`` samples; random transforms draw from a generator seeded by
+    ``(seed, epoch, index)``, so every sample's augmentation is reproducible whatever order or process loads it."""
+
+    def __init__(self, dataset: Dataset, image_column: str, label_column: str, transform: ImageTransform, seed: int = 0):
+        self.dataset = dataset
+        self.image_column = image_column
+        self.label_column = label_column
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        row = self.dataset[int(index)]
+        generator = None
+        if self.transform.random:
+            generator = torch.Generator().manual_seed(_mix(self.seed, self.epoch, int(index)))
+        return {"pixel_values": self.transform(row[self.image_column], generator), "labels": torch.tensor(row[self.label_column])}
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A fresh permutation of ``range(length)`` per epoch, a function of ``(seed, epoch)`` only: resuming at
+    epoch e (and skipping the batches already seen) replays exactly the order of an uninterrupted run."""
+
+    def __init__(self, length: int, seed: int = 0):
+        self.length = length
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+        return iter(torch.randperm(self.length, generator=generator).tolist())
+
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed from a few integers (distinct tuples give unrelated seeds)."""
+    state = 0x9E3779B97F4A7C15
+    for value in values:
+        state = (state ^ (value + 0x9E3779B97F4A7C15 + (state << 6) + (state >> 2))) & 0xFFFFFFFFFFFFFFFF
+    return state & 0x7FFFFFFFFFFFFFFF

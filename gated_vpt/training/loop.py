@@ -1,0 +1,134 @@
+"""The training loop shared by the task scripts: epochs of accumulated updates under Accelerate, the learning-rate
+schedule per epoch or per update, checkpoints (every epoch, optionally every N updates), resuming mid-epoch, a
+progress bar on the main process, tracker logging, and an evaluation callback after every epoch.
+
+The model must return ``outputs.loss`` when called as ``model(**batch)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Union
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .checkpointing import TrainState, save_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoopSettings:
+    """What the loop needs besides the prepared objects."""
+
+    num_train_epochs: int
+    output_dir: Path
+    run_config: dict
+    scheduler_step: str = "epoch"
+    checkpointing_steps: Union[str, int, None] = "epoch"
+    max_train_steps: Optional[int] = None
+    with_tracking: bool = False
+
+
+def updates_per_epoch(num_batches: int, gradient_accumulation_steps: int) -> int:
+    """Optimizer updates per epoch (Accelerate also steps on the last, shorter accumulation of an epoch)."""
+    return math.ceil(num_batches / gradient_accumulation_steps)
+
+
+def train(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    train_loader: DataLoader,
+    epoch_aware: Iterable,
+    settings: LoopSettings,
+    state: TrainState,
+    evaluate: Optional[Callable[[], dict]] = None,
+) -> Optional[TrainState]:
+    """Train from ``state`` to the last epoch; return the final state, or None when ``max_train_steps`` stopped
+    the run early. ``epoch_aware`` are objects with ``set_epoch`` (the sampler, the augmenting data set)."""
+    epoch_aware = list(epoch_aware)
+    total_batches = settings.num_train_epochs * len(train_loader)
+    done = state.epoch * len(train_loader) + state.batches_in_epoch
+    bar = tqdm(total=total_batches, initial=done, disable=not accelerator.is_local_main_process, desc="training")
+    for epoch in range(state.epoch, settings.num_train_epochs):
+        for item in epoch_aware:
+            item.set_epoch(epoch)
+        model.train()
+        loader = train_loader
+        if state.batches_in_epoch:
+            loader = accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+            state.batches_in_epoch += 1
+            state.epoch_loss_sum += accelerator.gather(loss.detach()).mean().item()
+            state.epoch_loss_count += 1
+            bar.update(1)
+            if not accelerator.sync_gradients:
+                continue
+            state.completed_steps += 1
+            if settings.scheduler_step == "step":
+                scheduler.step()
+            if settings.with_tracking:
+                accelerator.log({"train/loss": loss.item(), **_learning_rates(optimizer)}, step=state.completed_steps)
+            last_batch = state.batches_in_epoch == len(train_loader)
+            steps = settings.checkpointing_steps
+            if isinstance(steps, int) and state.completed_steps % steps == 0 and not last_batch:
+                _checkpoint(accelerator, model, optimizer, scheduler, state, settings, f"step_{state.completed_steps}")
+            if settings.max_train_steps is not None and state.completed_steps >= settings.max_train_steps:
+                bar.close()
+                accelerator.print(f"Stopped after {state.completed_steps} updates (--max_train_steps).")
+                return None
+        record = {
+            "epoch": epoch,
+            "train_loss": state.epoch_loss_sum / max(1, state.epoch_loss_count),
+            **_learning_rates(optimizer),
+        }
+        if settings.scheduler_step == "epoch":
+            scheduler.step()
+        if evaluate is not None:
+            record.update(evaluate())
+        state.history.append(record)
+        state.epoch, state.batches_in_epoch = epoch + 1, 0
+        state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0
+        bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "epoch"})
+        if settings.with_tracking:
+            accelerator.log({f"epoch/{k}": v for k, v in record.items()}, step=state.completed_steps)
+        if settings.checkpointing_steps is not None:
+            _checkpoint(accelerator, model, optimizer, scheduler, state, settings, f"epoch_{epoch}")
+    bar.close()
+    return state
+
+
+def _learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The learning rate each parameter group trained with (``lr`` or ``lr/<group name>``)."""
+    groups = optimizer.param_groups
+    if len(groups) == 1:
+        return {"lr": groups[0]["lr"]}
+    return {f"lr/{group.get('name', i)}": group["lr"] for i, group in enumerate(groups)}
+
+
+def _checkpoint(accelerator, model, optimizer, scheduler, state: TrainState, settings: LoopSettings, name: str) -> None:
+    accelerator.wait_for_everyone()
+    save_checkpoint(
+        settings.output_dir / name,
+        accelerator.unwrap_model(model),
+        optimizer,
+        scheduler,
+        state,
+        settings.run_config,
+        process_index=accelerator.process_index,
+        is_main_process=accelerator.is_main_process,
+    )
+    accelerator.wait_for_everyone()
