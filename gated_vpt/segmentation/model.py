@@ -1,0 +1,259 @@
+"""A semantic segmentation model: a (prompted) ViT-family backbone with SETR-PUP decode and auxiliary heads.
+
+The model is a plain ``nn.Module`` that exposes the backbone's ``config`` and the backbone as ``base_model``, which
+is all gated_vpt's tuner and peft need: ``get_segmentation_peft_model`` wraps the encoder blocks with gated
+prompts and trains/saves ``decode_head`` and ``aux_heads`` through peft's ``modules_to_save``, so one
+``adapter_model.safetensors`` holds the whole task adapter. The head settings travel next to it in
+``segmentation_head.json``.
+
+Intermediate block outputs for the auxiliary heads are taken with forward hooks on the encoder blocks, registered
+for one forward call only. A hook on a gated block sees that block's output as the next block receives it (prompt
+rows gated); the patch rows, the only ones the heads read, are the last ``grid_h * grid_w`` rows either way. This
+does not depend on how a transformers version collects ``output_hidden_states``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Union
+
+import torch
+from peft import PeftModel, get_peft_model
+from torch import nn
+from torch.nn import functional as F
+from transformers.modeling_outputs import SemanticSegmenterOutput
+
+from ..backbones import resolve_backbone
+from ..config import GatedPromptConfig
+from .setr import AuxiliaryHeads, Norm, ProgressiveUpsamplingHead, num_upsampling_stages
+
+HEAD_CONFIG_NAME = "segmentation_head.json"
+HEAD_MODULES = ("decode_head", "aux_heads")
+
+
+@dataclass
+class SegmentationHeadConfig:
+    """Everything needed to rebuild the heads of a saved segmentation adapter.
+
+    ``aux_blocks`` are 0-based encoder block indices (the paper: 5 and 9 of ViT-B's 12 blocks); each auxiliary
+    loss is added with weight ``aux_loss_weight`` in training only. Pixels labelled ``ignore_index`` do not count.
+    """
+
+    num_labels: int
+    aux_blocks: tuple[int, ...] = ()
+    aux_loss_weight: float = 0.4
+    channels: int = 256
+    norm: Norm = "batch"
+    ignore_index: int = 255
+    id2label: Optional[dict[int, str]] = field(default=None)
+
+    def __post_init__(self) -> None:
+        self.aux_blocks = tuple(int(b) for b in self.aux_blocks)
+        if self.id2label is not None:
+            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+        if isinstance(self.num_labels, bool) or not isinstance(self.num_labels, int) or self.num_labels < 2:
+            raise ValueError(f"num_labels={self.num_labels!r} is invalid: use the number of classes (at least 2).")
+        if 0 <= self.ignore_index < self.num_labels:
+            raise ValueError(
+                f"ignore_index={self.ignore_index} is one of the {self.num_labels} class ids; use a value outside "
+                f"0..{self.num_labels - 1} (255 is the usual choice)."
+            )
+        if self.aux_loss_weight < 0:
+            raise ValueError(f"aux_loss_weight={self.aux_loss_weight} is invalid: use a weight >= 0 (SETR: 0.4).")
+        if self.channels < 1:
+            raise ValueError(f"channels={self.channels} is invalid: use a positive number of decoder channels (SETR: 256).")
+        if self.norm not in ("batch", "group"):
+            raise ValueError(f"norm={self.norm!r} is not supported: use 'batch' (SETR's choice) or 'group'.")
+        if self.id2label is not None and sorted(self.id2label) != list(range(self.num_labels)):
+            raise ValueError(f"id2label must name the classes 0..{self.num_labels - 1}; got ids {sorted(self.id2label)}.")
+
+    def save(self, directory: Union[str, Path]) -> Path:
+        path = Path(directory) / HEAD_CONFIG_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: Union[str, Path]) -> "SegmentationHeadConfig":
+        path = Path(path)
+        if path.is_dir():
+            path = path / HEAD_CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: a segmentation adapter directory holds {HEAD_CONFIG_NAME} next to the adapter "
+                "files (written by the segmentation training script or SegmentationHeadConfig.save)."
+            )
+        values = json.loads(path.read_text())
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"{path} has unknown fields {unknown}; it was written by another version or by hand.")
+        return cls(**values)
+
+
+class SegmentationModel(nn.Module):
+    """A ViT-family backbone with a SETR-PUP decode head on its last block and auxiliary heads on ``aux_blocks``.
+
+    ``forward(pixel_values, labels=None)`` returns a ``SemanticSegmenterOutput`` with logits at the input resolution;
+    with labels, the loss is the pixel cross-entropy (ignoring ``ignore_index``) plus the weighted auxiliary losses
+    while the heads are in training mode. Any input size works: the patch grid is derived from the input and the
+    position embeddings are interpolated.
+
+    Example:
+
+    ```py
+    >>> from transformers import ViTMAEModel
+    >>> backbone = ViTMAEModel.from_pretrained("facebook/vit-mae-base", mask_ratio=0.0)
+    >>> model = SegmentationModel(backbone, SegmentationHeadConfig(num_labels=150, aux_blocks=(5, 9)))
+    >>> peft_model = get_segmentation_peft_model(model, GatedPromptConfig(num_prompt_tokens=100, gate_init=10.0))
+    >>> out = peft_model(pixel_values, labels=masks)    # out.loss, out.logits (batch, 150, H, W)
+    ```
+    """
+
+    # transformers and peft look the backbone up under this attribute name, as on a transformers task model.
+    base_model_prefix = "backbone"
+
+    def __init__(self, backbone: nn.Module, head_config: SegmentationHeadConfig) -> None:
+        super().__init__()
+        encoder = getattr(backbone, "base_model", backbone)
+        spec = resolve_backbone(encoder)
+        bad = [b for b in head_config.aux_blocks if not 0 <= b < spec.num_blocks]
+        if bad:
+            raise ValueError(
+                f"aux_blocks={list(head_config.aux_blocks)} names blocks {bad} that this {spec.num_blocks}-block backbone "
+                f"does not have; use 0-based indices from 0 to {spec.num_blocks - 1} (the paper: 5 and 9 for ViT-B)."
+            )
+        self.backbone = encoder
+        self.config = encoder.config
+        self.head_config = head_config
+        self.patch_size = spec.patch_size
+        hidden, labels = spec.hidden_size, head_config.num_labels
+        self.decode_head = ProgressiveUpsamplingHead(
+            hidden, labels, num_upsampling_stages(max(spec.patch_size)), head_config.channels, head_config.norm
+        )
+        self.aux_heads = AuxiliaryHeads(
+            head_config.aux_blocks, hidden, labels, channels=head_config.channels, norm=head_config.norm
+        )
+        forward_parameters = inspect.signature(encoder.forward).parameters
+        self._backbone_kwargs = {"interpolate_pos_encoding": True} if "interpolate_pos_encoding" in forward_parameters else {}
+
+    @property
+    def base_model(self) -> nn.Module:
+        """The backbone, where gated_vpt looks for the encoder blocks."""
+        return self.backbone
+
+    def forward(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None) -> SemanticSegmenterOutput:
+        height, width = pixel_values.shape[-2:]
+        grid = (height // self.patch_size[0], width // self.patch_size[1])
+        if min(grid) < 1:
+            raise ValueError(f"Input of {height}x{width} pixels is smaller than one {self.patch_size} patch.")
+        use_aux = labels is not None and self.aux_heads.training and len(self.head_config.aux_blocks) > 0
+        block_outputs: dict[int, torch.Tensor] = {}
+        with self._capture_blocks(self.head_config.aux_blocks if use_aux else (), block_outputs):
+            outputs = self.backbone(pixel_values, **self._backbone_kwargs)
+        logits = self.decode_head(outputs.last_hidden_state, grid, (height, width))
+        loss = None
+        if labels is not None:
+            self._check_labels(labels, pixel_values)
+            loss = self._pixel_loss(logits, labels)
+            if use_aux:
+                for aux_logits in self.aux_heads(block_outputs, grid, (height, width)).values():
+                    loss = loss + self.head_config.aux_loss_weight * self._pixel_loss(aux_logits, labels)
+        return SemanticSegmenterOutput(loss=loss, logits=logits)
+
+    def _pixel_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), labels, ignore_index=self.head_config.ignore_index)
+
+    def _check_labels(self, labels: torch.Tensor, pixel_values: torch.Tensor) -> None:
+        expected = (pixel_values.shape[0], *pixel_values.shape[-2:])
+        if tuple(labels.shape) != expected:
+            raise ValueError(
+                f"labels have shape {tuple(labels.shape)} but the images need {expected} (batch, height, width): "
+                "resize or crop the masks together with the images."
+            )
+        num_labels, ignore = self.head_config.num_labels, self.head_config.ignore_index
+        invalid = (labels != ignore) & ((labels < 0) | (labels >= num_labels))
+        if invalid.any():
+            values = sorted(set(labels[invalid].unique().tolist()))[:10]
+            raise ValueError(
+                f"labels contain values {values} outside the class range 0..{num_labels - 1} (ignore index {ignore}); "
+                "check num_labels, or map the 'other' label to the ignore index (reduce_labels)."
+            )
+
+    @contextmanager
+    def _capture_blocks(self, blocks: Sequence[int], store: dict[int, torch.Tensor]) -> Iterator[None]:
+        if not blocks:
+            yield
+            return
+        names = resolve_backbone(self.backbone).block_names
+        handles = []
+        for index in blocks:
+            def keep(module: nn.Module, args: tuple, output: object, index: int = index) -> None:
+                store[index] = output[0] if isinstance(output, tuple) else output
+
+            handles.append(self.backbone.get_submodule(names[index]).register_forward_hook(keep))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def get_segmentation_peft_model(
+    model: SegmentationModel, config: GatedPromptConfig, adapter_name: str = "default"
+) -> PeftModel:
+    """``peft.get_peft_model`` with the decode and auxiliary heads trained and saved with the adapter.
+
+    ``config.modules_to_save`` is set to ``["decode_head", "aux_heads"]`` when unset; a list that leaves either out
+    is refused, since that head would stay at its random initialisation and be missing from the saved adapter.
+    """
+    if config.modules_to_save is None:
+        config.modules_to_save = list(HEAD_MODULES)
+    missing = [name for name in HEAD_MODULES if name not in config.modules_to_save]
+    if missing:
+        raise ValueError(
+            f"GatedPromptConfig.modules_to_save={config.modules_to_save} leaves out {missing}: the segmentation heads "
+            f"must be trained and saved with the adapter. Use modules_to_save={list(HEAD_MODULES)} or leave it unset."
+        )
+    return get_peft_model(model, config, adapter_name=adapter_name)
+
+
+def save_segmentation_adapter(peft_model: PeftModel, directory: Union[str, Path]) -> Path:
+    """Save the adapter (one safetensors file: prompts, gates, temperatures, heads) and its head settings."""
+    directory = Path(directory)
+    peft_model.save_pretrained(str(directory))
+    segmentation_model = peft_model.get_base_model()
+    segmentation_model.head_config.save(directory)
+    return directory
+
+
+def load_segmentation_adapter(
+    backbone: nn.Module,
+    path_or_repo_id: Union[str, Path],
+    *,
+    revision: Optional[str] = None,
+    token: Optional[str] = None,
+    is_trainable: bool = False,
+) -> PeftModel:
+    """Rebuild the segmentation model around ``backbone`` from a saved adapter (a directory or a Hub repo id).
+
+    Example:
+
+    ```py
+    >>> backbone = ViTMAEModel.from_pretrained("facebook/vit-mae-base", mask_ratio=0.0)
+    >>> model = load_segmentation_adapter(backbone, "user/mae-ade20k-gated").eval()
+    ```
+    """
+    from ..loading import load_adapter, resolve_adapter_dir
+
+    directory = resolve_adapter_dir(path_or_repo_id, revision=revision, token=token)
+    head_file = directory / HEAD_CONFIG_NAME
+    if not head_file.is_file() and not Path(path_or_repo_id).is_dir():
+        from huggingface_hub import hf_hub_download
+
+        head_file = Path(hf_hub_download(str(path_or_repo_id), HEAD_CONFIG_NAME, revision=revision, token=token))
+    model = SegmentationModel(backbone, SegmentationHeadConfig.load(head_file))
+    return load_adapter(model, directory, is_trainable=is_trainable)
