@@ -253,3 +253,23 @@ def test_command_line(tmp_path, capsys):
     assert main(args) == 0
     assert "without classifier" in capsys.readouterr().out
     assert json.loads((tmp_path / "b" / "conversion.json").read_text())["classifier"] is False
+
+
+def test_recipe_conversion_command_produces_the_recipe_backbone(tmp_path, monkeypatch, images):
+    """The MoCo v3 recipes' backbone_source command, run as written, yields their model_name_or_path."""
+    from gated_vpt.recipes import RECIPES_DIR, load_recipe
+
+    recipe_path = RECIPES_DIR / "mocov3-fgvc-cub.json"
+    words = json.loads(recipe_path.read_text())["backbone_source"].split()
+    start = words.index("gated_vpt.convert") + 1
+    argv = words[start:words.index(".", start)]
+    args = load_recipe(recipe_path)
+    assert argv[-1] == args["model_name_or_path"] and "--trust-checkpoint" in argv
+    weights = timm_vit_weights(seed=7)
+    monkeypatch.chdir(tmp_path)
+    torch.save(mocov3_linear_probe(weights), argv[-2])
+    assert main(argv + ["--num-attention-heads", str(HEADS)]) == 0
+    model = ViTForImageClassification.from_pretrained(args["model_name_or_path"], num_labels=args["num_labels"]).eval()
+    assert model.classifier.out_features == 200
+    with torch.no_grad():
+        assert (model.vit(images).last_hidden_state - timm_forward(weights, images)[1]).abs().max() < TOLERANCE

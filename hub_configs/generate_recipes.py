@@ -1,0 +1,367 @@
+"""Writes every recipe in hub_configs/ from the paper's numbers below; this file is their single source.
+
+    python hub_configs/generate_recipes.py          # (re)write the JSON files
+    python hub_configs/generate_recipes.py --check  # exit 1 if a file differs from what would be written
+
+The training scripts read only the JSON files (through ``gated_vpt.recipes.load_recipe``); tests/test_recipes.py
+checks that the files match this script and, independently, METHOD.md's Table 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+HERE = Path(__file__).resolve().parent
+MOCOV3_DIR = "checkpoints/mocov3-vit-b-300ep-linear"
+MOCOV3_URL = "https://dl.fbaipublicfiles.com/moco-v3/vit-b-300ep/linear-vit-b-300ep.pth.tar"
+
+BACKBONES: dict[str, dict[str, str]] = {
+    "mae": {
+        "name": "MAE ViT-B/16",
+        "model_name_or_path": "facebook/vit-mae-base",
+        "head_pooling": "mean",
+        "source": (
+            "Hugging Face Hub: facebook/vit-mae-base (MAE ViT-B/16 pretrained on ImageNet-1k, CC-BY-NC; its "
+            "pretraining decoder is not used). For classification it loads into ViTForImageClassification (only the "
+            "classifier is new) and head_pooling 'mean' gives the paper's MAE head: the pretrained final LayerNorm "
+            "on the mean of all non-CLS tokens, prompts included. Alternative: convert the official MAE checkpoint "
+            "with python -m gated_vpt.convert --model-type mae."
+        ),
+    },
+    "mocov3": {
+        "name": "MoCo v3 ViT-B/16",
+        "model_name_or_path": MOCOV3_DIR,
+        "head_pooling": "cls",
+        "source": (
+            "No transformers checkpoint of MoCo v3 is on the Hub. Download the official linear-probe checkpoint "
+            f"({MOCOV3_URL}, ViT-B/16, 300 epochs, ImageNet-1k) and convert it (the file is a pickle: the converter "
+            "loads it with torch.load(weights_only=True), tensors and plain containers only): "
+            "python -m gated_vpt.convert --model-type mocov3 --trust-checkpoint --drop-head "
+            f"linear-vit-b-300ep.pth.tar {MOCOV3_DIR} . The recipe expects the converted model in {MOCOV3_DIR} "
+            "(relative to the working directory); --drop-head leaves out the ImageNet classifier so any num_labels "
+            "loads cleanly."
+        ),
+    },
+}
+
+# (file slug, name, VTAB group, classes) in VTAB-1k's order.
+VTAB_TASKS = [
+    ("caltech101", "Caltech101", "Natural", 102),
+    ("cifar100", "CIFAR-100", "Natural", 100),
+    ("dtd", "DTD", "Natural", 47),
+    ("flowers102", "Flowers102", "Natural", 102),
+    ("pets", "Oxford-IIIT Pets", "Natural", 37),
+    ("svhn", "SVHN", "Natural", 10),
+    ("sun397", "SUN397", "Natural", 397),
+    ("camelyon", "Patch Camelyon", "Specialized", 2),
+    ("eurosat", "EuroSAT", "Specialized", 10),
+    ("resisc45", "Resisc45", "Specialized", 45),
+    ("retinopathy", "Diabetic Retinopathy", "Specialized", 5),
+    ("clevr-count", "Clevr/count", "Structured", 8),
+    ("clevr-dist", "Clevr/distance", "Structured", 6),
+    ("dmlab", "DMLab", "Structured", 6),
+    ("kitti-dist", "KITTI/distance", "Structured", 4),
+    ("dsprites-loc", "dSprites/location", "Structured", 16),
+    ("dsprites-ori", "dSprites/orientation", "Structured", 16),
+    ("smallnorb-azim", "SmallNORB/azimuth", "Structured", 18),
+    ("smallnorb-elev", "SmallNORB/elevation", "Structured", 9),
+]
+# (file slug, name, classes)
+FGVC_TASKS = [
+    ("cub", "CUB-200-2011", 200),
+    ("flowers", "Oxford Flowers", 102),
+    ("cars", "Stanford Cars", 196),
+    ("dogs", "Stanford Dogs", 120),
+    ("nabirds", "NABirds", 555),
+]
+
+# Paper Table 5: slug -> backbone -> (batch size, prompt tokens, learning rate, gate_init).
+TABLE5: dict[str, dict[str, tuple[int, int, float, float]]] = {
+    "caltech101": {"mae": (128, 1, 0.5, 5), "mocov3": (128, 10, 2.5, 4)},
+    "cifar100": {"mae": (128, 1, 0.25, 5), "mocov3": (128, 10, 1.0, 15)},
+    "clevr-dist": {"mae": (128, 1, 0.1, 15), "mocov3": (128, 5, 1.0, 10)},
+    "clevr-count": {"mae": (128, 1, 0.05, 15), "mocov3": (128, 5, 0.5, 5)},
+    "retinopathy": {"mae": (128, 5, 0.05, 10), "mocov3": (128, 5, 0.5, 5)},
+    "dmlab": {"mae": (128, 1, 0.1, 5), "mocov3": (128, 1, 1.0, 5)},
+    "dsprites-ori": {"mae": (128, 1, 0.05, 5), "mocov3": (128, 5, 0.5, 5)},
+    "dsprites-loc": {"mae": (128, 1, 0.1, 5), "mocov3": (128, 5, 0.5, 5)},
+    "dtd": {"mae": (128, 1, 0.25, 1), "mocov3": (128, 10, 1.0, 5)},
+    "eurosat": {"mae": (128, 5, 0.1, 1), "mocov3": (128, 10, 1.0, 5)},
+    "kitti-dist": {"mae": (128, 5, 0.1, 7), "mocov3": (128, 5, 1.0, 5)},
+    "flowers102": {"mae": (128, 1, 0.25, 5), "mocov3": (128, 5, 1.0, 7)},
+    "pets": {"mae": (128, 1, 0.5, 10), "mocov3": (64, 100, 1.0, 1)},
+    "camelyon": {"mae": (128, 1, 0.05, 5), "mocov3": (128, 1, 1.0, 10)},
+    "resisc45": {"mae": (128, 10, 0.25, 5), "mocov3": (64, 100, 1.0, 7)},
+    "smallnorb-azim": {"mae": (128, 1, 0.1, 20), "mocov3": (128, 10, 0.5, 3)},
+    "smallnorb-elev": {"mae": (128, 1, 0.05, 10), "mocov3": (128, 5, 0.5, 4)},
+    "sun397": {"mae": (128, 1, 0.5, 10), "mocov3": (128, 1, 1.0, 4)},
+    "svhn": {"mae": (128, 1, 0.1, 10), "mocov3": (128, 5, 1.0, 10)},
+    "cub": {"mae": (64, 100, 0.1, 5), "mocov3": (64, 100, 1.0, 5)},
+    "flowers": {"mae": (64, 100, 0.1, 15), "mocov3": (64, 100, 1.0, 10)},
+    "cars": {"mae": (64, 100, 0.25, 5), "mocov3": (64, 100, 0.5, 5)},
+    "dogs": {"mae": (64, 100, 0.5, 15), "mocov3": (64, 100, 0.5, 10)},
+    "nabirds": {"mae": (64, 100, 0.5, 5), "mocov3": (64, 100, 1.0, 5)},
+    "ade20k": {"mae": (16, 100, 0.001, 10), "mocov3": (16, 100, 0.001, 10)},
+}
+
+METHODS = ("gated", "vpt-shallow", "vpt-deep")
+DEEP_PROMPTS_PER_BLOCK = 10
+# Paper results (ViT-B/16): FGVC top-1, VTAB-1k group means, ADE20K mIoU (single-scale, multi-scale).
+FGVC_TOP1 = {
+    "mae": {
+        "vpt-shallow": (42.15, 69.15, 43.38, 77.07, 57.43),
+        "vpt-deep": (68.33, 80.05, 67.67, 78.83, 65.22),
+        "gated": (70.56, 78.55, 71.70, 78.90, 67.26),
+    },
+    "mocov3": {
+        "vpt-shallow": (79.05, 90.47, 71.91, 81.97, 72.92),
+        "vpt-deep": (82.67, 94.41, 79.18, 83.33, 75.99),
+        "gated": (82.86, 93.71, 79.02, 83.37, 76.02),
+    },
+}
+VTAB_GROUP_MEANS = {
+    "mae": {
+        "vpt-shallow": (39.96, 69.65, 27.50),
+        "vpt-deep": (36.02, 60.61, 26.57),
+        "gated": (47.61, 76.86, 36.80),
+    },
+    "mocov3": {
+        "vpt-shallow": (67.34, 82.26, 37.55),
+        "vpt-deep": (70.27, 83.04, 42.38),
+        "gated": (74.84, 83.38, 49.10),
+    },
+}
+VTAB_GROUPS = ("Natural", "Specialized", "Structured")
+ADE20K_MIOU = {
+    "mae": {"vpt-shallow": (34.20, 35.23), "vpt-deep": (37.76, 38.80), "gated": (38.44, 39.81)},
+    "mocov3": {"vpt-shallow": (34.55, 36.18), "vpt-deep": (35.50, 37.15), "gated": (36.81, 38.55)},
+}
+# Baselines get a recipe on every FGVC task, ADE20K and this VTAB task.
+BASELINE_VTAB_TASKS = ("cifar100",)
+
+PAPER_RECIPE = {
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "weight_decay": 0.0,
+    "gradient_accumulation_steps": 1,
+    "prompt_dropout": 0.1,
+    "prompt_start_block": 0,
+    "seed": 0,
+}
+ADE20K_TRAIN_IMAGES = 20210
+SETR_ITERATIONS = 160_000
+
+
+def method_args(method: str, prompts: int, gate_init: float) -> dict[str, Any]:
+    """The adapter arguments of a method: the paper's gated prompts, or a VPT baseline."""
+    if method == "gated":
+        return {"num_prompt_tokens": prompts, "prompt_mode": "shallow", "gated": True, "gate_init": gate_init,
+                "learnable_temperature": True}
+    if method == "vpt-shallow":
+        return {"num_prompt_tokens": prompts, "prompt_mode": "shallow", "gated": False, "learnable_temperature": False}
+    return {"num_prompt_tokens": DEEP_PROMPTS_PER_BLOCK, "prompt_mode": "deep", "gated": False,
+            "learnable_temperature": False}
+
+
+METHOD_TITLES = {
+    "gated": "Gated prompt tuning (shallow prompts, one gate per block, learnable attention temperature)",
+    "vpt-shallow": "Baseline VPT-shallow (shallow prompts, no gates, no temperature)",
+    "vpt-deep": f"Baseline VPT-deep ({DEEP_PROMPTS_PER_BLOCK} fresh prompts before every block, no gates, no temperature)",
+}
+
+
+def baseline_note(method: str, backbone: str, task: str) -> str:
+    """Where a baseline's hyperparameters come from (the paper lists the gated method's only)."""
+    if method == "gated":
+        return ""
+    batch, _, lr, _ = TABLE5[task][backbone]
+    return (
+        f" Table 5 lists the gated method's settings only; this baseline reuses its batch size {batch} and learning "
+        f"rate {lr}, so search the learning rate again (the paper's grid) for a faithful baseline."
+    )
+
+
+def recipe_name(backbone: str, family: str, task: str, method: str) -> str:
+    stem = f"{backbone}-{family}-{task}" if family else f"{backbone}-{task}"
+    return stem if method == "gated" else f"{stem}-{method}"
+
+
+def classification_recipe(backbone: str, family: str, task: tuple, method: str) -> tuple[str, dict[str, Any]]:
+    slug, title, classes = task[0], task[1], task[-1]
+    batch, prompts, lr, gate_init = TABLE5[slug][backbone]
+    name = recipe_name(backbone, family, slug, method)
+    spec = BACKBONES[backbone]
+    if family == "vtab":
+        group = task[2]
+        root = f"data/vtab-1k/{slug}"
+        dirs = {"train_dir": f"{root}/train800val200", "validation_dir": f"{root}/val200", "test_dir": f"{root}/test"}
+        tune = {"train_dir": f"{root}/train800", "validation_dir": f"{root}/val200", "test_dir": None}
+        data = (
+            f"VTAB-1k {title} ({classes} classes) as local image folders {root}/<split>/<class name>/<image> with the "
+            "splits train800, val200, train800val200 and test, made from the TFDS VTAB-1k split definitions (VPT's "
+            "VTAB setup). VPT's protocol: tune on train800 / val200 (load_recipe(..., stage='tune')), then retrain on "
+            "train800val200 (these args; val200 is inside the training data then, a sanity check only) and report "
+            "the last epoch's top-1 on test, averaged over 5 seeds."
+        )
+        index = VTAB_GROUPS.index(group)
+        paper = {
+            "table": "Table 5 (hyperparameters); VTAB-1k results table (per-task top-1 not transcribed here)",
+            "reported_top1": None,
+            "vtab_group": group,
+            "reported_group_mean_top1": VTAB_GROUP_MEANS[backbone][method][index],
+        }
+    else:
+        root = f"data/fgvc/{slug}"
+        dirs = {"train_dir": f"{root}/train", "validation_dir": f"{root}/val", "test_dir": f"{root}/test"}
+        tune = None
+        data = (
+            f"{title} ({classes} classes) as local image folders {root}/<split>/<class name>/<image>: train and val "
+            "split from the official training set (VPT's FGVC split holds out 10% of it as val), test = the official "
+            "test set. Tune on val, report the last epoch's top-1 on test, averaged over 5 seeds."
+        )
+        index = [t[0] for t in FGVC_TASKS].index(slug)
+        paper = {
+            "table": "Table 5 (hyperparameters); FGVC results table (top-1)",
+            "reported_top1": FGVC_TOP1[backbone][method][index],
+        }
+    args: dict[str, Any] = {
+        "model_name_or_path": spec["model_name_or_path"],
+        **dirs,
+        "image_column_name": "image",
+        "label_column_name": "label",
+        "num_labels": classes,
+        "transform": family,
+        "image_size": 224,
+        **method_args(method, prompts, gate_init),
+        **PAPER_RECIPE,
+        "head_pooling": spec["head_pooling"],
+        "learning_rate": lr,
+        "gate_learning_rate": None,
+        "per_device_train_batch_size": batch,
+        "per_device_eval_batch_size": batch,
+        "num_train_epochs": 100,
+        "warmup_epochs": 10,
+        "scheduler_step": "epoch",
+        "output_dir": f"outputs/{name}",
+    }
+    recipe = {
+        "task_type": "image-classification",
+        "description": (
+            f"{METHOD_TITLES[method]} on {title} ({'VTAB-1k' if family == 'vtab' else 'FGVC'}) with "
+            f"{spec['name']}. SGD momentum 0.9, no weight decay, learning rate as given (no batch scaling), 10 "
+            "warmup epochs then cosine to 0 at epoch 100, stepped per epoch; the batch size is the global one "
+            "(divide it over processes)." + baseline_note(method, backbone, slug)
+        ),
+        "paper": paper,
+        "backbone_source": spec["source"],
+        "data_source": data,
+        "args": args,
+    }
+    if tune:
+        recipe["tune_args"] = tune
+    return name, recipe
+
+
+def segmentation_recipe(backbone: str, method: str) -> tuple[str, dict[str, Any]]:
+    batch, prompts, lr, gate_init = TABLE5["ade20k"][backbone]
+    name = recipe_name(backbone, "", "ade20k", method)
+    spec = BACKBONES[backbone]
+    epochs = round(SETR_ITERATIONS * batch / ADE20K_TRAIN_IMAGES)
+    single, multi = ADE20K_MIOU[backbone][method]
+    args: dict[str, Any] = {
+        "model_name_or_path": spec["model_name_or_path"],
+        "train_dir": "data/ade20k/training",
+        "validation_dir": "data/ade20k/validation",
+        "image_column_name": "image",
+        "num_labels": 150,
+        "ignore_index": 255,
+        "crop_size": 512,
+        "decoder": "setr_pup",
+        "aux_blocks": [5, 9],
+        "aux_loss_weight": 0.4,
+        **method_args(method, prompts, gate_init),
+        **PAPER_RECIPE,
+        "learning_rate": lr,
+        "gate_learning_rate": None,
+        "per_device_train_batch_size": batch,
+        "per_device_eval_batch_size": 1,
+        "num_train_epochs": epochs,
+        "warmup_epochs": 0,
+        "scheduler": "poly",
+        "scheduler_step": "step",
+        "output_dir": f"outputs/{name}",
+    }
+    recipe = {
+        "task_type": "semantic-segmentation",
+        "description": (
+            f"{METHOD_TITLES[method]} on ADE20K with {spec['name']} and a SETR-PUP decoder, auxiliary heads on "
+            "blocks 5 and 9 (loss weight 0.4, SETR's), random resize-crop 512. SGD momentum 0.9, no weight decay, "
+            f"polynomial decay stepped per iteration; {epochs} epochs ~ SETR's {SETR_ITERATIONS:,} iterations at "
+            f"batch {batch} over {ADE20K_TRAIN_IMAGES:,} training images." + baseline_note(method, backbone, "ade20k")
+        ),
+        "paper": {
+            "table": "Table 5 (hyperparameters); ADE20K results table (mIoU)",
+            "reported_miou_single_scale": single,
+            "reported_miou_multi_scale": multi,
+        },
+        "backbone_source": spec["source"],
+        "data_source": (
+            "ADE20K SceneParsing (ADEChallengeData2016: 20,210 training and 2,000 validation images, 150 classes) as "
+            "image/mask pairs data/ade20k/<split>/images/<name>.jpg and data/ade20k/<split>/annotations/<name>.png "
+            "for the splits training and validation (links to the official images/<split> and annotations/<split> "
+            "folders). Mask value 0 ('other') is ignored (ignore_index 255) and 1..150 become classes 0..149; "
+            "mIoU is measured on validation."
+        ),
+        "args": args,
+    }
+    return name, recipe
+
+
+def all_recipes() -> dict[str, dict[str, Any]]:
+    """Every recipe, by file name."""
+    recipes = {}
+    for backbone in BACKBONES:
+        for method in METHODS:
+            baseline = method != "gated"
+            for task in VTAB_TASKS:
+                if not baseline or task[0] in BASELINE_VTAB_TASKS:
+                    name, recipe = classification_recipe(backbone, "vtab", task, method)
+                    recipes[f"{name}.json"] = recipe
+            for task in FGVC_TASKS:
+                name, recipe = classification_recipe(backbone, "fgvc", task, method)
+                recipes[f"{name}.json"] = recipe
+            name, recipe = segmentation_recipe(backbone, method)
+            recipes[f"{name}.json"] = recipe
+    return recipes
+
+
+def render(recipe: dict[str, Any]) -> str:
+    return json.dumps(recipe, indent=2) + "\n"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only compare the files with what would be written")
+    parser.add_argument("--directory", type=Path, default=HERE, help="where the recipe files live (default: here)")
+    args = parser.parse_args(argv)
+    recipes = all_recipes()
+    stale = [n for n, r in recipes.items() if not (args.directory / n).is_file() or (args.directory / n).read_text() != render(r)]
+    extra = sorted(p.name for p in args.directory.glob("*.json") if p.name not in recipes)
+    if args.check:
+        for name in stale:
+            print(f"out of date: {name}", file=sys.stderr)
+        for name in extra:
+            print(f"not made by this script: {name}", file=sys.stderr)
+        return 1 if stale or extra else 0
+    for name in stale:
+        (args.directory / name).write_text(render(recipes[name]))
+    print(f"wrote {len(stale)} of {len(recipes)} recipes to {args.directory}" + (f"; extra files: {extra}" if extra else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
