@@ -67,7 +67,9 @@ def convert_timm_vit_state_dict(
     ``classifier`` unless ``drop_head``. Pretraining-only weights (MoCo v3's momentum encoder, predictor and
     projector; MAE's decoder and mask token) are dropped. Any other key, a missing key or a wrong shape raises
     ``ValueError``. The result is checked by a strict load into ``ViTForImageClassification(config)``, so it fits
-    the installed transformers' layout; without a classifier, only ``classifier.*`` is missing there.
+    the installed transformers' layout; without a classifier, only ``classifier.*`` is missing there. (An MAE
+    ``fc_norm`` checkpoint classified the mean of the patch tokens; transformers' head reads CLS, so use
+    gated_vpt's ``head_pooling='mean'`` to keep that head.)
 
     Example:
 
@@ -159,12 +161,12 @@ def read_checkpoint(path: Union[str, Path], trust_checkpoint: bool = False) -> d
         ) from error
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m gated_vpt.convert`` (also ``gated-vpt convert``)."""
+def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m gated_vpt.convert") -> int:
+    """``python -m gated_vpt.convert`` (also ``gated-vpt convert``, which passes its own ``prog``)."""
     parser = argparse.ArgumentParser(
-        prog="python -m gated_vpt.convert",
-        description="Convert an official MoCo v3 or MAE ViT checkpoint (timm-style weight names) into a transformers "
-        "ViT directory that ViTForImageClassification.from_pretrained(OUTPUT_DIR) loads.",
+        prog=prog,
+        description="Convert an official MoCo v3 or MAE ViT checkpoint (timm-style weight names) into a\n"
+        "transformers ViT directory that ViTForImageClassification.from_pretrained(OUTPUT_DIR) loads.",
         epilog="examples:\n"
         "  # MoCo v3 ViT-B/16 linear-probe checkpoint (the one the paper's recipes use)\n"
         "  python -m gated_vpt.convert --model-type mocov3 --trust-checkpoint --drop-head \\\n"

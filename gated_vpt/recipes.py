@@ -103,6 +103,10 @@ ARGS: dict[str, Field] = {
     "aux_loss_weight": _at_least("float", 0, task=SEGMENTATION),
     "crop_size": _positive("int", " (the paper: 512)", task=SEGMENTATION),
     "ignore_index": Field("int", "an integer label to ignore (ADE20K: 255)", task=SEGMENTATION),
+    "reduce_labels": Field("bool", "true when mask value 0 means 'other' (ADE20K): 0 -> ignore_index, k -> k-1",
+                           task=SEGMENTATION),
+    "mask_column_name": _text("the mask column (local image/mask folders: 'annotation')", nullable=False,
+                              task=SEGMENTATION),
     "scheduler": _choice("poly", "cosine", task=SEGMENTATION),
 }
 

@@ -279,6 +279,7 @@ def segmentation_recipe(backbone: str, method: str) -> tuple[str, dict[str, Any]
         "image_column_name": "image",
         "num_labels": 150,
         "ignore_index": 255,
+        "reduce_labels": True,
         "crop_size": 512,
         "decoder": "setr_pup",
         "aux_blocks": [5, 9],

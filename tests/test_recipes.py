@@ -149,7 +149,7 @@ def test_segmentation_recipes():
         path = RECIPES_DIR / f"{backbone}-ade20k.json"
         args = load_recipe(path, task_type="semantic-segmentation")
         assert (args["decoder"], args["aux_blocks"], args["crop_size"], args["num_labels"]) == ("setr_pup", [5, 9], 512, 150)
-        assert (args["scheduler"], args["ignore_index"]) == ("poly", 255)
+        assert (args["scheduler"], args["ignore_index"], args["reduce_labels"]) == ("poly", 255, True)
         paper = read(path.name)["paper"]
         assert (paper["reported_miou_single_scale"], paper["reported_miou_multi_scale"]) == (single, multi)
         with pytest.raises(ValueError, match="is a 'semantic-segmentation' recipe, but this script trains 'image-classification'"):
@@ -239,3 +239,26 @@ def test_list_recipes_directory(tmp_path):
     assert list_recipes(tmp_path) == [tmp_path / "mine.json"]
     with pytest.raises(FileNotFoundError, match="hub_configs"):
         list_recipes(Path(tmp_path / "nowhere"))
+
+
+def _script(name: str):
+    path = RECIPES_DIR.parent / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_classification_recipes_load_into_the_training_script_arguments():
+    script = _script("train_image_classification")
+    for path in list_recipes():
+        recipe = json.loads(path.read_text())
+        if recipe["task_type"] != "image-classification":
+            with pytest.raises(ValueError, match="but this script trains 'image-classification'"):
+                script.parse_args(["--config", str(path)])
+            continue
+        for stage in ("final", "tune") if "tune_args" in recipe else ("final",):
+            args = vars(script.parse_args(["--config", str(path), "--recipe_stage", stage]))
+            assert {k: args[k] for k in recipe["args"]} == load_recipe(path, stage=stage), path.name
+    overridden = script.parse_args(["--config", str(RECIPES_DIR / "mae-fgvc-cub.json"), "--learning_rate", "0.25"])
+    assert overridden.learning_rate == 0.25 and overridden.num_prompt_tokens == 100
