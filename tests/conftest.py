@@ -1,0 +1,135 @@
+"""Tiny random ViT-family models shared by the tests.
+
+``make_backbone(name)`` builds one of ``BACKBONE_NAMES`` (image 16, patch 4, hidden 32, 4 blocks) with every
+weight perturbed away from its initialisation, so zero-initialised tokens and unit layer scales cannot hide a bug.
+``randomize_adapter_`` does the same for an adapter's prompts, gate logits, temperatures and saved classifier.
+Test modules import these by name (``from conftest import make_backbone``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from transformers import (
+    DeiTConfig,
+    DeiTForImageClassification,
+    DeiTModel,
+    Dinov2Config,
+    Dinov2Model,
+    Dinov2WithRegistersConfig,
+    Dinov2WithRegistersModel,
+    PreTrainedModel,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTMAEConfig,
+    ViTMAEModel,
+    ViTMSNConfig,
+    ViTMSNModel,
+    ViTModel,
+)
+from transformers.utils import logging as hf_logging
+
+import gated_vpt  # noqa: F401  (registers the method with peft)
+
+TINY = dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=4, num_attention_heads=2)
+IMAGE_SHAPE = (3, 16, 16)
+NUM_LABELS = 3
+
+# name -> (model class, config class, extra config); "mae_clf" is MAE weights loaded into ViTForImageClassification.
+_FAMILIES = {
+    "vit": (ViTModel, ViTConfig, dict(intermediate_size=64)),
+    "vit_clf": (ViTForImageClassification, ViTConfig, dict(intermediate_size=64, num_labels=NUM_LABELS)),
+    "vit_mae": (ViTMAEModel, ViTMAEConfig, dict(intermediate_size=64, mask_ratio=0.0)),
+    "mae_clf": (ViTMAEModel, ViTMAEConfig, dict(intermediate_size=64, mask_ratio=0.0)),
+    "deit": (DeiTModel, DeiTConfig, dict(intermediate_size=64)),
+    "deit_clf": (DeiTForImageClassification, DeiTConfig, dict(intermediate_size=64, num_labels=NUM_LABELS)),
+    "dinov2": (Dinov2Model, Dinov2Config, dict(mlp_ratio=2)),
+    "dinov2_reg": (Dinov2WithRegistersModel, Dinov2WithRegistersConfig, dict(mlp_ratio=2, num_register_tokens=2)),
+    "vit_msn": (ViTMSNModel, ViTMSNConfig, dict(intermediate_size=64)),
+}
+BACKBONE_NAMES = tuple(_FAMILIES)
+
+
+def make_backbone(name: str = "vit_clf", seed: int = 0, **config: object) -> PreTrainedModel:
+    """A tiny random model of family ``name`` in eval mode; ``config`` overrides the config (e.g. num_hidden_layers).
+
+    ``attn_implementation`` may be passed among ``config``.
+    """
+    model_cls, config_cls, extra = _FAMILIES[name]
+    attn = config.pop("attn_implementation", None)
+    torch.manual_seed(seed)
+    model = model_cls(config_cls(**{**TINY, **extra, **config}))
+    if name == "mae_clf":
+        model = _mae_weights_in_vit_classifier(model)
+    if attn is not None:
+        model.set_attn_implementation(attn)
+    perturb_(model, seed)
+    return model.eval()
+
+
+def _mae_weights_in_vit_classifier(mae: ViTMAEModel) -> ViTForImageClassification:
+    """What a user gets from ``ViTForImageClassification.from_pretrained("facebook/vit-mae-base")``."""
+    with tempfile.TemporaryDirectory() as folder:
+        mae.save_pretrained(folder)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = ViTForImageClassification.from_pretrained(folder, num_labels=NUM_LABELS)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    assert model.config.model_type == "vit_mae"
+    return model
+
+
+def perturb_(module: nn.Module, seed: int = 0, scale: float = 0.1) -> nn.Module:
+    """Add ``scale``-sized noise to every parameter (in place)."""
+    generator = torch.Generator().manual_seed(1000 + seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(scale * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+    return module
+
+
+# Temperatures outside [0.01, 10] on purpose: the forward pass must clamp them.
+RANDOM_TEMPERATURES = (0.5, 2.5, 25.0, 0.004, 1.3)
+
+
+def randomize_adapter_(model: nn.Module, adapter_name: str = "default", seed: int = 0) -> nn.Module:
+    """Give adapter ``adapter_name`` of a PeftModel random prompts, gate logits in [-3, 3], temperatures from
+    ``RANDOM_TEMPERATURES`` (block by block) and a perturbed saved classifier."""
+    generator = torch.Generator().manual_seed(2000 + seed)
+    temperatures = iter(RANDOM_TEMPERATURES * 4)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if not name.endswith(f".{adapter_name}") and f".modules_to_save.{adapter_name}." not in name:
+                continue
+            if ".gvpt_prompt." in name:
+                parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))
+            elif ".gvpt_gate." in name:
+                parameter.fill_(6 * torch.rand((), generator=generator).item() - 3)
+            elif ".gvpt_temperature." in name:
+                parameter.fill_(next(temperatures))
+            elif ".modules_to_save." in name:
+                parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+def main_output(output: object) -> torch.Tensor:
+    """``logits`` of a classifier's output, ``last_hidden_state`` of a bare model's."""
+    logits = getattr(output, "logits", None)
+    return logits if logits is not None else output.last_hidden_state
+
+
+def images(batch: int = 2, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, *IMAGE_SHAPE, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture
+def pixels() -> torch.Tensor:
+    return images()
