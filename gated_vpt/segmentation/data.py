@@ -13,16 +13,18 @@ index and 1..N become classes 0..N-1.
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from datasets import Dataset, Image
 from PIL import Image as PILImage
 from torch.nn import functional as F
+
+from ..training.data import TransformedImages
+from ..training.data import _mix as sample_seed
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MASK_FOLDERS = ("annotations", "masks", "labels")
@@ -144,19 +146,28 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(mask[None, None].float(), size=size, mode="nearest")[0, 0].long()
 
 
-def photometric_jitter(pixels: torch.Tensor, rng: random.Random) -> torch.Tensor:
+def _uniform(generator: Optional[torch.Generator], low: float = 0.0, high: float = 1.0) -> float:
+    return low + (high - low) * torch.rand((), generator=generator).item()
+
+
+def _randint(generator: Optional[torch.Generator], high: int) -> int:
+    """An integer in ``0..high`` (inclusive)."""
+    return int(torch.randint(0, high + 1, (), generator=generator))
+
+
+def photometric_jitter(pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """mmsegmentation's photometric distortion on a float image in [0, 255]: each of brightness (+-32), contrast
     (x0.5..1.5), saturation (x0.5..1.5) and hue (+-18 degrees) is applied with probability 1/2."""
-    if rng.random() < 0.5:
-        pixels = pixels + rng.uniform(-32, 32)
-    if rng.random() < 0.5:
-        pixels = pixels * rng.uniform(0.5, 1.5)
+    if _uniform(generator) < 0.5:
+        pixels = pixels + _uniform(generator, -32, 32)
+    if _uniform(generator) < 0.5:
+        pixels = pixels * _uniform(generator, 0.5, 1.5)
     pixels = pixels.clamp(0, 255)
-    if rng.random() < 0.5:
+    if _uniform(generator) < 0.5:
         gray = (0.299 * pixels[0] + 0.587 * pixels[1] + 0.114 * pixels[2]).unsqueeze(0)
-        pixels = (gray + (pixels - gray) * rng.uniform(0.5, 1.5)).clamp(0, 255)
-    if rng.random() < 0.5:
-        pixels = rotate_hue(pixels, math.radians(rng.uniform(-18, 18))).clamp(0, 255)
+        pixels = (gray + (pixels - gray) * _uniform(generator, 0.5, 1.5)).clamp(0, 255)
+    if _uniform(generator) < 0.5:
+        pixels = rotate_hue(pixels, math.radians(_uniform(generator, -18, 18))).clamp(0, 255)
     return pixels
 
 
@@ -179,7 +190,7 @@ class SegmentationTransform:
     ```py
     >>> transform = SegmentationTransform(LabelSpec(150, reduce_labels=True), crop_size=512, train=True,
     ...                                   mean=(0.5,) * 3, std=(0.5,) * 3)
-    >>> pixel_values, labels = transform(pil_image, pil_mask)   # (3, 512, 512), (512, 512)
+    >>> pixel_values, labels = transform(pil_image, pil_mask, torch.Generator().manual_seed(0))  # (3, 512, 512), (512, 512)
     ```
     """
 
@@ -193,7 +204,6 @@ class SegmentationTransform:
         scale_range: tuple[float, float] = (0.5, 2.0),
         max_class_ratio: float = 0.75,
         jitter: bool = True,
-        seed: Optional[int] = None,
     ) -> None:
         self.labels = labels
         self.crop_size = crop_size
@@ -204,31 +214,34 @@ class SegmentationTransform:
         self.scale_range = scale_range
         self.max_class_ratio = max_class_ratio
         self.jitter = jitter
-        # The global generator by default: seeded by accelerate's set_seed and per DataLoader worker by torch.
-        self.rng = random.Random(seed) if seed is not None else random
 
-    def __call__(self, image: PILImage.Image, mask: PILImage.Image, where: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, image: PILImage.Image, mask: PILImage.Image, generator: Optional[torch.Generator] = None, where: str = ""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train: the random draws come from ``generator`` (per sample, for reproducible resumes)."""
         pixels, labels = self.labels.prepare(image, mask, where)
         if not self.train:
             size = rescale_size(*pixels.shape[-2:], self.box)
             return self.normalize(resize(pixels, size)), labels
-        size = rescale_size(*pixels.shape[-2:], self.box, self.rng.uniform(*self.scale_range))
+        size = rescale_size(*pixels.shape[-2:], self.box, _uniform(generator, *self.scale_range))
         pixels, labels = resize(pixels, size), resize_mask(labels, size)
-        pixels, labels = self._crop(pixels, labels)
-        if self.rng.random() < 0.5:
+        pixels, labels = self._crop(pixels, labels, generator)
+        if _uniform(generator) < 0.5:
             pixels, labels = pixels.flip(-1), labels.flip(-1)
         if self.jitter:
-            pixels = photometric_jitter(pixels, self.rng)
+            pixels = photometric_jitter(pixels, generator)
         return self._pad(self.normalize(pixels), labels)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         return (pixels.float() - self.mean) / self.std
 
-    def _crop(self, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _crop(
+        self, pixels: torch.Tensor, labels: torch.Tensor, generator: Optional[torch.Generator]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         height, width = labels.shape
         crop_h, crop_w = min(self.crop_size, height), min(self.crop_size, width)
         for _ in range(10):
-            top, left = self.rng.randint(0, height - crop_h), self.rng.randint(0, width - crop_w)
+            top, left = _randint(generator, height - crop_h), _randint(generator, width - crop_w)
             window = labels[top : top + crop_h, left : left + crop_w]
             counts = torch.bincount(window[window != self.labels.ignore_index].flatten())
             counts = counts[counts > 0]
@@ -245,14 +258,18 @@ class SegmentationTransform:
         return pixels, labels
 
 
-def apply_transform(transform: SegmentationTransform, image_column: str, mask_column: str):
-    """A ``datasets`` batch transform producing ``pixel_values`` and ``labels`` (for ``Dataset.with_transform``)."""
+class SegmentationSamples(TransformedImages):
+    """A split as ``{"pixel_values", "labels"}`` samples; the training transform draws from a generator seeded by
+    ``(seed, epoch, index)`` (as the classification data sets do), so a resumed run sees the same crops."""
 
-    def batch_transform(batch: dict[str, list[Any]]) -> dict[str, list[torch.Tensor]]:
-        pairs = [transform(image, mask) for image, mask in zip(batch[image_column], batch[mask_column])]
-        return {"pixel_values": [p for p, _ in pairs], "labels": [m for _, m in pairs]}
+    def __init__(self, dataset: Dataset, image_column: str, mask_column: str, transform: SegmentationTransform, seed: int = 0):
+        super().__init__(dataset, image_column, mask_column, transform, seed)
 
-    return batch_transform
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        row = self.dataset[int(index)]
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, int(index))) if self.transform.train else None
+        pixels, labels = self.transform(row[self.image_column], row[self.label_column], generator, f" of example {index}")
+        return {"pixel_values": pixels, "labels": labels}
 
 
 def collate_train(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

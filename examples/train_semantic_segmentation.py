@@ -1,0 +1,251 @@
+"""Gated visual prompt tuning for semantic segmentation (SETR-PUP decoder) with Accelerate.
+
+``--quick`` runs offline in about a minute on 2 CPU cores: a tiny random ViT with gated prompts and SETR-PUP heads
+learns synthetic shapes, and the validation mIoU is printed. With ``--config hub_configs/<mae|mocov3>-ade20k.json``
+(or flags) it runs the paper's ADE20K recipe: batch 16, SGD lr 0.001, polynomial decay per update, 100 prompts,
+gate_init 10, auxiliary heads on blocks 5 and 9, random resize-crop 512, single- and multi-scale mIoU.
+
+    python examples/train_semantic_segmentation.py --quick
+    accelerate launch examples/train_semantic_segmentation.py --config hub_configs/mae-ade20k.json --reduce_labels true
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import datasets
+import torch
+import transformers
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+
+import gated_vpt
+from gated_vpt.recipes import SEGMENTATION
+from gated_vpt.segmentation.inference import evaluate_segmentation
+from gated_vpt.segmentation.model import save_segmentation_adapter
+from gated_vpt.segmentation.synthetic import SHAPES_LABELS
+from gated_vpt.segmentation.training import (
+    QUICK,
+    build_poly_scheduler,
+    build_segmentation_model,
+    inference_settings,
+    load_segmentation_data,
+)
+from gated_vpt.training import args as cli
+from gated_vpt.training.checkpointing import TrainState, check_run_config, load_checkpoint, resolve_resume_path
+from gated_vpt.training.classification import count_parameters
+from gated_vpt.training.loop import LoopSettings, train, updates_per_epoch
+from gated_vpt.training.optim import build_optimizer, build_scheduler
+from gated_vpt.training.plots import plot_gates, plot_learning_curve
+
+logger = get_logger(__name__)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated block indices such as 5,9, got {text!r}") from None
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description="Gated visual prompt tuning for semantic segmentation (SETR-PUP).")
+    cli.add_config_args(parser)
+    parser.add_argument("--quick", action="store_true",
+                        help="Offline: synthetic shapes, a tiny random ViT, 3 epochs (flags still override).")
+    cli.add_model_args(parser, default_model=None)
+    cli.add_data_args(parser)
+    group = parser.add_argument_group("segmentation")
+    group.add_argument("--mask_column_name", default=None, help="Mask column (default: 'annotation', 'label', 'mask', ...).")
+    group.add_argument("--reduce_labels", type=cli._bool, default=False,
+                       help="ADE20K: mask value 0 ('other') becomes the ignore index and 1..N become classes 0..N-1.")
+    group.add_argument("--ignore_index", type=int, default=255, help="Mask value that does not count in loss or metrics.")
+    group.add_argument("--crop_size", type=int, default=512, help="Training crop (and test rescale) size; SETR: 512.")
+    group.add_argument("--decoder", choices=("setr_pup",), default="setr_pup")
+    group.add_argument("--decoder_channels", type=int, default=256)
+    group.add_argument("--decoder_norm", choices=("batch", "group"), default="batch",
+                       help="Norm in the decoder stages: 'batch' (SETR) or 'group' (small per-device batches).")
+    group.add_argument("--aux_blocks", type=_int_list, default=[],
+                       help="0-based blocks with an auxiliary head, e.g. 5,9 (the paper, ViT-B).")
+    group.add_argument("--aux_loss_weight", type=float, default=0.4)
+    group.add_argument("--scheduler", choices=("poly", "cosine"), default="poly",
+                       help="'poly': SETR's (1 - t/T)^power decay; 'cosine': the classification schedule.")
+    group.add_argument("--poly_power", type=float, default=0.9)
+    group.add_argument("--eval_mode", choices=("whole", "slide"), default="slide",
+                       help="Test-time inference on the rescaled image at once, or in crop_size windows (SETR).")
+    group.add_argument("--eval_stride", type=int, default=None, help="Sliding-window stride (default: 2/3 of the crop).")
+    group.add_argument("--eval_every_epochs", type=int, default=1, help="Validation mIoU every N epochs (0: never).")
+    group.add_argument("--multi_scale_eval", type=cli._bool, default=True,
+                       help="Also report multi-scale + flip mIoU at the end (ratios 0.5..1.75).")
+    cli.add_prompt_args(parser)
+    cli.add_optimization_args(parser, learning_rate=0.001, batch_size=16, epochs=127)
+    parser.set_defaults(warmup_epochs=0, scheduler_step="step", per_device_eval_batch_size=1)
+    cli.add_run_args(parser, default_output_dir="outputs/semantic-segmentation")
+    if "--quick" in argv:
+        if "--config" in argv:
+            raise ValueError("--quick uses the built-in synthetic setting; drop --config (or --quick).")
+        parser.set_defaults(**QUICK)
+    args = cli.parse_args_with_recipe(parser, argv, task_type=SEGMENTATION)
+    if args.num_labels is None:
+        raise ValueError("--num_labels is required (ADE20K: 150), or use --quick.")
+    if args.model_name_or_path is None and not args.quick:
+        raise ValueError("--model_name_or_path is required (a Hub id or a local transformers directory), or use --quick.")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    args = parse_args(argv)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=args.report_to if args.with_tracking else None,
+        project_dir=args.output_dir,
+        dynamo_backend="inductor" if args.torch_compile else None,
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    if not accelerator.is_local_main_process:
+        datasets.utils.logging.set_verbosity_error()
+        transformers.utils.logging.set_verbosity_error()
+    set_seed(args.seed)
+    started = time.time()
+
+    # Everything is checked before anything is written to --output_dir.
+    data = load_segmentation_data(args)
+    run_config = cli.run_config(args, accelerator.num_processes)
+    resume_path = None
+    if args.resume_from_checkpoint:
+        resume_path = resolve_resume_path(args.resume_from_checkpoint, args.output_dir)
+        check_run_config(resume_path, run_config)
+
+    model = build_segmentation_model(args, SHAPES_LABELS if args.quick else None)
+    if args.decoder_norm == "batch" and accelerator.num_processes > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if args.gradient_checkpointing:
+        model.get_base_model().backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    trainable, total = count_parameters(model)
+    logger.info(f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
+
+    optimizer = build_optimizer(
+        model, args.optimizer, args.learning_rate, args.momentum, args.weight_decay, args.gate_learning_rate
+    )
+    eval_roles = list(data.eval_loaders)
+    model, optimizer, train_loader, *eval_loaders = accelerator.prepare(
+        model, optimizer, data.train_loader, *data.eval_loaders.values()
+    )
+    eval_loaders = dict(zip(eval_roles, eval_loaders))
+    steps = updates_per_epoch(len(train_loader), args.gradient_accumulation_steps)
+    if args.scheduler == "poly":
+        scheduler = build_poly_scheduler(
+            optimizer, args.num_train_epochs, args.warmup_epochs, steps, args.scheduler_step, args.poly_power
+        )
+    else:
+        scheduler = build_scheduler(optimizer, args.num_train_epochs, args.warmup_epochs, steps, args.scheduler_step)
+    state = TrainState()
+    if resume_path is not None:
+        accelerator.print(f"Resuming from {resume_path}")
+        state = load_checkpoint(resume_path, accelerator.unwrap_model(model), optimizer, scheduler, accelerator.process_index)
+
+    if args.with_tracking:
+        accelerator.init_trackers("gated_vpt_semantic_segmentation", _loggable(vars(args)))
+
+    def score(role: str, multi_scale: bool = False) -> dict:
+        scores = evaluate_segmentation(
+            model, eval_loaders[role], args.num_labels, args.ignore_index, inference_settings(args, multi_scale), accelerator
+        )
+        return scores
+
+    epochs_seen = [state.epoch]
+
+    def evaluate_validation() -> dict:
+        epochs_seen[0] += 1
+        every = args.eval_every_epochs
+        if "validation" not in eval_loaders or not every or epochs_seen[0] % every:
+            return {}
+        scores = score("validation")
+        return {"validation_miou": scores["mean_iou"], "validation_pixel_accuracy": scores["overall_accuracy"]}
+
+    settings = LoopSettings(
+        num_train_epochs=args.num_train_epochs,
+        output_dir=Path(args.output_dir),
+        run_config=run_config,
+        scheduler_step=args.scheduler_step,
+        checkpointing_steps=args.checkpointing_steps,
+        max_train_steps=args.max_train_steps,
+        with_tracking=args.with_tracking,
+    )
+    state = train(
+        accelerator, model, optimizer, scheduler, train_loader, (data.sampler, data.train_samples), settings, state,
+        evaluate=evaluate_validation,
+    )
+    if state is None:
+        accelerator.end_training()
+        return {}
+
+    result_split = "test" if "test" in eval_loaders else ("validation" if "validation" in eval_loaders else None)
+    metrics: dict = {}
+    if result_split:
+        single = score(result_split)
+        metrics.update({
+            f"{result_split}_miou": single["mean_iou"],
+            f"{result_split}_pixel_accuracy": single["overall_accuracy"],
+            f"{result_split}_mean_accuracy": single["mean_accuracy"],
+            f"{result_split}_per_class_iou": single["per_category_iou"],
+        })
+        if args.multi_scale_eval:
+            metrics[f"{result_split}_miou_multi_scale"] = score(result_split, multi_scale=True)["mean_iou"]
+    metrics.update({
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "epochs": args.num_train_epochs,
+        "train_seconds": round(time.time() - started, 1),
+    })
+    if args.with_tracking:
+        accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=state.completed_steps)
+        accelerator.end_training()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _write_results(args, accelerator.unwrap_model(model), metrics, state)
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def _write_results(args: argparse.Namespace, model, metrics: dict, state: TrainState) -> None:
+    """The adapter (one safetensors file with prompts, gates, temperatures and heads; config; head settings; card),
+    metrics.json, gates.png and learning_curve.png."""
+    output = Path(args.output_dir)
+    adapter_dir = save_segmentation_adapter(model, output / "adapter")
+    report = gated_vpt.gate_report(model)
+    gates_png = None
+    if any(b.gate is not None or b.temperature is not None for b in report.blocks):
+        gates_png = plot_gates(report, output / "gates.png", title=Path(args.model_name_or_path or "quick").name)
+    plot_learning_curve(state.history, output / "learning_curve.png")
+    metrics = {**metrics, "gates": report.to_dict(), "history": state.history}
+    (output / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    from gated_vpt.card import write_model_card
+
+    numbers = {k: v for k, v in metrics.items() if ("miou" in k or k.endswith("accuracy")) and isinstance(v, float)}
+    write_model_card(adapter_dir, model, metrics=numbers, gates_image=gates_png, dataset=args.dataset_name)
+    print(", ".join(f"{k} {v:.4f}" for k, v in numbers.items()) + f"; adapter and results in {output}")
+    print(report.format_table())
+    if args.push_to_hub:
+        from gated_vpt.hub import push_adapter
+
+        if not args.hub_model_id:
+            raise ValueError("--push_to_hub needs --hub_model_id <user>/<name>.")
+        push_adapter(adapter_dir, args.hub_model_id, token=args.hub_token)
+
+
+def _loggable(values: dict) -> dict:
+    """Tracker hyperparameters must be scalars or strings."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in values.items()}
+
+
+if __name__ == "__main__":
+    main()
