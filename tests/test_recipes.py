@@ -249,16 +249,21 @@ def _script(name: str):
     return module
 
 
-def test_classification_recipes_load_into_the_training_script_arguments():
-    script = _script("train_image_classification")
+@pytest.mark.parametrize(
+    "script_name, task_type",
+    [("train_image_classification", "image-classification"), ("train_semantic_segmentation", "semantic-segmentation")],
+)
+def test_recipes_load_into_the_training_script_arguments(script_name, task_type):
+    script = _script(script_name)
     for path in list_recipes():
         recipe = json.loads(path.read_text())
-        if recipe["task_type"] != "image-classification":
-            with pytest.raises(ValueError, match="but this script trains 'image-classification'"):
+        if recipe["task_type"] != task_type:
+            with pytest.raises(ValueError, match=f"but this script trains '{task_type}'"):
                 script.parse_args(["--config", str(path)])
             continue
         for stage in ("final", "tune") if "tune_args" in recipe else ("final",):
             args = vars(script.parse_args(["--config", str(path), "--recipe_stage", stage]))
             assert {k: args[k] for k in recipe["args"]} == load_recipe(path, stage=stage), path.name
-    overridden = script.parse_args(["--config", str(RECIPES_DIR / "mae-fgvc-cub.json"), "--learning_rate", "0.25"])
+    example = "mae-fgvc-cub.json" if task_type == "image-classification" else "mae-ade20k.json"
+    overridden = script.parse_args(["--config", str(RECIPES_DIR / example), "--learning_rate", "0.25"])
     assert overridden.learning_rate == 0.25 and overridden.num_prompt_tokens == 100
