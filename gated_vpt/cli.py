@@ -160,6 +160,7 @@ def _load_classifier(args: argparse.Namespace):
     from .loading import load_adapter, read_adapter_files
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     directory = fetch_adapter(args.adapter, revision=args.revision, token=args.token)
     config, state_dict = read_adapter_files(directory)
     base_id = args.base or config.get("base_model_name_or_path")

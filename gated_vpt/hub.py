@@ -43,12 +43,6 @@ def push_adapter(
     >>> sha = push_adapter("out/cub-gated", "user/mae-cub-gated")   # token from HF_TOKEN or `hf auth login`
     ```
     """
-    token = token or get_token()
-    if not token:
-        raise PermissionError(
-            f"Pushing to {repo_id!r} needs a Hugging Face token with write access: pass --token / token=..., set the "
-            "HF_TOKEN environment variable, or run `hf auth login`."
-        )
     with tempfile.TemporaryDirectory() as staging:
         staging = Path(staging)
         if isinstance(source, nn.Module):
@@ -56,6 +50,12 @@ def push_adapter(
             write_model_card(staging, source, repo_id=repo_id)
         else:
             _stage_directory(Path(source), staging, repo_id)
+        token = token or get_token()
+        if not token:
+            raise PermissionError(
+                f"Pushing to {repo_id!r} needs a Hugging Face token with write access: pass --token / token=..., set "
+                "the HF_TOKEN environment variable, or run `hf auth login`."
+            )
         api = HfApi(token=token)
         with _hub_errors(repo_id, write=True):
             api.create_repo(repo_id, private=private, exist_ok=True)

@@ -1,0 +1,140 @@
+"""The ``gated-vpt`` command on local files, run in-process through ``gated_vpt.cli.main`` (the Hub commands run
+against the local Hub server in test_hub.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+from PIL import Image
+from transformers import ViTForImageClassification, ViTImageProcessor
+
+import gated_vpt
+from conftest import make_backbone, randomize_adapter_
+from gated_vpt.cli import main
+
+COMMANDS = ("push", "pull", "info", "predict")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A saved tiny base (with image processor), an adapter trained on it (randomised) and a folder of PNGs."""
+    root = tmp_path_factory.mktemp("cli")
+    make_backbone("vit_clf").save_pretrained(root / "base")
+    ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.4, 0.5, 0.6]).save_pretrained(root / "base")
+    model = get_peft_model(ViTForImageClassification.from_pretrained(root / "base"), gated_vpt.GatedPromptConfig(num_prompt_tokens=3))
+    randomize_adapter_(model, seed=5)
+    model.save_pretrained(root / "adapter")
+    (root / "images").mkdir()
+    generator = torch.Generator().manual_seed(1)
+    for i, size in enumerate([(16, 16), (30, 22), (9, 40)]):
+        pixels = torch.randint(0, 256, (*size, 3), generator=generator, dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(root / "images" / f"photo{i}.png")
+    (root / "images" / "notes.txt").write_text("not an image, skipped in folders")
+    return root
+
+
+def _expected_top(files: Path, paths: list[Path], k: int) -> tuple[list[list[float]], list[list[int]]]:
+    model = PeftModel.from_pretrained(ViTForImageClassification.from_pretrained(files / "base"), files / "adapter").eval()
+    processor = ViTImageProcessor.from_pretrained(files / "base")
+    pixels = processor(images=[Image.open(p).convert("RGB") for p in paths], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        scores, indices = model(pixels).logits.softmax(-1).topk(k)
+    return scores.tolist(), indices.tolist()
+
+
+def test_help_lists_every_command_and_each_has_its_own(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["--help"])
+    assert exit.value.code == 0
+    text = capsys.readouterr().out
+    assert all(f"\n    {command} " in text for command in (*COMMANDS, "convert"))
+    for command in COMMANDS:
+        with pytest.raises(SystemExit) as exit:
+            main([command, "--help"])
+        assert exit.value.code == 0
+        assert capsys.readouterr().out.startswith(f"usage: gated-vpt {command}")
+
+
+def test_info_prints_config_gates_parameters_and_sizes(files, capsys):
+    assert main(["info", str(files / "adapter")]) == 0
+    text = capsys.readouterr().out
+    assert gated_vpt.gate_report(files / "adapter").format_table() in text
+    assert "num_prompt_tokens: 3" in text and "adapter_model.safetensors (" in text
+
+    assert main(["info", str(files / "adapter"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["gates"] == gated_vpt.gate_report(files / "adapter").to_dict()
+    # 4 blocks: prompts 3x32 in block 0, gates on blocks 0-2, a temperature per block, a 3-way classifier on 32.
+    assert summary["parameters"] == {"gvpt_gate": 3, "gvpt_prompt": 96, "gvpt_temperature": 4,
+                                     "head (classifier)": 3 * 32 + 3}
+    assert summary["files"]["adapter_config.json"] == (files / "adapter" / "adapter_config.json").stat().st_size
+
+
+def test_predict_folder_and_file_with_label_names(files, tmp_path, capsys):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\nbird\n")
+    folder = files / "images"
+    args = ["predict", str(files / "adapter"), str(folder), str(folder / "photo0.png"), "--top-k", "2", "--labels", str(labels)]
+    assert main(args) == 0  # the base comes from the adapter config's base_model_name_or_path
+    lines = capsys.readouterr().out.splitlines()
+    paths = [folder / f"photo{i}.png" for i in range(3)] + [folder / "photo0.png"]
+    scores, indices = _expected_top(files, paths, 2)
+    assert len(lines) == len(paths)
+    for line, path, row_scores, row_indices in zip(lines, paths, scores, indices):
+        names = ["cat", "dog", "bird"]
+        assert line == f"{path}: " + ", ".join(f"{names[i]} ({s:.4f})" for s, i in zip(row_scores, row_indices))
+
+
+def test_predict_json_with_an_explicit_base(files, capsys):
+    image = files / "images" / "photo1.png"
+    assert main(["predict", str(files / "adapter"), str(image), "--base", str(files / "base"), "--json"]) == 0
+    [row] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    scores, indices = _expected_top(files, [image], 3)
+    assert [t["index"] for t in row["top"]] == indices[0] and [t["label"] for t in row["top"]] == [f"LABEL_{i}" for i in indices[0]]
+    assert [t["score"] for t in row["top"]] == pytest.approx(scores[0], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["predict", "{adapter}", "{root}/missing.png"], "No image file or folder"),
+        (["predict", "{adapter}", "{root}/images/notes.txt"], "Cannot read an image"),
+        (["predict", "{adapter}", "{root}/images", "--labels", "{root}/images/notes.txt"], "has 1 names but"),
+        (["predict", "{adapter}", "{root}/images", "--base", "{root}/wider_base"], "another backbone"),
+        (["info", "{root}/images"], "has no adapter_config.json"),
+        (["push", "{root}/images", "someone/adapter", "--token", "unused"], "has no adapter_config.json"),
+    ],
+)
+def test_bad_input_is_one_clear_line(files, capsys, args, message):
+    if not (files / "wider_base").exists():
+        make_backbone("vit_clf", hidden_size=48).save_pretrained(files / "wider_base")
+    argv = [a.format(adapter=files / "adapter", root=files) for a in args]
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("gated-vpt: error:") and message in err and err.count("\n") == 1, err
+
+
+def test_predict_without_a_known_base_asks_for_one(files, tmp_path, capsys):
+    config = json.loads((files / "adapter" / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = None
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    (tmp_path / "adapter_model.safetensors").write_bytes((files / "adapter" / "adapter_model.safetensors").read_bytes())
+    assert main(["predict", str(tmp_path), str(files / "images")]) == 1
+    assert "pass --base" in capsys.readouterr().err
+
+
+def test_convert_forwards_its_arguments_untouched(monkeypatch):
+    received = []
+    convert = types.ModuleType("gated_vpt.convert")
+    convert.main = lambda argv: received.append(argv) or 3
+    monkeypatch.setitem(sys.modules, "gated_vpt.convert", convert)
+    monkeypatch.setattr(gated_vpt, "convert", convert, raising=False)
+    assert main(["convert", "--help", "in.pth", "--out", "x"]) == 3
+    assert received == [["--help", "in.pth", "--out", "x"]]
