@@ -309,12 +309,27 @@ def test_offline_with_a_warm_cache_works(hub, saved, pushed, cli_online, cli_hom
     assert len(hub.requests) == requests_before  # nothing reached the server
 
 
-def test_offline_with_a_cold_cache_fails_clearly(hub, pushed, tmp_path):
-    process = subprocess.run([sys.executable, "-m", "gated_vpt.cli", "pull", REPO], cwd=ROOT, capture_output=True,
-                             text=True, env=_env(hub.url, tmp_path, offline=True), timeout=120)
-    assert process.returncode == 1
-    assert process.stderr.startswith("gated-vpt: error: HF_HUB_OFFLINE=1") and REPO in process.stderr
-    assert "Traceback" not in process.stderr
+@pytest.fixture(scope="module")
+def cold_offline(hub, pushed, tmp_path_factory):
+    steps = [{"argv": ["pull", REPO]},
+             {"code": f"import gated_vpt, torch\nfrom conftest import make_backbone\n"
+                      f"try:\n    gated_vpt.load_adapter(make_backbone('vit_clf'), {REPO!r})\n"
+                      "except Exception as error:\n    result = f'{type(error).__name__}: {error}'"}]
+    env = _env(hub.url, tmp_path_factory.mktemp("cold_home"), offline=True)
+    env["PYTHONPATH"] += os.pathsep + str(ROOT / "tests")
+    return _run_steps(steps, env)
+
+
+def test_offline_with_a_cold_cache_fails_clearly(cold_offline):
+    _assert_clean_error(cold_offline[0], "HF_HUB_OFFLINE=1 is set", REPO, "not in the local cache")
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="core: gated_vpt.loading.resolve_adapter_dir catches "
+                   "EntryNotFoundError before its subclass LocalEntryNotFoundError, so offline misses read as "
+                   "'does not hold a gated_vpt adapter'")
+def test_load_adapter_offline_with_a_cold_cache_says_so(cold_offline):
+    message = cold_offline[1]["result"]
+    assert message.startswith("FileNotFoundError") and "HF_HUB_OFFLINE" in message, message
 
 
 def test_no_token_and_no_network_fail_clearly(saved, tmp_path):
