@@ -19,64 +19,27 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import defaultdict
-from typing import Callable, Optional
+from typing import Optional
 
-import torch
-from torch.nn import functional as F
 
-from .measure import live_bytes, median, model_state_tensors, pick_device, time_call, transient_peak_bytes
-from .report import environment, mib, ratio, table
-from .setups import CONFIGS, SIZES, Setup, build, build_multi_adapter, logits_of
+from .cli import common_parser, default_batch, main
+from .measure import median, pick_device, time_call
+from .report import environment, mib, table
+from .setups import CONFIGS, build, build_multi_adapter
+from .steps import Runner, random_batch
 
 ATTENTION = ("eager", "sdpa")
 TARGETS = {"train": 1.05, "inference": 1.03, "mixed": 0.9}
 
 
-class Runner:
-    """One configuration's training step and inference batch on a fixed random batch."""
-
-    def __init__(self, setup: Setup, pixel_values: torch.Tensor, labels: torch.Tensor) -> None:
-        self.setup = setup
-        self.pixel_values = pixel_values
-        self.labels = labels
-        self.optimizer = torch.optim.SGD(setup.trainable(), lr=1e-4, momentum=0.9)
-
-    def train_step(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(logits_of(self.setup.model(self.pixel_values)), self.labels)
-        loss.backward()
-        self.optimizer.step()
-
-    def inference(self, adapter_names: Optional[list[str]] = None) -> None:
-        with torch.inference_mode():
-            kwargs = {} if adapter_names is None else {"adapter_names": adapter_names}
-            self.setup.model(self.pixel_values, **kwargs)
-
-    def prepare(self, attention: str, training: bool) -> None:
-        self.setup.set_attention(attention)
-        self.setup.model.train(training)
-
-    def peak_bytes(self, fn: Callable[[], None], device: torch.device) -> int:
-        self.optimizer.zero_grad(set_to_none=True)
-        start = live_bytes(model_state_tensors(self.setup.model, self.optimizer) + [self.pixel_values, self.labels])
-        return start + transient_peak_bytes(fn, device)
-
-
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="vit-s16")
-    parser.add_argument("--batch", type=int, default=None, help="Default: 8 on CPU, 64 on CUDA.")
+    parser = common_parser(__doc__, size="vit-s16", batch=None)
     parser.add_argument("--reps", type=int, default=5, help="Timed repetitions per configuration (median reported).")
     parser.add_argument("--warmup", type=int, default=None, help="Discarded repetitions first. Default: 1 CPU, 3 CUDA.")
-    parser.add_argument("--prompts", type=int, default=10, help="Prompt tokens (per block for VPT-deep).")
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
     parser.add_argument("--attention", nargs="+", choices=ATTENTION, default=list(ATTENTION))
     parser.add_argument("--mixed-adapters", type=int, default=4, help="Adapters in the mixed batch (0: skip it).")
     parser.add_argument("--no-memory", action="store_true", help="Skip the peak-memory pass.")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... Default: cuda when available.")
-    parser.add_argument("--out", default=None, help="Also write the markdown report to this file.")
-    parser.add_argument("--quick", action="store_true",
-                        help="Tiny model, batch 4, 2 reps: checks that everything runs (CI), numbers mean nothing.")
     args = parser.parse_args(argv)
     if args.quick:
         args.size, args.reps, args.warmup, args.batch = "tiny", 2, 1, args.batch or 4
@@ -84,19 +47,16 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     for required in ("ideal", "full_ft"):
         if required not in args.configs:
             parser.error(f"--configs must include {required!r}: the ratios are taken against it.")
-    if args.reps < 1 or (args.batch is not None and args.batch < 1):
-        parser.error("--reps and --batch must be positive.")
+    if args.reps < 1:
+        parser.error("--reps must be positive.")
     return args
 
 
 def run(args: argparse.Namespace) -> str:
     device = pick_device(args.device)
-    batch = args.batch or (64 if device.type == "cuda" else 8)
+    batch = default_batch(args, device)
     warmup = args.warmup if args.warmup is not None else (3 if device.type == "cuda" else 1)
-    image_size = SIZES[args.size]["image_size"]
-    generator = torch.Generator().manual_seed(0)
-    pixel_values = torch.randn(batch, 3, image_size, image_size, generator=generator).to(device)
-    labels = torch.randint(0, 100, (batch,), generator=generator).to(device)
+    pixel_values, labels = random_batch(args.size, batch, device)
 
     runners = {name: Runner(build(name, args.size, args.prompts, device), pixel_values, labels) for name in args.configs}
     multi = None
@@ -110,6 +70,7 @@ def run(args: argparse.Namespace) -> str:
         shift = rep % len(cases)
         order = cases[shift:] + cases[:shift]
         measured = rep >= warmup
+        print(f"repetition {rep + 1}/{warmup + args.reps}{'' if measured else ' (warm-up)'}", file=sys.stderr, flush=True)
         for kind in ("train", "inference"):
             for name, attention in order:
                 runner = runners[name]
@@ -140,6 +101,11 @@ def run(args: argparse.Namespace) -> str:
 
 def report(args, device, batch, warmup, runners, times, memory) -> str:
     med = {key: median(values) for key, values in times.items()}
+
+    def paired(key: tuple[str, str, str], reference: tuple[str, str, str]) -> float:
+        """Median over repetitions of the ratio within each repetition (both taken in the same round)."""
+        return median(value / base for value, base in zip(times[key], times[reference]))
+
     spread = {key: (max(values) - min(values)) / median(values) for key, values in times.items()}
     headers = ["config", "attention", "train ms", "train x ideal", "train x full FT", "train spread",
                "infer ms", "infer x ideal", "infer x full FT", "infer spread",
@@ -152,8 +118,9 @@ def report(args, device, batch, warmup, runners, times, memory) -> str:
             row = [name, attention]
             for kind in ("train", "inference"):
                 value = med[name, attention, kind]
-                row += [f"{value * 1e3:.1f}", ratio(value, med["ideal", attention, kind]),
-                        ratio(value, med["full_ft", attention, kind]), f"{spread[name, attention, kind]:.0%}"]
+                key = (name, attention, kind)
+                row += [f"{value * 1e3:.1f}", f"{paired(key, ('ideal', attention, kind)):.3f}x",
+                        f"{paired(key, ('full_ft', attention, kind)):.3f}x", f"{spread[key]:.0%}"]
             row += [mib(memory[name, attention, kind]) if memory else "-" for kind in ("train", "inference")]
             row += [f"{trainable:,}", f"{stored:,}"]
             rows.append(row)
@@ -162,7 +129,8 @@ def report(args, device, batch, warmup, runners, times, memory) -> str:
         f"## {args.size}, batch {batch}, {args.prompts} prompts, device {device.type}",
         environment(device),
         f"- timing: median of {args.reps} repetitions after {warmup} warm-up, configurations interleaved "
-        "round-robin in one process; spread = (max - min) / median",
+        "round-robin in one process; ratios are medians of the per-repetition ratios (both timed in the same "
+        "round); spread = (max - min) / median",
         "- peak memory: tensor bytes live at the start (weights, buffers, optimizer state, inputs) plus the most "
         "allocated during the call (see benchmarks/measure.py for how this is taken on CPU)",
         "",
@@ -175,12 +143,12 @@ def report(args, device, batch, warmup, runners, times, memory) -> str:
     if "gated_temp" in args.configs:
         for attention in args.attention:
             for kind, limit in (("train", TARGETS["train"]), ("inference", TARGETS["inference"])):
-                value = med["gated_temp", attention, kind] / med["ideal", attention, kind]
+                value = paired(("gated_temp", attention, kind), ("ideal", attention, kind))
                 target_rows.append([f"gated_temp {kind} / ideal", attention, f"{value:.3f}", f"<= {limit}",
                                     "met" if value <= limit else "missed"])
     if ("multi_adapter", args.attention[0], "mixed") in med:
         for attention in args.attention:
-            value = med["multi_adapter", attention, "single"] / med["multi_adapter", attention, "mixed"]
+            value = paired(("multi_adapter", attention, "single"), ("multi_adapter", attention, "mixed"))
             target_rows.append([f"mixed batch throughput / single-adapter ({args.mixed_adapters} adapters)", attention,
                                 f"{value:.3f}", f">= {TARGETS['mixed']}", "met" if value >= TARGETS["mixed"] else "missed"])
     sections.append(table(["target", "attention", "measured", "goal", "status"], target_rows))
@@ -193,14 +161,5 @@ def report(args, device, batch, warmup, runners, times, memory) -> str:
     return "\n".join(sections) + "\n"
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    args = parse_args(argv)
-    markdown = run(args)
-    print(markdown)
-    if args.out:
-        with open(args.out, "w") as handle:
-            handle.write(markdown)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    main(parse_args, run)

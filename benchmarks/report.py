@@ -74,3 +74,11 @@ def mib(num_bytes: float) -> str:
 
 def ratio(value: float, reference: float) -> str:
     return f"{value / reference:.3f}x"
+
+
+def emit(markdown: str, out: str | None) -> None:
+    """Print the report, and write it to ``out`` when given."""
+    print(markdown)
+    if out:
+        with open(out, "w") as handle:
+            handle.write(markdown)

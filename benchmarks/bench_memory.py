@@ -1,0 +1,94 @@
+"""Peak memory of one training step with and without gradient (activation) checkpointing.
+
+Each case builds a fresh model, creates the optimizer state a first step would create (SGD momentum buffers), and
+runs one training step, timed and measured for peak memory (see benchmarks/measure.py for what peak memory means
+on CPU and CUDA; on CPU the step runs under the memory profiler, which adds little to a step of this size). Checkpointing is
+switched on with the backbone's own ``activation_checkpointing_enable()`` (``gradient_checkpointing_enable()`` on
+older transformers), as a training script would.
+
+    python -m benchmarks.bench_memory --size vit-b16 --batch 32
+    python -m benchmarks.bench_memory --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from typing import Optional
+
+import torch
+
+from .cli import common_parser, main
+from .measure import pick_device
+from .prototypes import PROTOTYPES
+from .report import environment, mib, ratio, table
+from .setups import build
+from .steps import Runner, random_batch
+
+# (configuration, checkpointing, prototype applied)
+DEFAULT_CASES = [
+    ("full_ft", False, None),
+    ("full_ft", True, None),
+    ("ideal", False, None),
+    ("gated_temp", False, None),
+    ("gated_temp", True, None),
+    ("gated_temp", True, "checkpoint-through-wrapper"),
+]
+
+
+def enable_checkpointing(backbone: torch.nn.Module) -> None:
+    enable = getattr(backbone, "activation_checkpointing_enable", None) or backbone.gradient_checkpointing_enable
+    enable()
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    parser = common_parser(__doc__, size="vit-b16", batch=32)
+    parser.add_argument("--attention", choices=("eager", "sdpa"), default="sdpa")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.size, args.batch = "tiny", 4
+    return args
+
+
+def measure_case(args, device, name: str, checkpointing: bool, prototype: Optional[str]) -> tuple[float, int]:
+    setup = build(name, args.size, args.prompts, device)
+    if checkpointing:
+        enable_checkpointing(setup.backbone)
+    if prototype:
+        PROTOTYPES[prototype](setup.model)
+    pixel_values, labels = random_batch(args.size, args.batch, device)
+    runner = Runner(setup, pixel_values, labels)
+    runner.prepare(args.attention, training=True)
+    runner.init_optimizer_state()
+    start = time.perf_counter()
+    peak = runner.peak_bytes(runner.train_step, device)
+    return time.perf_counter() - start, peak
+
+
+def run(args: argparse.Namespace) -> str:
+    device = pick_device(args.device)
+    results = []
+    for name, checkpointing, prototype in DEFAULT_CASES:
+        seconds, peak = measure_case(args, device, name, checkpointing, prototype)
+        results.append((name, checkpointing, prototype, seconds, peak))
+        print(f"{name} checkpointing={checkpointing} prototype={prototype}: {seconds:.1f} s", file=sys.stderr, flush=True)
+        gc.collect()
+    full = next(peak for name, ckpt, proto, _, peak in results if name == "full_ft" and not ckpt)
+    rows = [[name, "on" if ckpt else "off", proto or "-", f"{seconds:.2f}", mib(peak), ratio(peak, full)]
+            for name, ckpt, proto, seconds, peak in results]
+    sections = [
+        f"## Peak training memory: {args.size}, batch {args.batch}, {args.prompts} prompts, {args.attention} attention, "
+        f"device {device.type}",
+        environment(device),
+        "- one step per case (single run, not a median; CPU: under the memory profiler); peak = tensor bytes live "
+        "at the start (weights, momentum buffers, inputs) plus the most allocated during the step",
+        "",
+        table(["config", "checkpointing", "prototype", "step s", "peak MiB", "peak x full FT"], rows),
+    ]
+    return "\n".join(sections) + "\n"
+
+
+if __name__ == "__main__":
+    main(parse_args, run)
