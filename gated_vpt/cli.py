@@ -126,7 +126,11 @@ def _info(args: argparse.Namespace) -> None:
 
 def _predict(args: argparse.Namespace) -> None:
     import torch
-    from PIL import Image, UnidentifiedImageError
+
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError as error:
+        raise ValueError("predict reads images with Pillow: pip install pillow (or gated-vpt[train]).") from error
 
     if args.top_k < 1 or args.batch_size < 1:
         raise ValueError("--top-k and --batch-size must be positive integers.")

@@ -31,10 +31,12 @@ def push_adapter(
     token: Optional[str] = None,
     private: Optional[bool] = None,
     commit_message: str = "Upload gated_vpt adapter",
+    adapter_name: Optional[str] = None,
 ) -> str:
     """Upload an adapter (a ``PeftModel`` or a directory saved by ``save_pretrained``) to ``repo_id`` and return the
-    new commit's sha. The repo is created when missing. The card is the directory's gated_vpt card pointed at
-    ``repo_id``, or a new one when the directory has none (or only peft's template).
+    new commit's sha. The repo is created when missing. From a model, ``adapter_name`` (default: the active one) is
+    pushed with a new card; from a directory, its gated_vpt card is pointed at ``repo_id``, or a new card is
+    written when it has none (or only peft's template).
 
     Example:
 
@@ -46,8 +48,11 @@ def push_adapter(
     with tempfile.TemporaryDirectory() as staging:
         staging = Path(staging)
         if isinstance(source, nn.Module):
-            source.save_pretrained(staging)
-            write_model_card(staging, source, repo_id=repo_id)
+            adapter_name = adapter_name or source.active_adapter
+            source.save_pretrained(staging, selected_adapters=[adapter_name])
+            if adapter_name != "default":  # peft saves other names in a subfolder
+                staging = staging / adapter_name
+            write_model_card(staging, source, repo_id=repo_id, adapter_name=adapter_name)
         else:
             _stage_directory(Path(source), staging, repo_id)
         token = token or get_token()

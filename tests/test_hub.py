@@ -188,6 +188,8 @@ pinned = PeftModel.from_pretrained(base(), REPO, revision=sha1).eval()
 loader = gated_vpt.load_adapter(base(), REPO, revision=sha1).eval()
 many = PeftModel.from_pretrained(base(), REPO, revision=sha1, adapter_name="first").eval()
 many.load_adapter(REPO, adapter_name="second")
+push_adapter(many, "test-org/named", adapter_name="second")   # a named adapter becomes the repo's adapter
+named = PeftModel.from_pretrained(base(), "test-org/named").eval()
 with torch.no_grad():
     mixed = many(x, adapter_names=["first", "second", "second", "first"]).logits
     want1, want2 = local1(x).logits, local2(x).logits
@@ -195,6 +197,7 @@ with torch.no_grad():
         sha1=sha1, sha2=sha2,
         latest=torch.equal(latest(x).logits, want2), pinned=torch.equal(pinned(x).logits, want1),
         loader=torch.equal(loader(x).logits, want1), versions_differ=not torch.equal(want1, want2),
+        named=torch.equal(named(x).logits, want2),
         mixed=torch.equal(mixed[[0, 3]], want1[[0, 3]]) and torch.equal(mixed[[1, 2]], want2[[1, 2]]),
         card=ModelCard.load(REPO).content,
     )
@@ -214,7 +217,7 @@ def pushed(hub, saved, tmp_path_factory):
 def test_python_push_and_pull_by_repo_id_and_revision_are_bit_identical(hub, pushed):
     assert hub.commit_shas(REPO) == [pushed["sha1"], pushed["sha2"]]
     assert pushed["versions_differ"]
-    assert pushed["latest"] and pushed["pinned"] and pushed["loader"]
+    assert pushed["latest"] and pushed["pinned"] and pushed["loader"] and pushed["named"]
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason="core: GatedPromptModel._enable_peft_forward_hooks does not pass adapter_names to "
