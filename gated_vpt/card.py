@@ -13,10 +13,16 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
+import peft
+import torch
+import transformers
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from safetensors import safe_open
 from torch import nn
 
+from . import __version__
 from .config import GatedPromptConfig
+from .introspection import gate_report
 
 CARD_TAGS = ("gated-vpt", "visual-prompt-tuning", "peft", "image-classification", "vision")
 PAPER_URL = "https://arxiv.org/abs/2306.05067"
@@ -186,8 +192,6 @@ def _num_labels(model: Optional[nn.Module], output_dir: Path) -> Optional[int]:
     weights = output_dir / "adapter_model.safetensors"
     if not weights.is_file():
         return None
-    from safetensors import safe_open
-
     with safe_open(str(weights), framework="pt") as handle:
         keys = [key for key in handle.keys() if key.endswith("classifier.weight")]
         return handle.get_slice(keys[0]).get_shape()[0] if keys else None
@@ -235,8 +239,6 @@ def _metrics_section(metrics: dict[str, float], dataset: Optional[str]) -> str:
 def _gates_section(model: Optional[nn.Module], output_dir: Path, settings: dict, adapter_name: str, image: Optional[Path]) -> str:
     if not (settings.get("gated") or settings.get("learnable_temperature")):
         return ""
-    from .introspection import gate_report
-
     if model is not None:
         table = gate_report(model, adapter_name).format_table()
     elif (output_dir / "adapter_model.safetensors").is_file():
@@ -291,11 +293,6 @@ def _license_section(license: str, base_model: Optional[str]) -> str:
 
 
 def _versions_section() -> str:
-    import peft
-    import torch
-    import transformers
-
-    from . import __version__
 
     # peft's save_pretrained appends this heading unless its own version line is already present.
     return (
