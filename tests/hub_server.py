@@ -2,7 +2,7 @@
 ``hf_hub_download``, ``snapshot_download`` and ``repo_info`` use, backed by an in-memory store of model repos.
 
 Every commit is kept, so a pinned revision (a commit sha) stays downloadable after later pushes. Writes need a
-bearer token (any non-empty one); reads do not. Errors carry the ``X-Error-Code`` header that huggingface_hub
+bearer token (any one not starting with ``READ_ONLY_PREFIX``, which gets 403); reads do not. Errors carry the ``X-Error-Code`` header that huggingface_hub
 turns into ``RepositoryNotFoundError`` / ``RevisionNotFoundError`` / ``EntryNotFoundError``.
 
 Usage:
@@ -24,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator, Optional
 from urllib.parse import unquote, urlsplit
 
+READ_ONLY_PREFIX = "hf_readonly"
 REPO = r"(?P<repo>[\w.-]+/[\w.-]+)"
 REV = r"(?P<rev>[^/]+)"
 ROUTES = [  # (method, pattern, handler name); patterns match the unquoted path
@@ -76,8 +77,11 @@ class Handler(BaseHTTPRequestHandler):
             for route_method, pattern, name in ROUTES:
                 match = re.fullmatch(pattern, path)
                 if route_method == method and match:
-                    if method == "POST" and not self.headers.get("Authorization", "").startswith("Bearer "):
+                    auth = self.headers.get("Authorization", "")
+                    if method == "POST" and not auth.startswith("Bearer "):
                         raise HubError(401, "", "Invalid credentials in Authorization header")
+                    if method == "POST" and auth.startswith(f"Bearer {READ_ONLY_PREFIX}") and "validate" not in name:
+                        raise HubError(403, "", "You don't have the rights to create a model under this namespace")
                     return getattr(self, name)(**{k: v for k, v in match.groupdict().items() if v is not None})
             raise HubError(404, "", f"no route for {method} {path}")
         except HubError as error:

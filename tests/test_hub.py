@@ -58,7 +58,7 @@ DRIVER = textwrap.dedent(
 def _env(hub_url: str, home: Path, token: str | None = "hf_dummy_test_token", offline: bool = False) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
     env.update(HF_ENDPOINT=hub_url, HF_HOME=str(home), HF_HUB_OFFLINE="1" if offline else "0",
-               HF_HUB_DISABLE_PROGRESS_BARS="1", PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))
+               HF_HUB_DISABLE_PROGRESS_BARS="1", OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))
     if token:
         env["HF_TOKEN"] = token
     return env
@@ -249,6 +249,7 @@ def cli_online(hub, saved, pushed, cli_home, tmp_path_factory):
         {"argv": ["info", "test-org/no-such-adapter"]},
         {"argv": ["pull", REPO, "--revision", "no-such-branch"]},
         {"argv": ["predict", REPO, "--base", str(saved["root"] / "other_base"), str(saved["images"])]},
+        {"argv": ["push", str(saved["v1"]), "test-org/not-mine", "--token", "hf_readonly_token"]},
     ]
     make_backbone("vit_clf", hidden_size=48).save_pretrained(saved["root"] / "other_base")
     return out, _run_steps(steps, _env(hub.url, cli_home))
@@ -289,11 +290,13 @@ def test_cli_predict_through_a_pinned_hub_adapter_matches_the_model(saved, cli_o
         assert [t["score"] for t in row["top"]] == pytest.approx(row_scores, abs=1e-6)
 
 
-def test_cli_errors_for_missing_repo_revision_and_another_base(cli_online):
-    _, (*_, no_repo, no_revision, other_base) = cli_online
+def test_cli_errors_for_missing_repo_revision_another_base_and_a_refused_token(cli_online):
+    _, (*_, no_repo, no_revision, other_base, refused) = cli_online
     _assert_clean_error(no_repo, "test-org/no-such-adapter")
     _assert_clean_error(no_revision, "no-such-branch")
     _assert_clean_error(other_base, "another backbone", "hidden_size")
+    _assert_clean_error(refused, "refused the token", "HTTP 403", "write access")
+    assert "hf_readonly_token" not in refused["err"] + refused["out"]
 
 
 def test_offline_with_a_warm_cache_works(hub, saved, pushed, cli_online, cli_home):
