@@ -129,7 +129,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         with_tracking=args.with_tracking,
     )
     state = train(
-        accelerator, model, optimizer, scheduler, train_loader, (data.sampler, data.train_images), settings, state,
+        accelerator, model, optimizer, scheduler, train_loader, [data.train_images], settings, state,
         evaluate=evaluate_validation,
     )
     if state is None:

@@ -84,7 +84,9 @@ def _loaders(args, datasets: DatasetDict, image_column: str, label_column: str, 
 
     train_images = TransformedImages(datasets["train"], image_column, label_column, transform(True), seed=args.seed)
     sampler = EpochShuffleSampler(len(train_images), seed=args.seed)
-    train_loader = DataLoader(train_images, batch_size=args.per_device_train_batch_size, sampler=sampler, drop_last=True)
+    train_loader = DataLoader(
+        train_images, batch_size=args.per_device_train_batch_size, sampler=sampler, drop_last=True, generator=_private_generator()
+    )
     if len(train_loader) == 0:
         raise ValueError(
             f"The train split has {len(train_images)} images, fewer than one batch of {args.per_device_train_batch_size}; "
@@ -94,11 +96,18 @@ def _loaders(args, datasets: DatasetDict, image_column: str, label_column: str, 
         role: DataLoader(
             TransformedImages(datasets[role], image_column, label_column, transform(False)),
             batch_size=args.per_device_eval_batch_size,
+            generator=_private_generator(),
         )
         for role in ("validation", "test")
         if role in datasets
     }
     return ClassificationData(train_loader, eval_loaders, labels, sampler, train_images)
+
+
+def _private_generator() -> torch.Generator:
+    """A DataLoader draws a seed each time it starts iterating; from its own generator, that draw leaves the global
+    RNG (prompt dropout) alone, so a run resumed mid-epoch sees the same dropout masks as an uninterrupted one."""
+    return torch.Generator().manual_seed(0)
 
 
 def load_image_classifier(model_name_or_path: str, labels: list[str]) -> PreTrainedModel:

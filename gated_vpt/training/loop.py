@@ -53,18 +53,21 @@ def train(
     evaluate: Optional[Callable[[], dict]] = None,
 ) -> Optional[TrainState]:
     """Train from ``state`` to the last epoch; return the final state, or None when ``max_train_steps`` stopped
-    the run early. ``epoch_aware`` are objects with ``set_epoch`` (the sampler, the augmenting data set)."""
+    the run early. ``epoch_aware`` are further objects with ``set_epoch`` (e.g. a data set whose augmentation depends
+on the epoch)."""
     epoch_aware = list(epoch_aware)
     total_batches = settings.num_train_epochs * len(train_loader)
     done = state.epoch * len(train_loader) + state.batches_in_epoch
     bar = tqdm(total=total_batches, initial=done, disable=not accelerator.is_local_main_process, desc="training")
     for epoch in range(state.epoch, settings.num_train_epochs):
-        for item in epoch_aware:
-            item.set_epoch(epoch)
         model.train()
         loader = train_loader
         if state.batches_in_epoch:
             loader = accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
+        # Accelerate's loaders re-seed their sampler from their own iteration count when they start, and a loader
+        # made to skip batches starts that count at 0: set the epoch explicitly, after the loader is chosen.
+        for item in (loader, *epoch_aware):
+            item.set_epoch(epoch)
         for batch in loader:
             with accelerator.accumulate(model):
                 loss = model(**batch).loss

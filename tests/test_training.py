@@ -1,0 +1,290 @@
+"""The image-classification training script end to end on a tiny MAE and a tiny image folder: outputs, exact
+resume after an interruption, refusal of bad input before anything is written, recipes, checkpoints, and a
+two-process run that matches one process with the same global batch."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import ViTImageProcessor, ViTMAEConfig, ViTMAEModel
+
+from gated_vpt.training.checkpointing import TrainState, load_checkpoint, save_checkpoint
+from gated_vpt.training.metrics import load_metric
+from gated_vpt.training.optim import build_optimizer, build_scheduler
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "examples" / "train_image_classification.py"
+CLASSES = ("circle", "cross", "square")
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("train_image_classification", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+script = _load_script()
+
+
+def _shape(kind: str, rng: np.random.Generator, size: int = 12) -> np.ndarray:
+    """A noisy drawing of one of three shapes, so the classes are learnable."""
+    y, x = np.mgrid[:size, :size] - (size - 1) / 2 + rng.normal(0, 0.7, 2)[:, None, None]
+    if kind == "circle":
+        image = (np.abs(np.hypot(x, y) - size / 3.5) < 1.2).astype(float)
+    elif kind == "cross":
+        image = ((np.abs(x) < 1.2) | (np.abs(y) < 1.2)).astype(float)
+    else:
+        image = ((np.maximum(np.abs(x), np.abs(y)) - size / 3.5) ** 2 < 1.5).astype(float)
+    return np.clip(image + rng.normal(0, 0.15, image.shape), 0, 1)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A tiny random MAE (with a preprocessor config) and an image folder: 3 classes, 16 train / 4 validation /
+    4 test images each, grayscale PNGs."""
+    root = tmp_path_factory.mktemp("training")
+    torch.manual_seed(0)
+    config = ViTMAEConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                          intermediate_size=64, mask_ratio=0.0)
+    ViTMAEModel(config).save_pretrained(root / "mae")
+    ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.2] * 3, image_std=[0.3] * 3).save_pretrained(root / "mae")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 16), ("validation", 4), ("test", 4)):
+        for name in CLASSES:
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray((255 * _shape(name, rng)).astype(np.uint8), mode="L").save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _offline_caches(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def _argv(assets: Path, output: Path, **overrides) -> list[str]:
+    settings = dict(
+        model_name_or_path=assets / "mae", train_dir=assets / "train", validation_dir=assets / "validation",
+        test_dir=assets / "test", output_dir=output, transform="fgvc", num_prompt_tokens=2, gate_init=2,
+        learning_rate=0.2, gate_learning_rate=2.0, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+        num_train_epochs=3, warmup_epochs=1, checkpointing_steps=2, seed=3,
+    )
+    settings.update(overrides)
+    argv = []
+    for key, value in settings.items():
+        argv += [f"--{key}"] if value is True else [f"--{key}", str(value)]
+    return argv
+
+
+def _adapter(output: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(output / "adapter" / "adapter_model.safetensors"))
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(assets, tmp_path_factory):
+    output = tmp_path_factory.mktemp("uninterrupted")
+    metrics = script.main(_argv(assets, output))
+    return output, metrics
+
+
+def test_run_writes_adapter_metrics_plots_and_card(uninterrupted):
+    output, metrics = uninterrupted
+    for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "metrics.json", "gates.png",
+                 "learning_curve.png"):
+        assert (output / name).is_file(), name
+    saved = json.loads((output / "metrics.json").read_text())
+    assert saved["test_accuracy"] == metrics["test_accuracy"]
+    assert [r["epoch"] for r in saved["history"]] == [0, 1, 2]
+    # The warmup starts at 0 (VPT's schedule), then the cosine; the gate group has its own learning rate.
+    assert [r["lr/others"] for r in saved["history"]] == pytest.approx([0.0, 0.2, 0.1])
+    assert [r["lr/gates"] for r in saved["history"]] == pytest.approx([0.0, 2.0, 1.0])
+    gates = [b["gate"] for b in saved["gates"]["blocks"]]
+    assert gates[-1] is None and all(g != pytest.approx(torch.sigmoid(torch.tensor(-2.0)).item()) for g in gates[:-1])
+    # 16 images x 3 classes, batches of 4 with 2-step accumulation: 6 updates per epoch.
+    assert json.loads((output / "epoch_2" / "state.json").read_text())["state"]["completed_steps"] == 18
+    if (output / "adapter" / "README.md").is_file():  # written by gated_vpt.card when it is installed
+        assert "gated" in (output / "adapter" / "README.md").read_text().lower()
+
+
+def test_saved_adapter_reproduces_the_reported_accuracy(uninterrupted, assets):
+    from gated_vpt import load_adapter
+    from gated_vpt.training.classification import _drop_mae_noise_hook, load_image_classifier
+    from gated_vpt.training.data import ImageTransform
+
+    output, metrics = uninterrupted
+    model = load_adapter(load_image_classifier(str(assets / "mae"), list(CLASSES)), output / "adapter")
+    _drop_mae_noise_hook(model.get_base_model())
+    transform = ImageTransform("fgvc", 16, (0.2,) * 3, (0.3,) * 3)
+    pixels, labels = [], []
+    for label, name in enumerate(CLASSES):
+        for path in sorted((assets / "test" / name).glob("*.png")):
+            pixels.append(transform(Image.open(path)))
+            labels.append(label)
+    with torch.no_grad():
+        predictions = model.eval()(pixel_values=torch.stack(pixels)).logits.argmax(-1)
+    assert (predictions == torch.tensor(labels)).float().mean().item() == pytest.approx(metrics["test_accuracy"])
+
+
+def test_interrupted_run_resumes_to_the_same_adapter(uninterrupted, assets, tmp_path):
+    output, _ = uninterrupted
+    interrupted = tmp_path / "interrupted"
+    # Killed after 5 updates in the first epoch: the last checkpoint is step_4, the fifth update is lost.
+    assert script.main(_argv(assets, interrupted, max_train_steps=5)) == {}
+    assert not (interrupted / "adapter").exists()
+    assert sorted(p.name for p in interrupted.glob("step_*")) == ["step_2", "step_4"]
+    script.main(_argv(assets, interrupted, resume_from_checkpoint="latest"))
+    expected, resumed = _adapter(output), _adapter(interrupted)
+    assert expected.keys() == resumed.keys()
+    for key in expected:
+        assert torch.equal(expected[key], resumed[key]), key
+    history = lambda path: json.loads((path / "metrics.json").read_text())["history"]  # noqa: E731
+    assert history(interrupted) == history(output)
+
+
+def test_resuming_with_another_config_is_refused_before_anything_changes(uninterrupted, assets):
+    output, _ = uninterrupted
+    before = _snapshot(output)
+    with pytest.raises(ValueError, match=r"another configuration \(learning_rate: checkpoint 0.2, now 0.3"):
+        script.main(_argv(assets, output, learning_rate=0.3, resume_from_checkpoint="latest"))
+    with pytest.raises(ValueError, match="not a checkpoint directory"):
+        script.main(_argv(assets, output, resume_from_checkpoint=output / "adapter"))
+    assert _snapshot(output) == before
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"image_column_name": "pixels"}, r"no image column 'pixels'; its columns are \['image', 'label'\]"),
+        ({"label_column_name": "target"}, r"no label column 'target'"),
+        ({"image_column_name": "label"}, r"Column 'label' holds ClassLabel.*not images"),
+        ({"num_labels": 5}, r"--num_labels=5 but the data set has 3 classes"),
+        ({"per_device_train_batch_size": 64}, r"fewer than one batch of 64"),
+        ({"dataset_name": "user/data"}, r"either --dataset_name or --train_dir"),
+        ({"resume_from_checkpoint": "latest"}, r"no checkpoint in"),
+        ({"gate_init": -1}, r"gate_init=-1.0 is invalid"),
+    ],
+)
+def test_bad_input_is_refused_before_output_is_written(assets, tmp_path, overrides, message):
+    output = tmp_path / "never-written"
+    with pytest.raises(ValueError, match=message):
+        script.main(_argv(assets, output, **overrides))
+    assert not output.exists()
+
+
+def test_grayscale_images_are_converted_for_an_rgb_backbone_with_a_note(assets, tmp_path, caplog):
+    from gated_vpt.training.classification import load_classification_data
+
+    args = script.parse_args(_argv(assets, tmp_path / "out", image_size=16))
+    with caplog.at_level(logging.WARNING):
+        data = load_classification_data(args, num_channels=3)
+    assert "Images are L; they are converted to RGB" in caplog.text
+    assert next(iter(data.train_loader))["pixel_values"].shape == (4, 3, 16, 16)
+
+
+def _recipe(path: Path, assets: Path, **args) -> Path:
+    base = {"model_name_or_path": str(assets / "mae"), "train_dir": str(assets / "train"), "num_labels": 3, "transform": "vtab", "num_prompt_tokens": 4,
+            "prompt_mode": "shallow", "learning_rate": 0.25, "per_device_train_batch_size": 8, "num_train_epochs": 7}
+    path.write_text(json.dumps({"task_type": "image-classification", "args": {**base, **args}}))
+    return path
+
+
+def test_recipe_sets_defaults_and_flags_override_it(assets, tmp_path):
+    recipe = _recipe(tmp_path / "recipe.json", assets, gate_init=15.0)
+    args = script.parse_args(["--config", str(recipe), "--learning_rate", "0.5"])
+    assert (args.num_prompt_tokens, args.gate_init, args.num_train_epochs, args.transform) == (4, 15.0, 7, "vtab")
+    assert args.learning_rate == 0.5
+    assert args.optimizer == "sgd" and args.momentum == 0.9 and args.weight_decay == 0.0
+
+
+def test_bad_recipes_are_refused(assets, tmp_path):
+    with pytest.raises(ValueError, match="optimiser"):
+        script.parse_args(["--config", str(_recipe(tmp_path / "unknown.json", assets, optimiser="sgd"))])
+    missing = tmp_path / "missing.json"
+    missing.write_text(json.dumps({"task_type": "image-classification", "args": {"model_name_or_path": "x"}}))
+    with pytest.raises(ValueError, match="num_labels"):
+        script.parse_args(["--config", str(missing)])
+    segmentation = tmp_path / "segmentation.json"
+    segmentation.write_text(json.dumps({"task_type": "semantic-segmentation", "args": {}}))
+    with pytest.raises(ValueError, match="semantic-segmentation"):
+        script.parse_args(["--config", str(segmentation)])
+
+
+def test_checkpoint_round_trip_restores_weights_optimizer_scheduler_and_rng(tmp_path):
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+        model[0].requires_grad_(False)
+        optimizer = build_optimizer(model, "adamw", learning_rate=0.1)
+        return model, optimizer, build_scheduler(optimizer, 5, 1, 3, "step")
+
+    model, optimizer, scheduler = make()
+    for _ in range(4):
+        model(torch.randn(2, 4)).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler.step()
+    state = TrainState(epoch=1, batches_in_epoch=1, completed_steps=4, history=[{"epoch": 0, "train_loss": 1.5}])
+    save_checkpoint(tmp_path, model, optimizer, scheduler, state, {"seed": 0})
+    expected_random = torch.rand(3)
+    restored, restored_optimizer, restored_scheduler = make()
+    assert load_checkpoint(tmp_path, restored, restored_optimizer, restored_scheduler) == state
+    assert torch.equal(torch.rand(3), expected_random)
+    assert torch.equal(restored[1].weight, model[1].weight)
+    assert restored_scheduler.state_dict() == scheduler.state_dict()
+    for group, other in zip(optimizer.state_dict()["state"].values(), restored_optimizer.state_dict()["state"].values()):
+        assert group.keys() == other.keys() and all(torch.equal(group[k], other[k]) for k in group)
+    assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob("*.bin"))
+
+
+def test_bundled_accuracy_metric_loads_offline():
+    metric = load_metric("accuracy")
+    metric.add_batch(predictions=[0, 1, 2, 2], references=[0, 1, 1, 2])
+    assert metric.compute() == {"accuracy": 0.75}
+    with pytest.raises(ValueError, match="available: \\['accuracy'"):
+        load_metric("f1")
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_the_same_global_batch(assets, tmp_path):
+    overrides = dict(prompt_dropout=0.0, checkpointing_steps=1000, gradient_accumulation_steps=1, num_train_epochs=2)
+    single = tmp_path / "single"
+    script.main(_argv(assets, single, per_device_train_batch_size=8, **overrides))
+    double = tmp_path / "double"
+    # `accelerate launch --cpu --num_processes 2` starts ONE process unless MPI is set up; torchrun-style CPU
+    # processes come from --multi_gpu with ACCELERATE_USE_CPU=1 (gloo backend).
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_DATASETS_CACHE": str(tmp_path / "cache"),
+           "ACCELERATE_USE_CPU": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT),
+               *_argv(assets, double, per_device_train_batch_size=4, **overrides)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((double / "epoch_0" / "state.json").read_text())["run_config"]["num_processes"] == 2
+    expected, actual = _adapter(single), _adapter(double)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=1e-4, atol=1e-5, msg=lambda m: f"{key}: {m}")
+    metrics = lambda path: json.loads((path / "metrics.json").read_text())  # noqa: E731
+    assert metrics(double)["test_accuracy"] == metrics(single)["test_accuracy"]
+    for one, two in zip(metrics(single)["history"], metrics(double)["history"]):
+        assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
