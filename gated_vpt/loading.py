@@ -77,6 +77,11 @@ def resolve_adapter_dir(
     try:
         config_file = hf_hub_download(repo_id, CONFIG_NAME, revision=revision, token=token, cache_dir=cache_dir)
         hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision, token=token, cache_dir=cache_dir)
+    except LocalEntryNotFoundError as error:  # a subclass of EntryNotFoundError: test it first
+        raise FileNotFoundError(
+            f"Could not fetch {repo_id!r}: the Hub is unreachable (or HF_HUB_OFFLINE=1) and the adapter is not in the "
+            "local cache. Connect once to download it, or pass a local adapter directory."
+        ) from error
     except RepositoryNotFoundError as error:
         raise FileNotFoundError(
             f"No Hub repository {repo_id!r} (or it is private): check the id, or log in with `hf auth login` / pass "
@@ -88,11 +93,6 @@ def resolve_adapter_dir(
         raise FileNotFoundError(
             f"Repository {repo_id!r} has no {CONFIG_NAME} and {WEIGHTS_NAME}; it does not hold a gated_vpt adapter "
             f"(at revision {revision or 'main'})."
-        ) from error
-    except LocalEntryNotFoundError as error:
-        raise FileNotFoundError(
-            f"Could not fetch {repo_id!r}: the Hub is unreachable (or HF_HUB_OFFLINE=1) and the adapter is not in the "
-            "local cache. Connect once to download it, or pass a local adapter directory."
         ) from error
     return Path(config_file).parent
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import warnings
 from contextlib import contextmanager
+from functools import partial
 from typing import Iterator, Optional, Sequence
 
 import torch
@@ -159,11 +160,19 @@ class GatedPromptModel(BaseTuner):
         blocks = [m for m in self.model.modules() if isinstance(m, GatedPromptBlock)]
         for block in blocks:
             block.set_per_sample_adapters(names, index)
+        # peft's saved modules (e.g. each adapter's classifier) route a mixed batch when given adapter_names.
+        hooks = [
+            module.register_forward_pre_hook(partial(_pass_adapter_names, list(adapter_names)), with_kwargs=True)
+            for module in self.model.modules()
+            if isinstance(module, AuxiliaryTrainingWrapper)
+        ]
         try:
             yield
         finally:
             for block in blocks:
                 block.set_per_sample_adapters(None, None)
+            for hook in hooks:
+                hook.remove()
 
     def _per_sample_routing(self, adapter_names: Sequence[str]) -> tuple[list[str], torch.Tensor]:
         unknown = sorted(set(adapter_names) - set(self.peft_config))
@@ -235,6 +244,10 @@ def _require_no_masking(model: nn.Module, backbone: Backbone) -> None:
             "prompt tuning must not do. Load it with mask_ratio=0.0, e.g. "
             "ViTMAEModel.from_pretrained(model_id, mask_ratio=0.0), or use ViTForImageClassification for MAE weights."
         )
+
+
+def _pass_adapter_names(adapter_names: list[str], module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+    return args, {**kwargs, "adapter_names": adapter_names}
 
 
 def _fixed_patch_order(module: nn.Module, args: tuple, kwargs: dict) -> Optional[tuple]:
