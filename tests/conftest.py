@@ -73,16 +73,18 @@ def make_backbone(name: str = "vit_clf", seed: int = 0, **config: object) -> Pre
 
 def _mae_weights_in_vit_classifier(mae: ViTMAEModel) -> ViTForImageClassification:
     """What a user gets from ``ViTForImageClassification.from_pretrained("facebook/vit-mae-base")``."""
-    with tempfile.TemporaryDirectory() as folder:
-        mae.save_pretrained(folder)
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model = ViTForImageClassification.from_pretrained(folder, num_labels=NUM_LABELS)
-        finally:
-            hf_logging.set_verbosity(verbosity)
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mae.save_pretrained(folder)
+            model = ViTForImageClassification.from_pretrained(folder, num_labels=NUM_LABELS)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     assert model.config.model_type == "vit_mae"
     return model
 
@@ -133,3 +135,13 @@ def images(batch: int = 2, seed: int = 0) -> torch.Tensor:
 @pytest.fixture
 def pixels() -> torch.Tensor:
     return images()
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread: tiny models gain nothing from more, and lose a lot when the cores are shared.
+    Use with ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -12,6 +12,8 @@ from conftest import images, main_output, make_backbone, randomize_adapter_
 from gated_vpt import GatedPromptBlock, GatedPromptConfig
 from reference import read_adapter, reference_forward
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def blocks(model):
     return [m for m in model.modules() if isinstance(m, GatedPromptBlock)]

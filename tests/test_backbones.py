@@ -13,6 +13,8 @@ from conftest import BACKBONE_NAMES, make_backbone, main_output, randomize_adapt
 from gated_vpt import GatedPromptBlock, GatedPromptConfig
 from reference import num_special_tokens, read_adapter, reference_forward
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 MAE_BACKBONES = ("vit_mae", "mae_clf")
 VARIANTS = {
     "gated": {},
@@ -22,9 +24,14 @@ VARIANTS = {
     "temperature_only": dict(gated=False),
     "start_block_2": dict(prompt_start_block=2),
     "deep_from_block_1": dict(prompt_mode="deep", prompt_start_block=1),
-    "pool_cls": dict(head_pooling="cls"),
-    "pool_mean": dict(head_pooling="mean"),
+    "other_pooling": None,  # the head pooling that is not the backbone's default: mean for MAE, cls for the rest
 }
+
+
+def variant_config(variant: str, backbone: str) -> dict:
+    if VARIANTS[variant] is None:
+        return dict(head_pooling="cls" if backbone in MAE_BACKBONES else "mean")
+    return VARIANTS[variant]
 
 
 def expected_settings(variant: dict, backbone: str) -> dict:
@@ -61,16 +68,21 @@ def _compare(backbone: str, variant: str, pixels: torch.Tensor, dtype: torch.dty
     pixels = pixels.to(dtype)
     with torch.no_grad():
         plain = main_output(frozen(pixels)) if backbone != "vit_mae" else _mae_in_order(frozen, pixels)
-    model = get_peft_model(base, GatedPromptConfig(num_prompt_tokens=3, **VARIANTS[variant]))
+    config = variant_config(variant, backbone)
+    model = get_peft_model(base, GatedPromptConfig(num_prompt_tokens=3, **config))
     randomize_adapter_(model)
     model.eval().to(dtype)  # eval: prompt dropout (0.1 by default) off
-    settings = expected_settings(VARIANTS[variant], backbone)
+    settings = expected_settings(config, backbone)
     assert model.peft_config["default"].head_pooling == settings["pooling"]
     with torch.no_grad():
         got = main_output(model(pixels))
         want = reference_forward(frozen, pixels, read_adapter(model, **settings))
     assert got.dtype == dtype and got.shape == want.shape == plain.shape
     assert (got - plain).abs().max().item() > 1e-3, "the adapter changed nothing"
+    signature = model.peft_config["default"].backbone
+    assert signature["num_special_tokens"] == num_special_tokens(base.config)
+    assert (signature["num_hidden_layers"], signature["hidden_size"]) == (4, 32)
+    assert sum(isinstance(m, GatedPromptBlock) for m in model.modules()) == 4
     return got, want
 
 
@@ -87,16 +99,6 @@ def test_matches_reference(backbone, variant, pixels):
 def test_matches_reference_in_float32(backbone, pixels):
     got, want = _compare(backbone, "gated", pixels, torch.float32)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("backbone", BACKBONE_NAMES)
-def test_backbone_signature(backbone):
-    base = make_backbone(backbone)
-    model = get_peft_model(base, GatedPromptConfig(num_prompt_tokens=2))
-    signature = model.peft_config["default"].backbone
-    assert signature["num_special_tokens"] == num_special_tokens(base.config)
-    assert signature["num_hidden_layers"] == 4 and signature["hidden_size"] == 32
-    assert sum(isinstance(m, GatedPromptBlock) for m in model.modules()) == 4
 
 
 def test_bug_mae_weights_in_vit_classifier_run():

@@ -14,6 +14,8 @@ from conftest import images, main_output, make_backbone, randomize_adapter_
 from gated_vpt import GatedPromptBlock, GatedPromptConfig
 from reference import read_adapter, reference_forward
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def prompted(backbone="vit_clf", seed=0, randomize=True, **config):
     """A PeftModel on a tiny backbone, in eval mode; ``randomize`` gives the adapter random values."""
