@@ -87,6 +87,8 @@ def pull_adapter(
     >>> path = pull_adapter("user/mae-cub-gated", revision="v1", local_dir="adapters/cub")
     ```
     """
+    if Path(repo_id).is_dir():
+        raise ValueError(f"{repo_id!r} is a local directory; pull takes a Hub repo id such as user/mae-cub-gated.")
     directory = fetch_adapter(repo_id, revision=revision, token=token)
     if not constants.HF_HUB_OFFLINE:
         with _hub_errors(repo_id, revision=revision):

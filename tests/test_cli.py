@@ -108,6 +108,7 @@ def test_predict_json_with_an_explicit_base(files, capsys):
         (["predict", "{adapter}", "{root}/images", "--labels", "{root}/images/notes.txt"], "has 1 names but"),
         (["predict", "{adapter}", "{root}/images", "--base", "{root}/wider_base"], "another backbone"),
         (["info", "{root}/images"], "has no adapter_config.json"),
+        (["pull", "{adapter}"], "pull takes a Hub repo id"),
         (["push", "{root}/images", "someone/adapter", "--token", "unused"], "has no adapter_config.json"),
     ],
 )
