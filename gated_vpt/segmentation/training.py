@@ -113,8 +113,11 @@ def load_segmentation_data(args: argparse.Namespace) -> SegmentationData:
 
     train_samples = samples("train", True)
     sampler = EpochShuffleSampler(len(train_samples), seed=args.seed)
+    # A loader-owned generator: creating an iterator (every epoch, and again when a resumed run skips batches) then
+    # draws its seed from it instead of from the global RNG, which the prompt dropout uses and checkpoints restore.
     train_loader = DataLoader(
-        train_samples, batch_size=args.per_device_train_batch_size, sampler=sampler, drop_last=True, collate_fn=collate_train
+        train_samples, batch_size=args.per_device_train_batch_size, sampler=sampler, drop_last=True,
+        collate_fn=collate_train, generator=torch.Generator().manual_seed(args.seed),
     )
     if len(train_loader) == 0:
         raise ValueError(

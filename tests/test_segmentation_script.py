@@ -1,0 +1,126 @@
+"""examples/train_semantic_segmentation.py: the --quick run end to end (adapter, metrics, card, reload), resuming
+an interrupted run, and bad input refused before anything is written."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_backbone  # noqa: F401  (registers gated_vpt; shared test setup)
+from PIL import Image
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "examples" / "train_semantic_segmentation.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("train_semantic_segmentation", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+script = _load_script()
+# One epoch of the quick setting (12 updates), group norm so that the whole decoder state is in the parameters.
+QUICK_ARGS = ["--quick", "--num_train_epochs", "1", "--decoder_norm", "group", "--checkpointing_steps", "4"]
+
+
+@pytest.fixture(autouse=True)
+def _offline(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    output = tmp_path_factory.mktemp("quick")
+    metrics = script.main([*QUICK_ARGS, "--output_dir", str(output)])
+    return output, metrics
+
+
+@pytest.mark.slow
+def test_quick_run_learns_and_writes_one_adapter_file_with_a_card(quick_run):
+    output, metrics = quick_run
+    assert metrics["validation_miou"] > 0.4  # 4 classes; image-blind predictors score below 0.2 (test_segmentation)
+    assert 0 < metrics["validation_miou_multi_scale"] <= 1
+    assert len(metrics["validation_per_class_iou"]) == 4
+    adapter = output / "adapter"
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    for part in ("gvpt_prompt", "gvpt_gate", "gvpt_temperature", "decode_head", "aux_heads"):
+        assert any(part in key for key in weights), part
+    assert (adapter / "segmentation_head.json").is_file()
+    saved = json.loads((output / "metrics.json").read_text())
+    assert saved["validation_miou"] == pytest.approx(metrics["validation_miou"])
+    assert "validation_miou" in (adapter / "README.md").read_text()
+    assert (output / "gates.png").is_file() and (output / "learning_curve.png").is_file()
+
+
+@pytest.mark.slow
+def test_saved_adapter_reproduces_the_reported_miou(quick_run):
+    from gated_vpt.segmentation import load_segmentation_adapter
+    from gated_vpt.segmentation.inference import evaluate_segmentation
+    from gated_vpt.segmentation.training import load_backbone, load_segmentation_data
+
+    output, metrics = quick_run
+    args = script.parse_args([*QUICK_ARGS, "--output_dir", str(output)])
+    model = load_segmentation_adapter(load_backbone(None, seed=args.seed), output / "adapter")
+    data = load_segmentation_data(args)
+    scores = evaluate_segmentation(model, data.eval_loaders["validation"], 4, 255)
+    assert scores["mean_iou"] == pytest.approx(metrics["validation_miou"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_to_the_same_adapter(quick_run, tmp_path):
+    output, _ = quick_run
+    argv = [*QUICK_ARGS, "--output_dir", str(tmp_path), "--multi_scale_eval", "false"]
+    assert script.main([*argv, "--max_train_steps", "6"]) == {}
+    script.main([*argv, "--resume_from_checkpoint", "latest"])
+    expected, resumed = load_file(str(output / "adapter" / "adapter_model.safetensors")), load_file(
+        str(tmp_path / "adapter" / "adapter_model.safetensors")
+    )
+    assert expected.keys() == resumed.keys()
+    for key in expected:
+        assert torch.allclose(expected[key], resumed[key], atol=1e-6), key
+
+
+def test_classification_recipe_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="'image-classification' recipe"):
+        script.main(["--config", str(REPO / "hub_configs" / "mae-fgvc-cub.json"), "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def _folder(root: Path, mask_size: tuple[int, int] = (12, 10), mask_value: int = 1) -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((10, 12, 3), 80, dtype=np.uint8)).save(root / "images" / f"{i}.png")
+        Image.new("L", mask_size, color=mask_value if i == 3 else 0).save(root / "annotations" / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    "mask_size, mask_value, message",
+    [((12, 9), 1, "exactly its image's size"), ((12, 10), 7, r"\[7\] outside the class range 0..2")],
+)
+def test_bad_masks_are_refused_before_training(tmp_path, mask_size, mask_value, message):
+    data = _folder(tmp_path / "data", mask_size, mask_value)
+    with pytest.raises(ValueError, match=message):
+        script.main(["--train_dir", str(data), "--num_labels", "3", "--model_name_or_path", str(_tiny_backbone(tmp_path)),
+                     "--output_dir", str(tmp_path / "out"), "--crop_size", "8"])
+    assert not (tmp_path / "out").exists()
+
+
+def _tiny_backbone(tmp_path: Path) -> Path:
+    from transformers import ViTConfig, ViTModel
+
+    path = tmp_path / "vit"
+    ViTModel(ViTConfig(image_size=8, patch_size=4, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=32), add_pooling_layer=False).save_pretrained(path)
+    return path
