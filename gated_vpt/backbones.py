@@ -2,8 +2,7 @@
 
 Each entry says where the encoder blocks hang (the attribute path below the base model; transformers moved the
 blocks from ``encoder.layer`` to ``layers`` in 5.9, so both are tried), where the query projection sits in a
-block, how many special tokens precede the patches, which head pooling the paper uses for that family, and
-whether the embeddings shuffle patches (ViTMAE) and so need a fixed order.
+block, how many special tokens precede the patches, and which head pooling the paper uses for that family.
 """
 
 from __future__ import annotations
@@ -23,12 +22,11 @@ class BackboneSpec:
     special_tokens: Callable[[object], int]
     pooling: Literal["cls", "mean"] = "cls"
     query: str = "attention.q_proj"
-    fixed_patch_order: bool = False
 
 
 BACKBONES: dict[str, BackboneSpec] = {
     "vit": BackboneSpec(special_tokens=lambda config: 1),
-    "vit_mae": BackboneSpec(special_tokens=lambda config: 1, pooling="mean", fixed_patch_order=True),
+    "vit_mae": BackboneSpec(special_tokens=lambda config: 1, pooling="mean"),
     "vit_msn": BackboneSpec(special_tokens=lambda config: 1),
     "deit": BackboneSpec(special_tokens=lambda config: 2),
     "dinov2": BackboneSpec(special_tokens=lambda config: 1),

@@ -168,9 +168,11 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         return output
 
     def train(self, mode: bool = True) -> "GatedPromptBlock":
-        """Only the prompt dropout follows ``mode``; the frozen block stays in eval mode (no dropout, no drop-path)."""
+        """Only the prompt dropout follows ``mode``; the frozen block's modules stay in eval mode (no dropout, no
+        drop-path). The block's own flag does follow ``mode``: transformers checkpoints a block only in training."""
         self.training = mode
         self.base_layer.eval()
+        self.base_layer.training = mode
         return self
 
     def __repr__(self) -> str:

@@ -54,8 +54,8 @@ class GatedPromptModel(BaseTuner):
                 f"GatedPromptConfig.prompt_start_block={peft_config.prompt_start_block} is invalid for a backbone with "
                 f"{backbone.num_blocks} blocks: use a block index from 0 to {backbone.num_blocks - 1}."
             )
-        if backbone.spec.fixed_patch_order:
-            _require_no_masking(self.model, backbone)
+        if _shuffles_patches(backbone):
+            _require_no_masking(self.model)
         peft_config.backbone = backbone.signature()
         if peft_config.head_pooling == "auto":
             peft_config.head_pooling = backbone.spec.pooling
@@ -96,7 +96,7 @@ class GatedPromptModel(BaseTuner):
     def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs) -> None:
         super().inject_adapter(model, adapter_name, **kwargs)
         backbone = resolve_backbone(model)
-        if backbone.spec.fixed_patch_order and not hasattr(backbone.encoder, "_gvpt_noise_hook"):
+        if _shuffles_patches(backbone) and not hasattr(backbone.encoder, "_gvpt_noise_hook"):
             backbone.encoder._gvpt_noise_hook = backbone.encoder.embeddings.register_forward_pre_hook(
                 _fixed_patch_order, with_kwargs=True
             )
@@ -143,10 +143,7 @@ class GatedPromptModel(BaseTuner):
             trainable = [m for m in self.model.modules() if isinstance(m, (GatedPromptBlock, AuxiliaryTrainingWrapper))]
             self.model.eval()
             for module in trainable:
-                if isinstance(module, GatedPromptBlock):
-                    module.training = True
-                else:
-                    module.train(True)
+                module.train(True)
         return self
 
     @contextmanager
@@ -235,10 +232,14 @@ def _base_hint(config: GatedPromptConfig) -> str:
     return f" ({config.base_model_name_or_path})" if config.base_model_name_or_path else ""
 
 
-def _require_no_masking(model: nn.Module, backbone: Backbone) -> None:
-    embeddings = backbone.encoder.embeddings
+def _shuffles_patches(backbone: Backbone) -> bool:
+    """ViTMAE's own embeddings mask and shuffle patches; MAE weights loaded into ViT classes do not."""
+    return hasattr(backbone.encoder.embeddings, "random_masking")
+
+
+def _require_no_masking(model: nn.Module) -> None:
     ratio = getattr(model.config, "mask_ratio", 0.0)
-    if hasattr(embeddings, "random_masking") and ratio != 0.0:
+    if ratio != 0.0:
         raise ValueError(
             f"This {type(model).__name__} masks {ratio:.0%} of the patches at random (config.mask_ratio={ratio}), which "
             "prompt tuning must not do. Load it with mask_ratio=0.0, e.g. "
