@@ -101,7 +101,7 @@ def test_matches_reference_in_float32(backbone, pixels):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_bug_mae_weights_in_vit_classifier_run():
+def test_mae_weights_in_vit_classifier_run_without_the_noise_hook():
     """MAE weights in ViTForImageClassification (config.model_type 'vit_mae', ViTEmbeddings without masking) must
     run: the fixed-patch-order hook belongs only on embeddings that shuffle (ViTMAEEmbeddings)."""
     model = get_peft_model(make_backbone("mae_clf"), GatedPromptConfig(num_prompt_tokens=2))
