@@ -24,17 +24,17 @@ from .cli import common_parser, main
 from .measure import pick_device
 from .prototypes import PROTOTYPES
 from .report import environment, mib, ratio, table
-from .setups import build
+from .setups import CONFIGS, build
 from .steps import Runner, random_batch
 
-# (configuration, checkpointing, prototype applied)
+# configuration:checkpointing[:prototype]
 DEFAULT_CASES = [
-    ("full_ft", False, None),
-    ("full_ft", True, None),
-    ("ideal", False, None),
-    ("gated_temp", False, None),
-    ("gated_temp", True, None),
-    ("gated_temp", True, "checkpoint-through-wrapper"),
+    "full_ft:off",
+    "full_ft:on",
+    "ideal:off",
+    "gated_temp:off",
+    "gated_temp:on",
+    "gated_temp:on:checkpoint-through-wrapper",
 ]
 
 
@@ -46,7 +46,16 @@ def enable_checkpointing(backbone: torch.nn.Module) -> None:
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = common_parser(__doc__, size="vit-b16", batch=32)
     parser.add_argument("--attention", choices=("eager", "sdpa"), default="sdpa")
+    parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, metavar="CONFIG:on|off[:PROTOTYPE]",
+                        help="Cases to measure; the first full_ft:off one is the reference.")
     args = parser.parse_args(argv)
+    for case in args.cases:
+        config, checkpointing, *prototype = case.split(":")
+        if config not in CONFIGS or checkpointing not in ("on", "off") or (prototype and prototype[0] not in PROTOTYPES):
+            parser.error(f"invalid case {case!r}: use CONFIG:on|off[:PROTOTYPE] with CONFIG in {', '.join(CONFIGS)} and "
+                         f"PROTOTYPE in {', '.join(sorted(PROTOTYPES))}.")
+    if "full_ft:off" not in args.cases:
+        parser.error("--cases must include full_ft:off: peaks are compared against it.")
     if args.quick:
         args.size, args.batch = "tiny", 4
     return args
@@ -70,7 +79,9 @@ def measure_case(args, device, name: str, checkpointing: bool, prototype: Option
 def run(args: argparse.Namespace) -> str:
     device = pick_device(args.device)
     results = []
-    for name, checkpointing, prototype in DEFAULT_CASES:
+    for case in args.cases:
+        name, switch, *prototypes = case.split(":")
+        checkpointing, prototype = switch == "on", (prototypes or [None])[0]
         seconds, peak = measure_case(args, device, name, checkpointing, prototype)
         results.append((name, checkpointing, prototype, seconds, peak))
         print(f"{name} checkpointing={checkpointing} prototype={prototype}: {seconds:.1f} s", file=sys.stderr, flush=True)

@@ -24,6 +24,7 @@ from typing import Optional
 
 from .cli import common_parser, default_batch, main
 from .measure import median, pick_device, time_call
+from .prototypes import PROTOTYPES
 from .report import environment, mib, table
 from .setups import CONFIGS, build, build_multi_adapter
 from .steps import Runner, random_batch
@@ -40,6 +41,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--attention", nargs="+", choices=ATTENTION, default=list(ATTENTION))
     parser.add_argument("--mixed-adapters", type=int, default=4, help="Adapters in the mixed batch (0: skip it).")
     parser.add_argument("--no-memory", action="store_true", help="Skip the peak-memory pass.")
+    parser.add_argument("--variant", nargs="*", default=[], metavar="PROTOTYPE[,PROTOTYPE]",
+                        help="Extra gated_temp rows with proposed core changes applied (benchmarks/prototypes.py: "
+                        f"{', '.join(sorted(PROTOTYPES))}); comma-separate to combine.")
     args = parser.parse_args(argv)
     if args.quick:
         args.size, args.reps, args.warmup, args.batch = "tiny", 2, 1, args.batch or 4
@@ -47,6 +51,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     for required in ("ideal", "full_ft"):
         if required not in args.configs:
             parser.error(f"--configs must include {required!r}: the ratios are taken against it.")
+    unknown = {p for variant in args.variant for p in variant.split(",")} - set(PROTOTYPES)
+    if unknown:
+        parser.error(f"unknown prototypes {sorted(unknown)}; choose from {sorted(PROTOTYPES)}.")
+    args.rows = list(args.configs) + [f"gated_temp+{variant.replace(',', '+')}" for variant in args.variant]
     if args.reps < 1:
         parser.error("--reps must be positive.")
     return args
@@ -58,13 +66,19 @@ def run(args: argparse.Namespace) -> str:
     warmup = args.warmup if args.warmup is not None else (3 if device.type == "cuda" else 1)
     pixel_values, labels = random_batch(args.size, batch, device)
 
-    runners = {name: Runner(build(name, args.size, args.prompts, device), pixel_values, labels) for name in args.configs}
+    runners = {}
+    for row in args.rows:
+        config, *prototypes = row.split("+")
+        setup = build(config, args.size, args.prompts, device)
+        for prototype in prototypes:
+            PROTOTYPES[prototype](setup.model)
+        runners[row] = Runner(setup, pixel_values, labels)
     multi = None
     if args.mixed_adapters > 1:
         multi = Runner(build_multi_adapter(args.size, args.prompts, args.mixed_adapters, device), pixel_values, labels)
         mixed_names = [f"a{i % args.mixed_adapters}" for i in range(batch)]
 
-    cases = [(name, attention) for name in args.configs for attention in args.attention]
+    cases = [(name, attention) for name in args.rows for attention in args.attention]
     times: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for rep in range(warmup + args.reps):
         shift = rep % len(cases)
@@ -111,7 +125,7 @@ def report(args, device, batch, warmup, runners, times, memory) -> str:
                "infer ms", "infer x ideal", "infer x full FT", "infer spread",
                "train peak MiB", "infer peak MiB", "trainable params", "adapter bytes"]
     rows = []
-    for name in args.configs:
+    for name in args.rows:
         trainable = sum(p.numel() for p in runners[name].setup.trainable())
         stored = runners[name].setup.adapter_bytes()
         for attention in args.attention:

@@ -116,18 +116,30 @@ class _GatePromptRows(torch.autograd.Function):
         return grad_output, grad_prompts, grad_logit, None
 
 
+_GATE_IN_PLACE_NOW = [False]
+
+
 def gate_in_place(model: nn.Module) -> None:
     """Gate the prompt rows in place (``_GatePromptRows``) instead of ``torch.cat`` of three slices.
 
-    Stand-in for the core change in ``gate.gate_prompts``. It replaces the function that ``gated_vpt.layer`` calls,
-    so it affects every gated model in the process (the benchmarks that take ``--prototype`` build one).
+    Stand-in for the core change in ``gate.gate_prompts``. ``gated_vpt.layer`` calls that function by name, so it is
+    replaced (once) by a dispatcher that takes the in-place path only while a block of a model given here runs.
     """
     import gated_vpt.layer
 
-    def gate_prompts(block_output, prompts_in, gate_logit, num_special):
-        return _GatePromptRows.apply(block_output, prompts_in, gate_logit, num_special)
+    if not hasattr(gated_vpt.layer.gate_prompts, "original"):
+        original = gated_vpt.layer.gate_prompts
 
-    gated_vpt.layer.gate_prompts = gate_prompts
+        def dispatch(block_output, prompts_in, gate_logit, num_special):
+            if _GATE_IN_PLACE_NOW[0]:
+                return _GatePromptRows.apply(block_output, prompts_in, gate_logit, num_special)
+            return original(block_output, prompts_in, gate_logit, num_special)
+
+        dispatch.original = original
+        gated_vpt.layer.gate_prompts = dispatch
+    for block in (m for m in model.modules() if isinstance(m, GatedPromptBlock)):
+        block.register_forward_pre_hook(lambda module, args: _GATE_IN_PLACE_NOW.__setitem__(0, True))
+        block.register_forward_hook(lambda module, args, output: _GATE_IN_PLACE_NOW.__setitem__(0, False))
 
 
 PROTOTYPES: dict[str, Callable[[nn.Module], None]] = {

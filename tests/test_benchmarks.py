@@ -8,12 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.prototypes import PROTOTYPES  # noqa: E402
 from benchmarks.report import parse_table  # noqa: E402
-from benchmarks.setups import CONFIGS, SIZES  # noqa: E402
+from benchmarks.setups import CONFIGS, SIZES, build, logits_of  # noqa: E402
+from benchmarks.steps import random_batch  # noqa: E402
 
 TINY = SIZES["tiny"]
 PATCHES = (TINY["image_size"] // TINY["patch_size"]) ** 2
@@ -51,8 +54,11 @@ EXPECTED_TRAINABLE = {
 
 @pytest.mark.slow
 def test_bench_step_quick_reports_every_configuration_and_attention(tmp_path):
-    markdown = run_quick("bench_step", tmp_path)
+    markdown = run_quick("bench_step", tmp_path, "--variant", "temperature-in-weight,gate-in-place")
     headers, rows = parse_table(markdown, "config")
+    variant = "gated_temp+temperature-in-weight+gate-in-place"
+    assert [(row[0], row[1]) for row in rows[-2:]] == [(variant, "eager"), (variant, "sdpa")]
+    rows = rows[:-2]
     assert headers == ["config", "attention", "train ms", "train x ideal", "train x full FT", "train spread",
                        "infer ms", "infer x ideal", "infer x full FT", "infer spread", "train peak MiB",
                        "infer peak MiB", "trainable params", "adapter bytes"]
@@ -95,10 +101,59 @@ def test_bench_memory_quick_shows_checkpointing_cases(tmp_path):
     assert all(float(row[4]) > 0 for row in rows)
 
 
-@pytest.mark.slow
-def test_bench_compile_quick_compares_compiled_with_eager(tmp_path):
-    markdown = run_quick("bench_compile", tmp_path)
-    headers, rows = parse_table(markdown, "step")
-    assert headers == ["step", "eager ms", "compiled ms", "compiled x eager", "first compiled call s"]
-    assert [row[0] for row in rows] == ["train", "inference"]
-    assert all(float(row[1]) > 0 and float(row[2]) > 0 for row in rows)
+def randomized_gated(num_adapters: int = 1):
+    setup = build("gated_temp", "tiny", P, torch.device("cpu"))
+    if num_adapters > 1:
+        setup.model.add_adapter("second", setup.model.peft_config["default"].__class__(num_prompt_tokens=P))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in setup.model.named_parameters():
+            if "gvpt_gate" in name or "gvpt_temperature" in name:
+                parameter.copy_(0.3 + 2 * torch.rand(parameter.shape, generator=generator))
+    setup.model.eval()
+    return setup
+
+
+def outputs_and_grads(setup, pixel_values, attention):
+    setup.set_attention(attention)
+    setup.model.zero_grad(set_to_none=True)
+    logits = logits_of(setup.model(pixel_values))
+    logits.square().sum().backward()
+    grads = {n: p.grad.clone() for n, p in setup.model.named_parameters() if p.requires_grad}
+    return logits.detach(), grads
+
+
+@pytest.mark.parametrize("prototypes", [["temperature-in-weight"], ["gate-in-place"],
+                                        ["temperature-in-weight", "gate-in-place"], ["checkpoint-through-wrapper"]])
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_prototypes_compute_what_the_core_computes(prototypes, attention):
+    """The proposed core changes are measured, so they must not change the numbers: same logits and gradients."""
+    pixel_values, _ = random_batch("tiny", 3, torch.device("cpu"))
+    core, changed = randomized_gated(), randomized_gated()
+    changed.model.load_state_dict(core.model.state_dict())
+    if "checkpoint-through-wrapper" in prototypes:
+        changed.backbone.activation_checkpointing_enable()
+        changed.model.train()
+        core.model.train()
+        for setup in (core, changed):  # no prompt dropout, so both runs are deterministic
+            for config in setup.model.peft_config.values():
+                config.prompt_dropout = 0.0
+    for name in prototypes:
+        PROTOTYPES[name](changed.model)
+    expected_logits, expected_grads = outputs_and_grads(core, pixel_values, attention)
+    logits, grads = outputs_and_grads(changed, pixel_values, attention)
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == expected_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], expected_grads[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_prototypes_keep_per_sample_adapters():
+    pixel_values, _ = random_batch("tiny", 4, torch.device("cpu"))
+    setup = randomized_gated(num_adapters=2)
+    names = ["default", "second", "second", "default"]
+    with torch.no_grad():
+        expected = logits_of(setup.model(pixel_values, adapter_names=names))
+        PROTOTYPES["temperature-in-weight"](setup.model)
+        PROTOTYPES["gate-in-place"](setup.model)
+        torch.testing.assert_close(logits_of(setup.model(pixel_values, adapter_names=names)), expected)
