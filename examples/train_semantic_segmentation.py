@@ -125,8 +125,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         check_run_config(resume_path, run_config)
 
     model = build_segmentation_model(args, SHAPES_LABELS if args.quick else None)
-    if args.decoder_norm == "batch" and accelerator.num_processes > 1:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if args.decoder_norm == "batch" and accelerator.num_processes > 1 and accelerator.device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # SETR's SyncBN (torch syncs BN on GPUs only)
     if args.gradient_checkpointing:
         model.get_base_model().backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = count_parameters(model)
