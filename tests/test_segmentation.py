@@ -101,6 +101,20 @@ def test_prompts_gates_and_heads_train_and_save_in_one_file(name, tmp_path):
         assert torch.allclose(reloaded(images).logits, expected, atol=1e-5)
 
 
+def test_adapter_weights_alone_rebuild_the_heads(tmp_path):
+    model = segmentation_model("dinov2", aux_blocks=(0, 2), num_labels=4).eval()
+    images = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        expected = model(images).logits
+    save_segmentation_adapter(model, tmp_path)
+    (tmp_path / HEAD_CONFIG_NAME).unlink()  # e.g. an adapter pushed without it
+    reloaded = load_segmentation_adapter(make_backbone("dinov2"), tmp_path).eval()
+    settings = reloaded.get_base_model().head_config
+    assert (settings.num_labels, settings.aux_blocks, settings.channels, settings.norm) == (4, (0, 2), 8, "batch")
+    with torch.no_grad():
+        assert torch.allclose(reloaded(images).logits, expected, atol=1e-5)
+
+
 def test_auxiliary_losses_count_in_training_only():
     model = segmentation_model("vit", aux_blocks=(1, 2))
     segmenter = model.get_base_model()

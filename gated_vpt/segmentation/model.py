@@ -4,7 +4,7 @@ The model is a plain ``nn.Module`` that exposes the backbone's ``config`` and th
 is all gated_vpt's tuner and peft need: ``get_segmentation_peft_model`` wraps the encoder blocks with gated
 prompts and trains/saves ``decode_head`` and ``aux_heads`` through peft's ``modules_to_save``, so one
 ``adapter_model.safetensors`` holds the whole task adapter. The head settings travel next to it in
-``segmentation_head.json``.
+``segmentation_head.json``; without that file they are read off the saved head weights.
 
 Intermediate block outputs for the auxiliary heads are taken with forward hooks on the encoder blocks, registered
 for one forward call only. A hook on a gated block sees that block's output as the next block receives it (prompt
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -240,6 +241,9 @@ def load_segmentation_adapter(
 ) -> PeftModel:
     """Rebuild the segmentation model around ``backbone`` from a saved adapter (a directory or a Hub repo id).
 
+    The head settings come from ``segmentation_head.json`` when the adapter has one, else from the shapes of the
+    saved head weights (training-only settings then take their defaults).
+
     Example:
 
     ```py
@@ -247,13 +251,39 @@ def load_segmentation_adapter(
     >>> model = load_segmentation_adapter(backbone, "user/mae-ade20k-gated").eval()
     ```
     """
-    from ..loading import load_adapter, resolve_adapter_dir
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    from ..loading import load_adapter, read_adapter_files, resolve_adapter_dir
 
     directory = resolve_adapter_dir(path_or_repo_id, revision=revision, token=token)
     head_file = directory / HEAD_CONFIG_NAME
     if not head_file.is_file() and not Path(path_or_repo_id).is_dir():
-        from huggingface_hub import hf_hub_download
-
-        head_file = Path(hf_hub_download(str(path_or_repo_id), HEAD_CONFIG_NAME, revision=revision, token=token))
-    model = SegmentationModel(backbone, SegmentationHeadConfig.load(head_file))
+        try:
+            head_file = Path(hf_hub_download(str(path_or_repo_id), HEAD_CONFIG_NAME, revision=revision, token=token))
+        except (EntryNotFoundError, LocalEntryNotFoundError):
+            pass
+    if head_file.is_file():
+        head_config = SegmentationHeadConfig.load(head_file)
+    else:
+        head_config = head_config_from_weights(read_adapter_files(directory)[1])
+    model = SegmentationModel(backbone, head_config)
     return load_adapter(model, directory, is_trainable=is_trainable)
+
+
+def head_config_from_weights(state_dict: dict[str, torch.Tensor]) -> SegmentationHeadConfig:
+    """The head settings implied by saved adapter weights: classes and channels from the decode head's classifier,
+    auxiliary blocks from the heads present, the norm from BatchNorm statistics (present or not)."""
+    classifiers = [value for key, value in state_dict.items() if key.endswith("decode_head.classifier.weight")]
+    if not classifiers:
+        raise ValueError(
+            "These adapter weights hold no segmentation decode head (decode_head.classifier.weight); the adapter was "
+            "not trained with gated_vpt.segmentation, or its heads were left out of modules_to_save."
+        )
+    num_labels, channels = classifiers[0].shape[:2]
+    aux_blocks = sorted({int(m.group(1)) for key in state_dict if (m := _AUX_HEAD_KEY.search(key))})
+    norm = "batch" if any(key.endswith("norm.running_mean") for key in state_dict) else "group"
+    return SegmentationHeadConfig(num_labels=int(num_labels), aux_blocks=tuple(aux_blocks), channels=int(channels), norm=norm)
+
+
+_AUX_HEAD_KEY = re.compile(r"aux_heads\.heads\.(\d+)\.")
