@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_backbone  # noqa: F401  (registers gated_vpt; shared test setup)
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -124,3 +123,15 @@ def _tiny_backbone(tmp_path: Path) -> Path:
     ViTModel(ViTConfig(image_size=8, patch_size=4, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                        intermediate_size=32), add_pooling_layer=False).save_pretrained(path)
     return path
+
+
+def test_every_segmentation_recipe_loads_into_the_script():
+    from gated_vpt.recipes import SEGMENTATION, list_recipes
+
+    recipes = [p for p in list_recipes() if json.loads(p.read_text())["task_type"] == SEGMENTATION]
+    assert len(recipes) >= 6  # MAE and MoCo v3: gated, VPT-shallow, VPT-deep
+    for path in recipes:
+        args = script.parse_args(["--config", str(path)])
+        recipe = json.loads(path.read_text())["args"]
+        assert {key: getattr(args, key) for key in recipe} == recipe, path.name
+        assert args.num_labels == 150 and args.reduce_labels and args.scheduler == "poly"
