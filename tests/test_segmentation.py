@@ -270,8 +270,9 @@ def test_flip_multi_scale_and_sliding_prediction_against_direct_computation():
     expected[:, :, :16] += left
     expected[:, :, 8:] += right
     expected[:, :, 8:16] /= 2
-    slid = predict(model, image, (16, 24), InferenceSettings(mode="slide", crop_size=16, stride=8))
-    assert torch.allclose(slid, expected.softmax(0), atol=1e-5)
+    for window_batch in (1, 8):
+        slid = predict(model, image, (16, 24), InferenceSettings(mode="slide", crop_size=16, stride=8, window_batch=window_batch))
+        assert torch.allclose(slid, expected.softmax(0), atol=1e-5)
 
 
 # --- learning the synthetic shapes -------------------------------------------------------------------------------

@@ -25,7 +25,8 @@ class InferenceSettings:
     """How to predict one test image.
 
     ``mode='whole'`` runs the rescaled image at once; ``mode='slide'`` runs ``crop_size`` windows ``stride`` apart
-    (SETR's ADE20K setting: 512 and 341) and averages overlapping logits. ``scales`` are ratios of the test size.
+    (SETR's ADE20K setting: 512 and 341) and averages overlapping logits, ``window_batch`` windows per forward.
+    ``scales`` are ratios of the test size.
     """
 
     mode: Literal["whole", "slide"] = "whole"
@@ -33,12 +34,15 @@ class InferenceSettings:
     stride: int = 341
     scales: Sequence[float] = (1.0,)
     flip: bool = False
+    window_batch: int = 8
 
     def __post_init__(self) -> None:
         if self.mode not in ("whole", "slide"):
             raise ValueError(f"mode={self.mode!r} is invalid: use 'whole' or 'slide'.")
         if self.mode == "slide" and not 0 < self.stride <= self.crop_size:
             raise ValueError(f"stride={self.stride} is invalid: use 0 < stride <= crop_size ({self.crop_size}).")
+        if self.window_batch < 1:
+            raise ValueError(f"window_batch={self.window_batch} is invalid: use a positive number of windows per forward.")
         if not self.scales or any(s <= 0 for s in self.scales):
             raise ValueError(f"scales={self.scales} is invalid: use one or more positive ratios, e.g. (1.0,).")
 
@@ -47,15 +51,17 @@ def _logits(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     return model(batch).logits.float()
 
 
-def _slide(model: nn.Module, image: torch.Tensor, crop: int, stride: int) -> torch.Tensor:
+def _slide(model: nn.Module, image: torch.Tensor, crop: int, stride: int, window_batch: int) -> torch.Tensor:
     """Logits of a ``(3, H, W)`` image from overlapping windows (every pixel is covered at least once)."""
     height, width = image.shape[-2:]
     tops = _window_starts(height, crop, stride)
     lefts = _window_starts(width, crop, stride)
     windows = [(top, left) for top in tops for left in lefts]
     crop_h, crop_w = min(crop, height), min(crop, width)
-    batch = torch.stack([image[:, t : t + crop_h, l : l + crop_w] for t, l in windows])
-    window_logits = _logits(model, batch)
+    crops = [image[:, t : t + crop_h, l : l + crop_w] for t, l in windows]
+    window_logits = torch.cat(
+        [_logits(model, torch.stack(crops[i : i + window_batch])) for i in range(0, len(crops), window_batch)]
+    )
     logits = window_logits.new_zeros(window_logits.shape[1], height, width)
     count = window_logits.new_zeros(1, height, width)
     for (top, left), values in zip(windows, window_logits):
@@ -84,7 +90,7 @@ def predict(
         for flipped in (False, True) if settings.flip else (False,):
             view = scaled.flip(-1) if flipped else scaled
             if settings.mode == "slide":
-                logits = _slide(model, view, settings.crop_size, settings.stride)
+                logits = _slide(model, view, settings.crop_size, settings.stride, settings.window_batch)
             else:
                 logits = _logits(model, view[None])[0]
             if flipped:
