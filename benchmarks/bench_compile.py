@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> str:
         for kind in ("train", "inference"):
             for variant, runner in runners.items():
                 runner.prepare(args.attention, training=kind == "train")
-                seconds = time_call(runner.train_step if kind == "train" else runner.inference, device)
+                seconds = time_call(runner.train_step if kind == "train" else runner.inference, device, args.clock)
                 if rep == 0:
                     first[variant, kind] = seconds
                 else:
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> str:
         f"## torch.compile: {args.config}, {args.size}, batch {batch}, {args.prompts} prompts, {args.attention} "
         f"attention, device {device.type}",
         environment(device),
-        f"- median of {args.reps} alternating repetitions after the first (compiling) call",
+        f"- {args.clock} clock, median of {args.reps} alternating repetitions after the first (compiling) call",
         "",
         table(["step", "eager ms", "compiled ms", "compiled x eager", "first compiled call s"], rows),
     ]

@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
-import time
 from typing import Optional
 
 import torch
 
 from .cli import common_parser, main
-from .measure import pick_device
+from .measure import pick_device, time_call
 from .prototypes import PROTOTYPES
 from .report import environment, mib, ratio, table
 from .setups import CONFIGS, build
@@ -34,7 +33,6 @@ DEFAULT_CASES = [
     "ideal:off",
     "gated_temp:off",
     "gated_temp:on",
-    "gated_temp:on:checkpoint-through-wrapper",
 ]
 
 
@@ -71,9 +69,13 @@ def measure_case(args, device, name: str, checkpointing: bool, prototype: Option
     runner = Runner(setup, pixel_values, labels)
     runner.prepare(args.attention, training=True)
     runner.init_optimizer_state()
-    start = time.perf_counter()
-    peak = runner.peak_bytes(runner.train_step, device)
-    return time.perf_counter() - start, peak
+    peak = 0
+
+    def step() -> None:
+        nonlocal peak
+        peak = runner.peak_bytes(runner.train_step, device)
+
+    return time_call(step, device, args.clock), peak
 
 
 def run(args: argparse.Namespace) -> str:
@@ -93,7 +95,7 @@ def run(args: argparse.Namespace) -> str:
         f"## Peak training memory: {args.size}, batch {args.batch}, {args.prompts} prompts, {args.attention} attention, "
         f"device {device.type}",
         environment(device),
-        "- one step per case (single run, not a median; CPU: under the memory profiler); peak = tensor bytes live "
+        f"- one step per case ({args.clock} clock, single run, not a median; CPU: under the memory profiler); peak = tensor bytes live "
         "at the start (weights, momentum buffers, inputs) plus the most allocated during the step",
         "",
         table(["config", "checkpointing", "prototype", "step s", "peak MiB", "peak x full FT"], rows),

@@ -89,14 +89,14 @@ def run(args: argparse.Namespace) -> str:
             for name, attention in order:
                 runner = runners[name]
                 runner.prepare(attention, training=kind == "train")
-                seconds = time_call(runner.train_step if kind == "train" else runner.inference, device)
+                seconds = time_call(runner.train_step if kind == "train" else runner.inference, device, args.clock)
                 if measured:
                     times[name, attention, kind].append(seconds)
         if multi is not None:
             for attention in args.attention:
                 multi.prepare(attention, training=False)
                 for kind, names in (("single", None), ("mixed", mixed_names)):
-                    seconds = time_call(lambda: multi.inference(names), device)
+                    seconds = time_call(lambda: multi.inference(names), device, args.clock)
                     if measured:
                         times["multi_adapter", attention, kind].append(seconds)
 
@@ -142,7 +142,7 @@ def report(args, device, batch, warmup, runners, times, memory) -> str:
     sections = [
         f"## {args.size}, batch {batch}, {args.prompts} prompts, device {device.type}",
         environment(device),
-        f"- timing: median of {args.reps} repetitions after {warmup} warm-up, configurations interleaved "
+        f"- timing: {args.clock} clock, median of {args.reps} repetitions after {warmup} warm-up, configurations interleaved "
         "round-robin in one process; ratios are medians of the per-repetition ratios (both timed in the same "
         "round); spread = (max - min) / median",
         "- peak memory: tensor bytes live at the start (weights, buffers, optimizer state, inputs) plus the most "

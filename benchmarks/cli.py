@@ -12,7 +12,7 @@ from .setups import SIZES
 
 
 def common_parser(doc: str, size: str, batch: Optional[int]) -> argparse.ArgumentParser:
-    """A parser with --size, --batch, --prompts, --attention, --device, --threads, --out and --quick."""
+    """A parser with --size, --batch, --prompts, --device, --threads, --clock, --out and --quick."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default=size)
     batch_help = f"Default: {batch}." if batch else "Default: 8 on CPU, 64 on CUDA."
@@ -21,6 +21,9 @@ def common_parser(doc: str, size: str, batch: Optional[int]) -> argparse.Argumen
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... Default: cuda when available.")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice). 1 is steadier on a shared machine.")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="'cpu': process CPU time instead of wall time (CPU only; steadiest with --threads 1 on a "
+                        "shared machine).")
     parser.add_argument("--out", default=None, help="Also write the markdown report to this file.")
     parser.add_argument("--quick", action="store_true",
                         help="Tiny model, small batch, few repetitions: checks that everything runs (CI); the "

@@ -1,15 +1,17 @@
 """Timing and peak-memory measurement that means the same on CPU and CUDA.
 
-Time: wall clock around one call, with the device synchronised before and after.
+Time: wall clock around one call, with the device synchronised before and after; or, on CPU, the process's CPU
+time (``clock="cpu"``), which a machine shared with other work disturbs far less than the wall clock (with one
+torch thread it counts only the work itself, not the time spent waiting for a core).
+
 Peak memory of a call: the bytes live when it starts (``live_bytes``: parameters, buffers, gradients, optimizer
-state, inputs) plus the highest amount the call allocated beyond that. CUDA reads the allocator's counters
+state, inputs) plus the most the call allocated beyond that at any moment. CUDA reads the allocator's counters
 (``max_memory_allocated``). The CPU allocator keeps no counters, so on CPU the call runs once under
-``torch.profiler`` with ``profile_memory=True`` and the live-bytes curve is rebuilt from its events: every operator's
-own (self) net allocation at its start time (a net release at its end time), and every free recorded outside
-an operator. That is exact for tensors
-allocated through torch and resolved per operator (a temporary created and freed inside one operator counts only
-through its net effect); memory outside torch's allocator (Python objects, the interpreter, oneDNN scratch) is not
-included, so CPU numbers are tensor memory, not the process's resident set.
+``torch.profiler`` with ``profile_memory=True`` and the curve of live bytes is rebuilt from its events: each
+operator's own (self) net allocation at its start (a net release at its end), and each free recorded outside an
+operator. This counts tensors allocated through torch, resolved per operator (a temporary created and freed
+inside one operator counts only through its net effect); memory outside torch's allocator (Python objects, oneDNN
+scratch space) is not included, so CPU numbers are tensor memory, not the process's resident set size.
 """
 
 from __future__ import annotations
@@ -33,13 +35,19 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds taken by ``fn()``, device work included."""
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_call(fn: Callable[[], object], device: torch.device, clock: str = "wall") -> float:
+    """Seconds taken by ``fn()`` on ``clock`` (``CLOCKS``), device work included."""
+    if clock == "cpu" and device.type != "cpu":
+        raise ValueError(f"clock='cpu' measures CPU work only; use clock='wall' on {device.type}.")
+    now = CLOCKS[clock]
     synchronize(device)
-    start = time.perf_counter()
+    start = now()
     fn()
     synchronize(device)
-    return time.perf_counter() - start
+    return now() - start
 
 
 def median(values: Iterable[float]) -> float:

@@ -16,26 +16,6 @@ from gated_vpt.gate import effective_temperature
 from gated_vpt.layer import GatedPromptBlock
 
 
-def checkpoint_through_wrapper(model: nn.Module) -> None:
-    """Make ``activation_checkpointing_enable()`` take effect under gated_vpt.
-
-    transformers checkpoints a block only while the block itself is in training mode, and ``GatedPromptBlock.train``
-    keeps the frozen block in eval mode, so checkpointing is silently skipped. Stand-in for the core change: while
-    the wrapper trains with gradients on and the wrapped block has checkpointing enabled, the block runs through its
-    own ``_gradient_checkpointing_func``.
-    """
-    for block in (m for m in model.modules() if isinstance(m, GatedPromptBlock)):
-        base = block.base_layer
-        plain = base.forward
-
-        def forward(*args, block=block, base=base, plain=plain, **kwargs):
-            if block.training and getattr(base, "gradient_checkpointing", False) and torch.is_grad_enabled():
-                return base._gradient_checkpointing_func(plain, *args, **kwargs)
-            return plain(*args, **kwargs)
-
-        base.forward = forward
-
-
 class _ScaledLinear(torch.autograd.Function):
     """``F.linear(x, weight * scale, bias * scale)`` for a scalar ``scale`` with a gradient.
 
@@ -143,7 +123,6 @@ def gate_in_place(model: nn.Module) -> None:
 
 
 PROTOTYPES: dict[str, Callable[[nn.Module], None]] = {
-    "checkpoint-through-wrapper": checkpoint_through_wrapper,
     "temperature-in-weight": temperature_in_weight,
     "gate-in-place": gate_in_place,
 }

@@ -96,9 +96,12 @@ def test_bench_memory_quick_shows_checkpointing_cases(tmp_path):
     headers, rows = parse_table(markdown, "config")
     assert headers == ["config", "checkpointing", "prototype", "step s", "peak MiB", "peak x full FT"]
     assert [(row[0], row[1]) for row in rows] == [("full_ft", "off"), ("full_ft", "on"), ("ideal", "off"),
-                                                   ("gated_temp", "off"), ("gated_temp", "on"), ("gated_temp", "on")]
+                                                   ("gated_temp", "off"), ("gated_temp", "on")]
     assert rows[0][5] == "1.000x"
-    assert all(float(row[4]) > 0 for row in rows)
+    peak = {(row[0], row[1]): float(row[5].rstrip("x")) for row in rows}
+    # Checkpointing frees the blocks' activations, for full fine-tuning and under gated_vpt alike.
+    assert peak["full_ft", "on"] < peak["full_ft", "off"]
+    assert peak["gated_temp", "on"] < peak["gated_temp", "off"]
 
 
 def randomized_gated(num_adapters: int = 1):
@@ -124,20 +127,13 @@ def outputs_and_grads(setup, pixel_values, attention):
 
 
 @pytest.mark.parametrize("prototypes", [["temperature-in-weight"], ["gate-in-place"],
-                                        ["temperature-in-weight", "gate-in-place"], ["checkpoint-through-wrapper"]])
+                                        ["temperature-in-weight", "gate-in-place"]])
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
 def test_prototypes_compute_what_the_core_computes(prototypes, attention):
     """The proposed core changes are measured, so they must not change the numbers: same logits and gradients."""
     pixel_values, _ = random_batch("tiny", 3, torch.device("cpu"))
     core, changed = randomized_gated(), randomized_gated()
     changed.model.load_state_dict(core.model.state_dict())
-    if "checkpoint-through-wrapper" in prototypes:
-        changed.backbone.activation_checkpointing_enable()
-        changed.model.train()
-        core.model.train()
-        for setup in (core, changed):  # no prompt dropout, so both runs are deterministic
-            for config in setup.model.peft_config.values():
-                config.prompt_dropout = 0.0
     for name in prototypes:
         PROTOTYPES[name](changed.model)
     expected_logits, expected_grads = outputs_and_grads(core, pixel_values, attention)
