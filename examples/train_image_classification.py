@@ -54,7 +54,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="'fgvc': resize, random crop, flip (VPT's FGVC); 'vtab': resize only (VTAB-1k).")
     parser.add_argument("--image_size", type=int, default=None, help="Input size (default: the backbone's).")
     cli.add_prompt_args(parser)
-    cli.add_optimization_args(parser, learning_rate=0.5, batch_size=64, epochs=100)
+    cli.add_optimization_args(parser, learning_rate=0.5, batch_size=64, epochs=40)
     cli.add_run_args(parser, default_output_dir="outputs/image-classification")
     return cli.parse_args_with_recipe(parser, argv, task_type=CLASSIFICATION)
 

@@ -13,6 +13,7 @@ from typing import Optional, Sequence, Union
 NON_SEMANTIC_ARGS = (
     "config", "recipe_stage", "output_dir", "resume_from_checkpoint", "checkpointing_steps", "max_train_steps",
     "with_tracking", "report_to", "push_to_hub", "hub_model_id", "hub_token", "per_device_eval_batch_size",
+    "gradient_checkpointing", "torch_compile",
 )
 
 

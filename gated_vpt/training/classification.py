@@ -43,7 +43,6 @@ class ClassificationData:
     train_loader: DataLoader
     eval_loaders: dict[str, DataLoader]
     labels: list[str]
-    sampler: EpochShuffleSampler
     train_images: TransformedImages
 
 
@@ -101,7 +100,7 @@ def _loaders(args, datasets: DatasetDict, image_column: str, label_column: str, 
         for role in ("validation", "test")
         if role in datasets
     }
-    return ClassificationData(train_loader, eval_loaders, labels, sampler, train_images)
+    return ClassificationData(train_loader, eval_loaders, labels, train_images)
 
 
 def _private_generator() -> torch.Generator:
