@@ -122,8 +122,8 @@ def test_run_writes_adapter_metrics_plots_and_card(uninterrupted):
     assert gates[-1] is None and all(g != pytest.approx(torch.sigmoid(torch.tensor(-2.0)).item()) for g in gates[:-1])
     # 16 images x 3 classes, batches of 4 with 2-step accumulation: 6 updates per epoch.
     assert json.loads((output / "epoch_2" / "state.json").read_text())["state"]["completed_steps"] == 18
-    if (output / "adapter" / "README.md").is_file():  # written by gated_vpt.card when it is installed
-        assert "gated" in (output / "adapter" / "README.md").read_text().lower()
+    card = (output / "adapter" / "README.md").read_text()  # written by gated_vpt.card
+    assert "gated-vpt" in card and "| test_accuracy |" in card and (output / "adapter" / "gates.png").is_file()
 
 
 def test_saved_adapter_reproduces_the_reported_accuracy(uninterrupted, assets):
