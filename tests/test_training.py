@@ -288,3 +288,17 @@ def test_two_processes_match_one_process_with_the_same_global_batch(assets, tmp_
     assert metrics(double)["test_accuracy"] == metrics(single)["test_accuracy"]
     for one, two in zip(metrics(single)["history"], metrics(double)["history"]):
         assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
+
+
+def test_compare_methods_report_has_mean_std_and_parameters(tmp_path):
+    spec = importlib.util.spec_from_file_location("compare_methods", REPO / "examples" / "compare_methods.py")
+    compare = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = compare  # its dataclasses look their module up
+    spec.loader.exec_module(compare)
+    results = [{"method": "gated", "seed": s, "test_accuracy": a, "trainable_parameters": 981, "seconds": 2.0}
+               for s, a in enumerate((0.5, 0.6, 0.7))]
+    results.append({"method": "linear probe", "seed": 0, "test_accuracy": 0.25, "trainable_parameters": 650, "seconds": 1.0})
+    text = compare.write_report(results, tmp_path, "python examples/compare_methods.py --seeds 0 1 2")
+    assert "| gated | 60.00 ± 10.00 | 981 | 2 |" in text and "| linear probe | 25.00 ± 0.00 | 650 | 1 |" in text
+    assert (tmp_path / "comparison.png").is_file() and json.loads((tmp_path / "results.json").read_text()) == results
+    assert set(compare.METHODS) == {"linear", "full", "vpt-shallow", "vpt-deep", "gated", "gated-temp"}
