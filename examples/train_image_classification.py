@@ -75,6 +75,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     started = time.time()
 
     # Everything is checked before anything is written to --output_dir.
+    if args.push_to_hub and not args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id <user>/<name>.")
     backbone = AutoConfig.from_pretrained(args.model_name_or_path)
     if args.image_size is None:
         args.image_size = backbone.image_size
@@ -173,8 +175,6 @@ def _write_results(args: argparse.Namespace, model, metrics: dict, state: TrainS
     if args.push_to_hub:
         from gated_vpt.hub import push_adapter
 
-        if not args.hub_model_id:
-            raise ValueError("--push_to_hub needs --hub_model_id <user>/<name>.")
         push_adapter(adapter_dir, args.hub_model_id, token=args.hub_token)
 
 

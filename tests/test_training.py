@@ -182,6 +182,7 @@ def test_resuming_with_another_config_is_refused_before_anything_changes(uninter
         ({"dataset_name": "user/data"}, r"either --dataset_name or --train_dir"),
         ({"resume_from_checkpoint": "latest"}, r"no checkpoint in"),
         ({"gate_init": -1}, r"gate_init=-1.0 is invalid"),
+        ({"push_to_hub": True}, r"--push_to_hub needs --hub_model_id"),
     ],
 )
 def test_bad_input_is_refused_before_output_is_written(assets, tmp_path, overrides, message):
