@@ -153,3 +153,19 @@ def test_prototypes_keep_per_sample_adapters():
         PROTOTYPES["temperature-in-weight"](setup.model)
         PROTOTYPES["gate-in-place"](setup.model)
         torch.testing.assert_close(logits_of(setup.model(pixel_values, adapter_names=names)), expected)
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_ideal_computes_what_vpt_shallow_computes(attention):
+    """The hand-written ideal is the same model as gated_vpt's VPT-shallow: equal logits for equal prompts."""
+    pixel_values, _ = random_batch("tiny", 3, torch.device("cpu"))
+    ideal = build("ideal", "tiny", P, torch.device("cpu"))
+    shallow = build("vpt_shallow", "tiny", P, torch.device("cpu"))
+    prompt = next(p for n, p in shallow.model.named_parameters() if "gvpt_prompt" in n)
+    with torch.no_grad():
+        ideal.model.prompts.copy_(prompt)
+    for setup in (ideal, shallow):
+        setup.set_attention(attention)
+        setup.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(logits_of(ideal.model(pixel_values)), logits_of(shallow.model(pixel_values)))
