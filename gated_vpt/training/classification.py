@@ -139,21 +139,9 @@ def prompt_config(args: argparse.Namespace) -> GatedPromptConfig:
 
 
 def add_gated_prompts(model: PreTrainedModel, config: GatedPromptConfig) -> PeftModel:
-    """``get_peft_model(model, config)``, usable on MAE weights loaded into ``ViTForImageClassification``."""
-    peft_model = get_peft_model(model, config)
-    _drop_mae_noise_hook(peft_model.get_base_model())
-    return peft_model
-
-
-def _drop_mae_noise_hook(model: nn.Module) -> None:
-    """The core fixes ViTMAE's patch order with a hook that passes ``noise`` to the embeddings whenever
-    ``model_type == 'vit_mae'``; ViT's embeddings (MAE weights in ``ViTForImageClassification``) take no ``noise``
-    and never shuffle, so the hook is removed there."""
-    encoder = getattr(model, "base_model", model)
-    hook = getattr(encoder, "_gvpt_noise_hook", None)
-    if hook is not None and not hasattr(encoder.embeddings, "random_masking"):
-        hook.remove()
-        del encoder._gvpt_noise_hook
+    """``get_peft_model(model, config)``: the classifier with a gated prompt adapter (MAE weights in
+    ``ViTForImageClassification`` included)."""
+    return get_peft_model(model, config)
 
 
 def evaluate_accuracy(accelerator: Accelerator, model: nn.Module, loader: DataLoader) -> float:
