@@ -25,11 +25,8 @@ def _load_script():
 
 
 script = _load_script()
-# One epoch of the quick setting (12 updates), validation only at the end, group norm so that the whole decoder
-# state is in the parameters (checkpoints hold parameters, not BatchNorm statistics).
-QUICK_ARGS = [
-    "--quick", "--num_train_epochs", "1", "--decoder_norm", "group", "--checkpointing_steps", "4", "--eval_every_epochs", "0",
-]
+# One epoch of the quick setting (12 updates) with the default BatchNorm decoder, validation only at the end.
+QUICK_ARGS = ["--quick", "--num_train_epochs", "1", "--checkpointing_steps", "4", "--eval_every_epochs", "0"]
 
 
 @pytest.fixture(autouse=True)
@@ -87,9 +84,9 @@ def test_interrupted_run_resumes_to_the_same_adapter(quick_run, tmp_path):
     expected, resumed = load_file(str(output / "adapter" / "adapter_model.safetensors")), load_file(
         str(tmp_path / "adapter" / "adapter_model.safetensors")
     )
-    assert expected.keys() == resumed.keys()
-    for key in expected:
-        assert torch.allclose(expected[key], resumed[key], atol=1e-6), key
+    assert expected.keys() == resumed.keys() and any(key.endswith("norm.running_mean") for key in expected)
+    for key in expected:  # prompts, gates, heads and the decoder's BatchNorm statistics
+        assert torch.equal(expected[key], resumed[key]), key
 
 
 def test_classification_recipe_is_refused(tmp_path):

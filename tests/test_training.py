@@ -231,11 +231,11 @@ def test_bad_recipes_are_refused(assets, tmp_path):
         script.parse_args(["--config", str(segmentation)])
 
 
-def test_checkpoint_round_trip_restores_weights_optimizer_scheduler_and_rng(tmp_path):
+def test_checkpoint_round_trip_restores_weights_buffers_optimizer_scheduler_and_rng(tmp_path):
     def make():
         torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
-        model[0].requires_grad_(False)
+        model = torch.nn.Sequential(torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 2))
+        model[0].requires_grad_(False)  # a frozen module: its buffers belong to the base model, not the checkpoint
         optimizer = build_optimizer(model, "adamw", learning_rate=0.1)
         return model, optimizer, build_scheduler(optimizer, 5, 1, 3, "step")
 
@@ -251,11 +251,23 @@ def test_checkpoint_round_trip_restores_weights_optimizer_scheduler_and_rng(tmp_
     restored, restored_optimizer, restored_scheduler = make()
     assert load_checkpoint(tmp_path, restored, restored_optimizer, restored_scheduler) == state
     assert torch.equal(torch.rand(3), expected_random)
-    assert torch.equal(restored[1].weight, model[1].weight)
+    assert set(load_file(str(tmp_path / "trainable.safetensors"))) == {
+        "1.weight", "1.bias", "2.weight", "2.bias", "2.running_mean", "2.running_var", "2.num_batches_tracked",
+        "3.weight", "3.bias",
+    }
+    for name, tensor in model.state_dict().items():
+        if not name.startswith("0."):
+            assert torch.equal(restored.state_dict()[name], tensor), name
+    assert int(restored[2].num_batches_tracked) == 4 and int(restored[0].num_batches_tracked) == 0
     assert restored_scheduler.state_dict() == scheduler.state_dict()
     for group, other in zip(optimizer.state_dict()["state"].values(), restored_optimizer.state_dict()["state"].values()):
         assert group.keys() == other.keys() and all(torch.equal(group[k], other[k]) for k in group)
     assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob("*.bin"))
+    without_norm = torch.nn.Sequential(torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 3), torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    without_norm[0].requires_grad_(False)
+    optimizer = build_optimizer(without_norm, "adamw", learning_rate=0.1)
+    with pytest.raises(ValueError, match="another model or configuration"):
+        load_checkpoint(tmp_path, without_norm, optimizer, build_scheduler(optimizer, 5, 1, 3, "step"))
 
 
 def test_bundled_accuracy_metric_loads_offline():

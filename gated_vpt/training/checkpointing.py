@@ -1,5 +1,6 @@
-"""Resumable training state, written without pickle: trainable weights (the adapter and head), optimizer and
-scheduler state, every process's RNG states, the data position and the metrics history.
+"""Resumable training state, written without pickle: trainable weights (the adapter and head) with the buffers of
+the modules that own them (e.g. a trainable BatchNorm's running statistics), optimizer and scheduler state, every
+process's RNG states, the data position and the metrics history.
 
 A checkpoint directory holds ``trainable.safetensors``, ``optimizer.safetensors`` + ``optimizer.json``,
 ``scheduler.json``, ``rng_<rank>.safetensors`` + ``rng_<rank>.json`` and ``state.json`` (position, history and
@@ -51,7 +52,10 @@ def save_checkpoint(
     path.mkdir(parents=True, exist_ok=True)
     _save_rng(path, process_index)
     if is_main_process:
-        save_file(_trainable_state(model), str(path / "trainable.safetensors"))
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in _trainable_tensors(model).items()},
+            str(path / "trainable.safetensors"),
+        )
         tensors, rest = _split_tensors(optimizer.state_dict())
         save_file(tensors, str(path / "optimizer.safetensors"))
         _write_json(path / "optimizer.json", rest)
@@ -71,16 +75,15 @@ def load_checkpoint(
     Call ``check_run_config`` first: it reads nothing but ``state.json``."""
     path = Path(path)
     weights = load_file(str(path / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    expected = {name for name, p in params.items() if p.requires_grad}
-    if set(weights) != expected:
+    current = _trainable_tensors(model)
+    if set(weights) != set(current):
         raise ValueError(
-            f"Checkpoint {path} holds trainable weights {sorted(set(weights) ^ expected)[:5]}... that do not match this "
-            "model's; it was made for another model or configuration."
+            f"Checkpoint {path} holds trainable weights and buffers {sorted(set(weights) ^ set(current))[:5]}... "
+            "that do not match this model's; it was made for another model or configuration."
         )
     with torch.no_grad():
         for name, value in weights.items():
-            params[name].copy_(value)
+            current[name].copy_(value)
     tensors = load_file(str(path / "optimizer.safetensors"))
     optimizer.load_state_dict(_join_tensors(tensors, _read_json(path / "optimizer.json")))
     scheduler.load_state_dict(_read_json(path / "scheduler.json"))
@@ -130,8 +133,17 @@ def resolve_resume_path(resume_from_checkpoint: str, output_dir: Union[str, Path
     return path
 
 
-def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
+def _trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's trainable parameters and the persistent buffers of every module that owns one (a trainable
+    BatchNorm's running statistics change in training as its weights do), by name."""
+    tensors = {}
+    for prefix, module in model.named_modules():
+        owned = [(name, p) for name, p in module.named_parameters(recurse=False) if p.requires_grad]
+        if not owned:
+            continue
+        owned += [(name, b) for name, b in module.named_buffers(recurse=False) if name not in module._non_persistent_buffers_set]
+        tensors.update({f"{prefix}.{name}" if prefix else name: tensor for name, tensor in owned})
+    return tensors
 
 
 def _split_tensors(value, prefix: str = "") -> tuple[dict[str, torch.Tensor], object]:
