@@ -231,7 +231,9 @@ def _write_results(args: argparse.Namespace, model, metrics: dict, state: TrainS
     from gated_vpt.card import write_model_card
 
     numbers = {k: v for k, v in metrics.items() if ("miou" in k or k.endswith("accuracy")) and isinstance(v, float)}
-    write_model_card(adapter_dir, model, metrics=numbers, gates_image=gates_png, dataset=args.dataset_name)
+    write_model_card(
+        adapter_dir, model, metrics=numbers, gates_image=gates_png, dataset=args.dataset_name, task=SEGMENTATION
+    )
     print(", ".join(f"{k} {v:.4f}" for k, v in numbers.items()) + f"; adapter and results in {output}")
     print(report.format_table())
     if args.push_to_hub:

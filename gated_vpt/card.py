@@ -23,8 +23,15 @@ from torch import nn
 from . import __version__
 from .config import GatedPromptConfig
 from .introspection import gate_report
+from .recipes import CLASSIFICATION, SEGMENTATION
+from .segmentation.model import BACKBONE_CLASSES, DEFAULT_BACKBONE_CLASS, HEAD_MODULES
 
-CARD_TAGS = ("gated-vpt", "visual-prompt-tuning", "peft", "image-classification", "vision")
+CARD_TAGS = ("gated-vpt", "visual-prompt-tuning", "peft", "vision")
+# Per task: the Hub's pipeline tag (also the model-index task type), its display name, and what the adapter holds.
+TASKS = {
+    CLASSIFICATION: ("image-classification", "Image Classification", "the classifier head"),
+    SEGMENTATION: ("image-segmentation", "Semantic Segmentation", "the SETR-PUP decode and auxiliary heads"),
+}
 PAPER_URL = "https://arxiv.org/abs/2306.05067"
 CITATION = """@inproceedings{yoo2023improving,
   title     = {Improving Visual Prompt Tuning for Self-supervised Vision Transformers},
@@ -55,6 +62,7 @@ def write_model_card(
     repo_id: Optional[str] = None,
     adapter_name: str = "default",
     license: str = "apache-2.0",
+    task: Optional[str] = None,
 ) -> Path:
     """Write ``output_dir/README.md`` for the adapter saved there (call it after ``model.save_pretrained``).
 
@@ -64,6 +72,10 @@ def write_model_card(
     directory; ``gated_vpt.hub.push_adapter`` puts the repo id in when it uploads). When ``model`` is given, the
     card's tags are also added to its base model's ``model_tags``, so a later ``save_pretrained`` (which rewrites
     the card's tags) keeps them.
+
+    ``task`` (``"image-classification"`` or ``"semantic-segmentation"``) sets the pipeline tag, the model-index task
+    and the usage snippet (a segmentation adapter loads through ``gated_vpt.segmentation.load_segmentation_adapter``);
+    by default it is read off the adapter: segmentation when its ``modules_to_save`` hold the segmentation heads.
 
     Example:
 
@@ -76,30 +88,38 @@ def write_model_card(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     settings = _adapter_config(output_dir, model, config, adapter_name)
+    task = _task(task, settings)
+    tags = (*CARD_TAGS, task, TASKS[task][0])
     base_model = base_model or settings.get("base_model_name_or_path") or _name_or_path(model)
     hub_base = base_model if _is_hub_id(base_model) else None
     metrics = {name: float(value) for name, value in (metrics or {}).items() if isinstance(value, (int, float))}
     image = _place_image(Path(gates_image), output_dir) if gates_image is not None else None
     if model is not None and hasattr(model.get_base_model(), "add_model_tags"):
-        model.get_base_model().add_model_tags(list(CARD_TAGS))
+        model.get_base_model().add_model_tags(list(tags))
 
     data = ModelCardData(
         library_name="peft",
         base_model=hub_base,
         license=license,
-        pipeline_tag="image-classification",
-        tags=sorted({*CARD_TAGS, "transformers", *([f"base_model:adapter:{hub_base}"] if hub_base else [])}),
+        pipeline_tag=TASKS[task][0],
+        tags=sorted({*tags, "transformers", *([f"base_model:adapter:{hub_base}"] if hub_base else [])}),
         datasets=[dataset] if _is_hub_id(dataset) else None,
         metrics=sorted({_metric_id(name) for name in metrics if _is_quality_metric(name)}) or None,
         model_name=(repo_id or output_dir.resolve().name).split("/")[-1],
-        eval_results=_eval_results(metrics, dataset),
+        eval_results=_eval_results(metrics, dataset, task),
+    )
+    adapter_id = repo_id or str(output_dir)
+    usage = (
+        _segmentation_usage_section(adapter_id, base_model, settings)
+        if task == SEGMENTATION
+        else _usage_section(adapter_id, base_model, settings, _num_labels(model, output_dir))
     )
     sections = [
-        _title(base_model, dataset),
+        _title(base_model, dataset, task),
         _config_section(settings),
         _metrics_section(metrics, dataset),
         _gates_section(model, output_dir, settings, adapter_name, image),
-        _usage_section(repo_id or str(output_dir), base_model, settings, _num_labels(model, output_dir)),
+        usage,
         _license_section(license, base_model),
         f"## Citation\n\n```bibtex\n{CITATION}\n```",
         _versions_section(),
@@ -124,6 +144,14 @@ def set_adapter_id(card_text: str, adapter_id: str) -> str:
 
 def is_gated_vpt_card(card_text: str) -> bool:
     return _ADAPTER_LINE.search(card_text) is not None
+
+
+def _task(task: Optional[str], settings: dict) -> str:
+    if task is None:
+        return SEGMENTATION if set(HEAD_MODULES) <= set(settings.get("modules_to_save") or ()) else CLASSIFICATION
+    if task not in TASKS:
+        raise ValueError(f"task={task!r} is not supported: use one of {list(TASKS)} (or leave it unset).")
+    return task
 
 
 def _adapter_config(output_dir: Path, model: Optional[nn.Module], config: Any, adapter_name: str) -> dict:
@@ -167,15 +195,18 @@ def _is_quality_metric(name: str) -> bool:
     return not any(word in name for word in _NOT_METRICS)
 
 
-def _eval_results(metrics: dict[str, float], dataset: Optional[str]) -> Optional[list[EvalResult]]:
+def _eval_results(metrics: dict[str, float], dataset: Optional[str], task: str) -> Optional[list[EvalResult]]:
     if not dataset:
         return None
+    task_type, task_name, _ = TASKS[task]
     results = [
         EvalResult(
-            task_type="image-classification",
+            task_type=task_type,
+            task_name=task_name,
             dataset_type=dataset,
             dataset_name=dataset,
             metric_type=_metric_id(name),
+            metric_name=name,
             metric_value=value,
         )
         for name, value in metrics.items()
@@ -197,7 +228,7 @@ def _num_labels(model: Optional[nn.Module], output_dir: Path) -> Optional[int]:
         return handle.get_slice(keys[0]).get_shape()[0] if keys else None
 
 
-def _title(base_model: Optional[str], dataset: Optional[str]) -> str:
+def _title(base_model: Optional[str], dataset: Optional[str], task: str) -> str:
     base = f" for `{base_model}`" if base_model else ""
     data = f", trained on `{dataset}`" if dataset else ""
     return (
@@ -206,7 +237,7 @@ def _title(base_model: Optional[str], dataset: Optional[str]) -> str:
         "[peft](https://github.com/huggingface/peft) adapter by the `gated-vpt` package. Learnable prompt tokens "
         "pass through the frozen ViT; a learned sigmoid gate per block decides how much that block may change them, "
         "and each block's attention has a learnable temperature. The backbone stays frozen: only the prompts, gates, "
-        "temperatures and the classifier head are stored here."
+        f"temperatures and {TASKS[task][2]} are stored here."
     )
 
 
@@ -280,6 +311,33 @@ gated-vpt predict {adapter_id} --base {base_id} photo.jpg
 
 Several adapters can share one frozen backbone and be mixed in one batch, each image through its own adapter:
 `model.load_adapter(other_id, adapter_name="other")`, then `model(pixel_values, adapter_names=["default", "other", ...])`."""
+
+
+def _segmentation_usage_section(adapter_id: str, base_model: Optional[str], settings: dict) -> str:
+    model_type = (settings.get("backbone") or {}).get("model_type")
+    backbone_class, arguments = BACKBONE_CLASSES.get(model_type, DEFAULT_BACKBONE_CLASS)
+    base_id = base_model or "<the base model this adapter was trained on>"
+    extra = "".join(f", {name}={value!r}" for name, value in arguments.items())
+    return f"""## Usage
+
+```python
+import gated_vpt  # registers the gated_vpt method with peft
+from gated_vpt.segmentation import load_segmentation_adapter
+from transformers import {backbone_class}
+
+adapter_id = "{adapter_id}"
+backbone = {backbone_class}.from_pretrained("{base_id}"{extra})
+model = load_segmentation_adapter(backbone, adapter_id).eval()
+# model(pixel_values).logits: (batch, classes, height, width) at the input size; sliding-window and
+# multi-scale prediction: gated_vpt.segmentation.inference.predict
+```
+
+The head settings (classes and their names, ignore index, auxiliary blocks) are in `segmentation_head.json`.
+From the command line (`pip install gated-vpt`):
+
+```bash
+gated-vpt info {adapter_id}
+```"""
 
 
 def _license_section(license: str, base_model: Optional[str]) -> str:

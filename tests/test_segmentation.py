@@ -320,3 +320,41 @@ def test_decoder_learns_the_synthetic_shapes_far_above_chance():
     chance = _chance_miou(masks.numpy(), [m.numpy() for _, m in test_pairs], num_labels)
     print(f"synthetic shapes: mIoU {learned:.3f} after 40 steps, chance {chance:.3f}")
     assert learned > chance + 0.2
+
+
+# --- the model card ----------------------------------------------------------------------------------------------
+
+def test_segmentation_card_has_its_task_metrics_and_a_usage_snippet_that_runs(tmp_path):
+    import re
+
+    from huggingface_hub import ModelCard
+
+    from gated_vpt.card import write_model_card
+
+    base = tmp_path / "base"
+    make_backbone("vit_mae").save_pretrained(base)
+    model = segmentation_model("vit_mae").eval()
+    adapter = save_segmentation_adapter(model, tmp_path / "adapter")
+    metrics = {"test_miou": 0.41, "test_pixel_accuracy": 0.75, "test_per_class_iou": [0.4, 0.42]}
+    write_model_card(adapter, model, metrics=metrics, base_model=str(base), dataset="scene_parse_150")  # task derived
+    text = (adapter / "README.md").read_text()
+    data = ModelCard.load(adapter / "README.md").data
+    assert data.pipeline_tag == "image-segmentation" and "semantic-segmentation" in data.tags
+    assert "image-classification" not in data.tags and data.metrics == ["miou", "pixel_accuracy"]
+    assert {(r.task_type, r.metric_type, r.metric_value) for r in data.eval_results} == {
+        ("image-segmentation", "miou", 0.41), ("image-segmentation", "pixel_accuracy", 0.75)
+    }
+    assert "decode and auxiliary heads" in text and "| test_miou | 0.41 |" in text
+
+    snippet = re.search(r"## Usage\n\n```python\n(.*?)```", text, re.S).group(1)
+    assert "ViTMAEModel.from_pretrained" in snippet and "mask_ratio=0.0" in snippet
+    scope: dict = {}
+    exec(snippet, scope)
+    images = torch.randn(2, 3, 16, 20)
+    with torch.no_grad():
+        assert torch.equal(scope["model"](images).logits, model(images).logits)
+
+    write_model_card(adapter, config=model.peft_config["default"], task="image-classification")
+    assert ModelCard.load(adapter / "README.md").data.pipeline_tag == "image-classification"
+    with pytest.raises(ValueError, match="task='depth-estimation' is not supported"):
+        write_model_card(adapter, model, task="depth-estimation")

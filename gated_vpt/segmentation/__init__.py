@@ -9,6 +9,7 @@ from .model import (
     SegmentationHeadConfig,
     SegmentationModel,
     get_segmentation_peft_model,
+    load_pretrained_backbone,
     load_segmentation_adapter,
     save_segmentation_adapter,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "SegmentationHeadConfig",
     "SegmentationModel",
     "get_segmentation_peft_model",
+    "load_pretrained_backbone",
     "load_segmentation_adapter",
     "save_segmentation_adapter",
 ]

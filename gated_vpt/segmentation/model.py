@@ -34,6 +34,10 @@ from .setr import AuxiliaryHeads, Norm, ProgressiveUpsamplingHead, num_upsamplin
 
 HEAD_CONFIG_NAME = "segmentation_head.json"
 HEAD_MODULES = ("decode_head", "aux_heads")
+# The transformers class (and arguments) that loads a checkpoint's encoder without task heads, by model type:
+# ViTMAE without random masking, ViT without the pooler, any other family through AutoModel.
+BACKBONE_CLASSES = {"vit_mae": ("ViTMAEModel", {"mask_ratio": 0.0}), "vit": ("ViTModel", {"add_pooling_layer": False})}
+DEFAULT_BACKBONE_CLASS = ("AutoModel", {})
 
 
 @dataclass
@@ -201,6 +205,22 @@ class SegmentationModel(nn.Module):
         finally:
             for handle in handles:
                 handle.remove()
+
+
+def load_pretrained_backbone(model_name_or_path: Union[str, Path], **kwargs) -> nn.Module:
+    """The encoder of a checkpoint without task heads (``BACKBONE_CLASSES``), ready for ``SegmentationModel``.
+
+    Example:
+
+    ```py
+    >>> backbone = load_pretrained_backbone("facebook/vit-mae-base")   # ViTMAEModel with mask_ratio=0.0
+    ```
+    """
+    import transformers
+
+    model_type = transformers.AutoConfig.from_pretrained(model_name_or_path, **kwargs).model_type
+    name, arguments = BACKBONE_CLASSES.get(model_type, DEFAULT_BACKBONE_CLASS)
+    return getattr(transformers, name).from_pretrained(model_name_or_path, **arguments, **kwargs)
 
 
 def get_segmentation_peft_model(

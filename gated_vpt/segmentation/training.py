@@ -16,7 +16,7 @@ from datasets import DatasetDict
 from peft import PeftModel
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers import AutoConfig, AutoModel, ViTConfig, ViTModel
+from transformers import ViTConfig, ViTModel
 
 from ..config import GatedPromptConfig
 from ..training.classification import prompt_config
@@ -31,7 +31,7 @@ from .data import (
     find_image_mask_pairs,
 )
 from .inference import MULTI_SCALE_RATIOS, InferenceSettings
-from .model import SegmentationHeadConfig, SegmentationModel, get_segmentation_peft_model
+from .model import SegmentationHeadConfig, SegmentationModel, get_segmentation_peft_model, load_pretrained_backbone
 from .synthetic import SHAPES_LABELS, shapes_dataset
 
 MASK_COLUMN_GUESSES = ("annotation", "label", "mask", "segmentation", "semantic_map")
@@ -133,17 +133,12 @@ def load_segmentation_data(args: argparse.Namespace) -> SegmentationData:
 
 
 def load_backbone(model_name_or_path: Optional[str], seed: int = 0) -> nn.Module:
-    """The encoder without task heads: ViTMAE with ``mask_ratio=0`` (no random masking), ViT without the pooler,
-    any other supported family through ``AutoModel``; with no path, the tiny random ViT of ``--quick``."""
+    """The checkpoint's encoder without task heads (``model.load_pretrained_backbone``); with no path, the tiny random ViT of
+    ``--quick``."""
     if model_name_or_path is None:
         torch.manual_seed(seed)
         return ViTModel(QUICK_BACKBONE, add_pooling_layer=False)
-    config = AutoConfig.from_pretrained(model_name_or_path)
-    if config.model_type == "vit_mae":
-        return AutoModel.from_pretrained(model_name_or_path, mask_ratio=0.0)
-    if config.model_type == "vit":
-        return ViTModel.from_pretrained(model_name_or_path, add_pooling_layer=False)
-    return AutoModel.from_pretrained(model_name_or_path)
+    return load_pretrained_backbone(model_name_or_path)
 
 
 def head_config(args: argparse.Namespace, id2label: Optional[dict[int, str]] = None) -> SegmentationHeadConfig:
