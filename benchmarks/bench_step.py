@@ -10,7 +10,8 @@ batch is a forward under ``torch.inference_mode()`` in eval mode. A gated + temp
 adapters is also timed on a mixed batch (``adapter_names`` cycling over the adapters) against a single-adapter
 batch of the same size.
 
-    python -m benchmarks.bench_step --size vit-s16 --batch 8 --reps 5 --out benchmarks/results_vit-s16_cpu.md
+    python -m benchmarks.bench_step --size vit-s16 --batch 4 --threads 1 --clock cpu   # shared CPU
+    python -m benchmarks.bench_step --size vit-b16 --batch 32                          # GPU
     python -m benchmarks.bench_step --quick
 """
 
@@ -20,6 +21,8 @@ import argparse
 import sys
 from collections import defaultdict
 from typing import Optional
+
+import torch
 
 
 from .cli import common_parser, default_batch, main
@@ -113,7 +116,8 @@ def run(args: argparse.Namespace) -> str:
     return report(args, device, batch, warmup, runners, times, memory)
 
 
-def report(args, device, batch, warmup, runners, times, memory) -> str:
+def report(args: argparse.Namespace, device: torch.device, batch: int, warmup: int, runners: dict[str, Runner],
+           times: dict[tuple[str, str, str], list[float]], memory: dict[tuple[str, str, str], int]) -> str:
     med = {key: median(values) for key, values in times.items()}
 
     def paired(key: tuple[str, str, str], reference: tuple[str, str, str]) -> float:
