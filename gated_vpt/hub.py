@@ -19,9 +19,13 @@ from torch import nn
 
 from .card import is_gated_vpt_card, set_adapter_id, write_model_card
 from .loading import CONFIG_NAME, WEIGHTS_NAME, read_adapter_files, resolve_adapter_dir
+from .segmentation.model import HEAD_CONFIG_NAME, SegmentationHeadConfig
 
 CARD_NAME = "README.md"
-UPLOADED_FILES = [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, "*.png"]
+# Beside the adapter's config and weights: the card, a segmentation adapter's head settings (class names, ignore
+# index) and the gate pictures.
+SIDE_FILES = [CARD_NAME, HEAD_CONFIG_NAME, "*.png"]
+UPLOADED_FILES = [CONFIG_NAME, WEIGHTS_NAME, *SIDE_FILES]
 
 
 def push_adapter(
@@ -52,6 +56,9 @@ def push_adapter(
             source.save_pretrained(staging, selected_adapters=[adapter_name])
             if adapter_name != "default":  # peft saves other names in a subfolder
                 staging = staging / adapter_name
+            head_config = getattr(source.get_base_model(), "head_config", None)
+            if isinstance(head_config, SegmentationHeadConfig):
+                head_config.save(staging)
             write_model_card(staging, source, repo_id=repo_id, adapter_name=adapter_name)
         else:
             _stage_directory(Path(source), staging, repo_id)
@@ -77,8 +84,9 @@ def pull_adapter(
     *,
     token: Optional[str] = None,
 ) -> Path:
-    """Download an adapter (its config, weights, card and gate pictures) and check its files. Returns the cache
-    snapshot, or ``local_dir`` with copies of the files when given. Works offline from the cache.
+    """Download an adapter (its config, weights, card, segmentation head settings and gate pictures) and check its
+    files. Returns the cache snapshot, or ``local_dir`` with copies of the files when given. Works offline from the
+    cache.
 
     Example:
 
@@ -92,7 +100,7 @@ def pull_adapter(
     directory = fetch_adapter(repo_id, revision=revision, token=token)
     if not constants.HF_HUB_OFFLINE:
         with _hub_errors(repo_id, revision=revision):
-            snapshot_download(repo_id, revision=directory.name, allow_patterns=[CARD_NAME, "*.png"], token=token)
+            snapshot_download(repo_id, revision=directory.name, allow_patterns=SIDE_FILES, token=token)
     if local_dir is None:
         return directory
     local_dir = Path(local_dir)

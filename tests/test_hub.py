@@ -204,14 +204,61 @@ with torch.no_grad():
 """
 
 
+SEGMENTATION_ROUND_TRIP = """
+import torch
+from huggingface_hub import ModelCard
+from transformers import ViTModel
+from gated_vpt.hub import pull_adapter, push_adapter
+from gated_vpt.segmentation import load_segmentation_adapter
+ADAPTER, BASE, PULLED = {adapter!r}, {base!r}, {pulled!r}
+def load(source):
+    return load_segmentation_adapter(ViTModel.from_pretrained(BASE), source).eval()
+x = torch.randn(2, 3, 16, 20, generator=torch.Generator().manual_seed(0))
+push_adapter(ADAPTER, "test-org/seg")                                       # from a directory
+model = load("test-org/seg")
+push_adapter(model, "test-org/seg-from-model")                              # from the loaded model
+pulled = load(pull_adapter("test-org/seg-from-model", local_dir=PULLED))
+with torch.no_grad():
+    want = load(ADAPTER)(x).logits
+    result = dict(
+        logits=[torch.equal(m(x).logits, want) for m in (model, pulled)],
+        heads=[vars(m.get_base_model().head_config) for m in (model, pulled)],
+        card=ModelCard.load("test-org/seg").content,
+    )
+"""
+
+
 @pytest.fixture(scope="module")
-def pushed(hub, saved, tmp_path_factory):
-    """Two versions pushed from Python (transformers' push_to_hub, then push_adapter) and pulled back."""
+def saved_segmentation(tmp_path_factory):
+    """A segmentation adapter with named classes and ignore index 100 on a tiny ViT, with its card."""
+    from gated_vpt.segmentation import SegmentationHeadConfig, SegmentationModel, get_segmentation_peft_model
+    from gated_vpt.segmentation import save_segmentation_adapter
+
+    root = tmp_path_factory.mktemp("segmentation")
+    make_backbone("vit").save_pretrained(root / "base")
+    heads = SegmentationHeadConfig(num_labels=3, aux_blocks=(1,), channels=8, ignore_index=100,
+                                   id2label={0: "sky", 1: "road", 2: "tree"})
+    torch.manual_seed(0)
+    model = get_segmentation_peft_model(SegmentationModel(make_backbone("vit"), heads), gated_vpt.GatedPromptConfig())
+    randomize_adapter_(model, seed=3)
+    save_segmentation_adapter(model, root / "adapter")
+    write_model_card(root / "adapter", model, metrics={"validation_miou": 0.5})
+    return {"root": root, "heads": vars(heads)}
+
+
+@pytest.fixture(scope="module")
+def pushed(hub, saved, saved_segmentation, tmp_path_factory):
+    """Two versions pushed from Python (transformers' push_to_hub, then push_adapter) and pulled back; a segmentation
+    adapter pushed (from its directory, then from the model loaded from the Hub) and pulled back."""
     home = tmp_path_factory.mktemp("hf_home_python")
     code = PYTHON_ROUND_TRIP.format(base=str(saved["base"]), v1=str(saved["v1"]), v2=str(saved["v2"]), repo=REPO)
-    [step] = _run_steps([{"code": code}], _env(hub.url, home))
-    assert step["status"] == 0, step["result"]
-    return step["result"]
+    root = saved_segmentation["root"]
+    segmentation = SEGMENTATION_ROUND_TRIP.format(adapter=str(root / "adapter"), base=str(root / "base"),
+                                                  pulled=str(root / "pulled"))
+    steps = _run_steps([{"code": code}, {"code": segmentation}], _env(hub.url, home))
+    for step in steps:
+        assert step["status"] == 0, step["result"]
+    return {**steps[0]["result"], "segmentation": steps[1]["result"]}
 
 
 def test_python_push_and_pull_by_repo_id_and_revision_are_bit_identical(hub, pushed):
@@ -229,6 +276,20 @@ def test_push_adapter_uploads_the_gated_vpt_card_pointed_at_the_repo(hub, pushed
     assert card.data.library_name == "peft" and "gated-vpt" in card.data.tags
     assert f'adapter_id = "{REPO}"' in card.content and f"gated-vpt info {REPO}" in card.content
     assert set(hub.files(REPO)) == {"README.md", "adapter_config.json", "adapter_model.safetensors"}
+
+
+def test_segmentation_adapter_keeps_its_head_settings_and_card_through_the_hub(hub, pushed, saved_segmentation):
+    result = pushed["segmentation"]
+    assert result["logits"] == [True, True]  # bit-identical to the local adapter, BatchNorm statistics included
+    # Class names and ignore index survive (in JSON: lists for tuples, string keys).
+    heads = {**saved_segmentation["heads"], "aux_blocks": [1], "id2label": {"0": "sky", "1": "road", "2": "tree"}}
+    assert result["heads"] == [heads, heads]
+    for repo in ("test-org/seg", "test-org/seg-from-model"):
+        assert {"segmentation_head.json", "adapter_model.safetensors", "README.md"} <= set(hub.files(repo)), repo
+    assert (saved_segmentation["root"] / "pulled" / "segmentation_head.json").is_file()
+    card = ModelCard(result["card"])
+    assert card.data.pipeline_tag == "image-segmentation" and "semantic-segmentation" in card.data.tags
+    assert 'adapter_id = "test-org/seg"' in card.content and "load_segmentation_adapter(backbone, adapter_id)" in card.content
 
 
 @pytest.fixture(scope="module")
