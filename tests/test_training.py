@@ -316,3 +316,18 @@ def test_compare_methods_report_has_mean_std_and_parameters(tmp_path):
     assert "| gated | 60.00 ± 10.00 | 981 | 2 |" in text and "| linear probe | 25.00 ± 0.00 | 650 | 1 |" in text
     assert (tmp_path / "comparison.png").is_file() and json.loads((tmp_path / "results.json").read_text()) == results
     assert set(compare.METHODS) == {"linear", "full", "vpt-shallow", "vpt-deep", "gated", "gated-temp"}
+
+
+def test_learning_curve_plots_each_task_s_scores(tmp_path):
+    from gated_vpt.training.plots import plot_learning_curve, score_keys
+
+    classification = [{"epoch": e, "train_loss": 1.0 / (e + 1), "lr": 0.1, "validation_accuracy": 0.5 + e / 10} for e in range(3)]
+    # Segmentation with --eval_every_epochs 2: the scores of epoch 0 are missing; two learning-rate groups.
+    segmentation = [{"epoch": e, "train_loss": 2.0 - e, "lr/others": 0.01, "lr/gates": 0.1} for e in range(3)]
+    for record in segmentation[1:]:
+        record.update(validation_miou=0.3 * record["epoch"], validation_pixel_accuracy=0.4 * record["epoch"])
+    assert score_keys(classification) == ["validation_accuracy"]
+    assert score_keys(segmentation) == ["validation_miou", "validation_pixel_accuracy"]
+    for name, history in (("classification", classification), ("segmentation", segmentation)):
+        path = plot_learning_curve(history, tmp_path / f"{name}.png", title=name)
+        assert Image.open(path).size == (600, 500)

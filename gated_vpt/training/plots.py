@@ -40,18 +40,23 @@ def plot_gates(report: GateReport, path: Union[str, Path], title: str = "") -> P
 
 
 def plot_learning_curve(history: Sequence[dict], path: Union[str, Path], title: str = "") -> Path:
-    """Training loss and every recorded ``*accuracy`` per epoch, with the learning rate(s) underneath."""
+    """Training loss and every recorded score (``score_keys``: accuracy, mIoU, ...) per epoch, with the learning
+    rate(s) underneath. A score missing from some epochs (evaluated every N epochs) is drawn where it was recorded."""
     epochs = [record["epoch"] for record in history]
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.plot(epochs, [r["train_loss"] for r in history], label="train loss", color="tab:red")
     top.set_ylabel("loss")
-    metrics = sorted({k for r in history for k in r if k.endswith("accuracy")})
-    if metrics:
+    scores = score_keys(history)
+    if scores:
         right = top.twinx()
-        for name in metrics:
-            right.plot(epochs, [r.get(name) for r in history], label=name)
-        right.set_ylabel("accuracy")
-        right.set_ylim(0, 1)
+        values = []
+        for name in scores:
+            points = [(r["epoch"], r[name]) for r in history if r.get(name) is not None]
+            right.plot(*zip(*points), marker=".", label=name)
+            values += [value for _, value in points]
+        right.set_ylabel(scores[0] if len(scores) == 1 else "score")
+        if all(0 <= value <= 1 for value in values):
+            right.set_ylim(0, 1)
         right.legend(loc="center right")
     top.legend(loc="upper right")
     for name in sorted({k for r in history for k in r if k.startswith("lr")}):
@@ -63,6 +68,19 @@ def plot_learning_curve(history: Sequence[dict], path: Union[str, Path], title: 
         top.set_title(title)
     figure.tight_layout()
     return _save(figure, path)
+
+
+def score_keys(history: Sequence[dict]) -> list[str]:
+    """The evaluation scores in a training history: every numeric entry other than the epoch, losses and learning
+    rates (``validation_accuracy`` for classification, ``validation_miou`` and ``validation_pixel_accuracy`` for
+    segmentation)."""
+    return sorted({
+        key
+        for record in history
+        for key, value in record.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+        and key != "epoch" and not key.endswith("loss") and not key.startswith("lr")
+    })
 
 
 def _save(figure, path: Union[str, Path]) -> Path:
