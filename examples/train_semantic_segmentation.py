@@ -12,7 +12,6 @@ gate_init 10, auxiliary heads on blocks 5 and 9, random resize-crop 512, single-
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -26,14 +25,12 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 
-import gated_vpt
 from gated_vpt.recipes import SEGMENTATION
 from gated_vpt.segmentation.inference import evaluate_segmentation
 from gated_vpt.segmentation.model import save_segmentation_adapter
 from gated_vpt.segmentation.synthetic import SHAPES_LABELS
 from gated_vpt.segmentation.training import (
     QUICK,
-    build_poly_scheduler,
     build_segmentation_model,
     inference_settings,
     load_segmentation_data,
@@ -43,7 +40,7 @@ from gated_vpt.training.checkpointing import TrainState, check_run_config, load_
 from gated_vpt.training.classification import count_parameters
 from gated_vpt.training.loop import LoopSettings, train, updates_per_epoch
 from gated_vpt.training.optim import build_optimizer, build_scheduler
-from gated_vpt.training.plots import plot_gates, plot_learning_curve
+from gated_vpt.training.results import write_results
 
 logger = get_logger(__name__)
 
@@ -65,7 +62,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     cli.add_data_args(parser)
     group = parser.add_argument_group("segmentation")
     group.add_argument("--mask_column_name", default=None, help="Mask column (default: 'annotation', 'label', 'mask', ...).")
-    group.add_argument("--reduce_labels", type=cli._bool, default=False,
+    group.add_argument("--reduce_labels", type=cli.parse_bool, default=False,
                        help="ADE20K: mask value 0 ('other') becomes the ignore index and 1..N become classes 0..N-1.")
     group.add_argument("--ignore_index", type=int, default=255, help="Mask value that does not count in loss or metrics.")
     group.add_argument("--crop_size", type=int, default=512, help="Training crop (and test rescale) size; SETR: 512.")
@@ -83,7 +80,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                        help="Test-time inference on the rescaled image at once, or in crop_size windows (SETR).")
     group.add_argument("--eval_stride", type=int, default=None, help="Sliding-window stride (default: 2/3 of the crop).")
     group.add_argument("--eval_every_epochs", type=int, default=1, help="Validation mIoU every N epochs (0: never).")
-    group.add_argument("--multi_scale_eval", type=cli._bool, default=True,
+    group.add_argument("--multi_scale_eval", type=cli.parse_bool, default=True,
                        help="Also report multi-scale + flip mIoU at the end (ratios 0.5..1.75).")
     cli.add_prompt_args(parser)
     cli.add_optimization_args(parser, learning_rate=0.001, batch_size=16, epochs=127)
@@ -141,19 +138,16 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     )
     eval_loaders = dict(zip(eval_roles, eval_loaders))
     steps = updates_per_epoch(len(train_loader), args.gradient_accumulation_steps)
-    if args.scheduler == "poly":
-        scheduler = build_poly_scheduler(
-            optimizer, args.num_train_epochs, args.warmup_epochs, steps, args.scheduler_step, args.poly_power
-        )
-    else:
-        scheduler = build_scheduler(optimizer, args.num_train_epochs, args.warmup_epochs, steps, args.scheduler_step)
+    scheduler = build_scheduler(
+        optimizer, args.num_train_epochs, args.warmup_epochs, steps, args.scheduler_step, args.scheduler, args.poly_power
+    )
     state = TrainState()
     if resume_path is not None:
         accelerator.print(f"Resuming from {resume_path}")
         state = load_checkpoint(resume_path, accelerator.unwrap_model(model), optimizer, scheduler, accelerator.process_index)
 
     if args.with_tracking:
-        accelerator.init_trackers("gated_vpt_semantic_segmentation", _loggable(vars(args)))
+        accelerator.init_trackers("gated_vpt_semantic_segmentation", cli.tracker_config(args))
 
     def score(role: str, multi_scale: bool = False) -> dict:
         scores = evaluate_segmentation(
@@ -211,42 +205,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         accelerator.end_training()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _write_results(args, accelerator.unwrap_model(model), metrics, state)
+        write_results(
+            accelerator.unwrap_model(model), args.output_dir, metrics, state.history, task=SEGMENTATION,
+            title=Path(args.model_name_or_path or "quick").name, dataset=args.dataset_name,
+            save_adapter=save_segmentation_adapter, hub_model_id=args.hub_model_id if args.push_to_hub else None,
+            hub_token=args.hub_token,
+        )
     accelerator.wait_for_everyone()
     return metrics
-
-
-def _write_results(args: argparse.Namespace, model, metrics: dict, state: TrainState) -> None:
-    """The adapter (one safetensors file with prompts, gates, temperatures and heads; config; head settings; card),
-    metrics.json, gates.png and learning_curve.png."""
-    output = Path(args.output_dir)
-    adapter_dir = save_segmentation_adapter(model, output / "adapter")
-    report = gated_vpt.gate_report(model)
-    gates_png = None
-    if any(b.gate is not None or b.temperature is not None for b in report.blocks):
-        gates_png = plot_gates(report, output / "gates.png", title=Path(args.model_name_or_path or "quick").name)
-    plot_learning_curve(state.history, output / "learning_curve.png")
-    metrics = {**metrics, "gates": report.to_dict(), "history": state.history}
-    (output / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    from gated_vpt.card import write_model_card
-
-    numbers = {k: v for k, v in metrics.items() if ("miou" in k or k.endswith("accuracy")) and isinstance(v, float)}
-    write_model_card(
-        adapter_dir, model, metrics=numbers, gates_image=gates_png, dataset=args.dataset_name, task=SEGMENTATION
-    )
-    print(", ".join(f"{k} {v:.4f}" for k, v in numbers.items()) + f"; adapter and results in {output}")
-    print(report.format_table())
-    if args.push_to_hub:
-        from gated_vpt.hub import push_adapter
-
-        if not args.hub_model_id:
-            raise ValueError("--push_to_hub needs --hub_model_id <user>/<name>.")
-        push_adapter(adapter_dir, args.hub_model_id, token=args.hub_token)
-
-
-def _loggable(values: dict) -> dict:
-    """Tracker hyperparameters must be scalars or strings."""
-    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in values.items()}
 
 
 if __name__ == "__main__":

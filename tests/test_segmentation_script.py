@@ -135,3 +135,9 @@ def test_every_segmentation_recipe_loads_into_the_script():
         recipe = json.loads(path.read_text())["args"]
         assert {key: getattr(args, key) for key in recipe} == recipe, path.name
         assert args.num_labels == 150 and args.reduce_labels and args.scheduler == "poly"
+
+
+def test_push_without_a_repo_id_is_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match="--push_to_hub needs --hub_model_id"):
+        script.main([*QUICK_ARGS, "--output_dir", str(tmp_path / "out"), "--push_to_hub"])
+    assert not (tmp_path / "out").exists()

@@ -331,3 +331,37 @@ def test_learning_curve_plots_each_task_s_scores(tmp_path):
     for name, history in (("classification", classification), ("segmentation", segmentation)):
         path = plot_learning_curve(history, tmp_path / f"{name}.png", title=name)
         assert Image.open(path).size == (600, 500)
+
+
+@pytest.mark.parametrize("warmup, total, power", [(0, 12, 0.9), (3, 12, 0.9), (0, 5, 1.0), (2, 6, 2.0)])
+def test_poly_schedule_matches_setr_formula(warmup, total, power):
+    from gated_vpt.training.optim import PolyDecay
+
+    def reference(t: int) -> float:  # mmsegmentation's PolyLrUpdaterHook (min_lr 0) after a linear warmup from 0
+        return t / warmup if t < warmup else (1 - (t - warmup) / max(1, total - warmup)) ** power
+
+    factor = PolyDecay(total, power, warmup)
+    assert [factor(t) for t in range(total + 1)] == pytest.approx([reference(t) for t in range(total + 1)])
+    assert factor(total) == 0.0
+
+
+def test_poly_scheduler_steps_per_update_over_all_epochs():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    scheduler = build_scheduler(optimizer, 3, 0, 4, "step", decay="poly", power=0.9)  # 12 updates
+    rates = []
+    for _ in range(12):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([0.01 * (1 - t / 12) ** 0.9 for t in range(12)])
+    with pytest.raises(ValueError, match="Unknown learning-rate decay 'step'"):
+        build_scheduler(optimizer, 3, 0, 4, "step", decay="step")
+
+
+def test_tracker_config_is_scalars_without_the_hub_token():
+    import argparse
+
+    from gated_vpt.training.args import tracker_config
+
+    args = argparse.Namespace(learning_rate=0.1, aux_blocks=[5, 9], gated=None, hub_token="hf_secret", seed=3)
+    assert tracker_config(args) == {"learning_rate": 0.1, "aux_blocks": "[5, 9]", "gated": "None", "seed": 3}

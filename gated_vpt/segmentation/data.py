@@ -23,8 +23,7 @@ from datasets import Dataset, Image
 from PIL import Image as PILImage
 from torch.nn import functional as F
 
-from ..training.data import TransformedImages
-from ..training.data import _mix as sample_seed
+from ..training.data import TransformedImages, mix_seed
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MASK_FOLDERS = ("annotations", "masks", "labels")
@@ -267,7 +266,7 @@ class SegmentationSamples(TransformedImages):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         row = self.dataset[int(index)]
-        generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, int(index))) if self.transform.train else None
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, int(index))) if self.transform.train else None
         pixels, labels = self.transform(row[self.image_column], row[self.label_column], generator, f" of example {index}")
         return {"pixel_values": pixels, "labels": labels}
 

@@ -1,8 +1,8 @@
 """Semantic segmentation pieces for the training script: checked data loaders, the backbone with SETR-PUP heads and
-a gated prompt adapter, SETR's polynomial learning-rate decay, and the offline tiny setting of ``--quick``.
+a gated prompt adapter, test-time inference settings, and the offline tiny setting of ``--quick``.
 
-Everything task-independent (arguments and recipes, optimizer, training loop, checkpoints, plots) comes from
-``gated_vpt.training``.
+Everything task-independent (arguments and recipes, optimizer and schedules, training loop, checkpoints, plots,
+results) comes from ``gated_vpt.training``.
 """
 
 from __future__ import annotations
@@ -174,45 +174,3 @@ def inference_settings(args: argparse.Namespace, multi_scale: bool = False) -> I
         scales=MULTI_SCALE_RATIOS if multi_scale else (1.0,),
         flip=multi_scale,
     )
-
-
-class PolyDecay:
-    """SETR's polynomial decay as a learning-rate factor at schedule position ``t``: a linear warmup over
-    ``warmup`` positions, then ``(1 - progress) ** power`` down to ``min_factor`` at ``total``.
-
-    Example:
-
-    ```py
-    >>> f = PolyDecay(total=100, power=1.0)
-    >>> f(0), f(50), f(100)
-    (1.0, 0.5, 0.0)
-    ```
-    """
-
-    def __init__(self, total: int, power: float = 0.9, warmup: int = 0, min_factor: float = 0.0):
-        if total < 1 or not 0 <= warmup <= total:
-            raise ValueError(f"Need total >= 1 and 0 <= warmup ({warmup}) <= total ({total}).")
-        self.total, self.power, self.warmup, self.min_factor = total, power, warmup, min_factor
-
-    def __call__(self, t: int) -> float:
-        if t < self.warmup:
-            return t / self.warmup
-        progress = min(1.0, (t - self.warmup) / max(1, self.total - self.warmup))
-        return self.min_factor + (1.0 - self.min_factor) * (1.0 - progress) ** self.power
-
-
-def build_poly_scheduler(
-    optimizer: torch.optim.Optimizer,
-    num_epochs: int,
-    warmup_epochs: int,
-    updates_per_epoch: int,
-    step: str = "step",
-    power: float = 0.9,
-    min_factor: float = 0.0,
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Polynomial decay over optimizer updates (SETR: power 0.9, stepped every update) or over epochs."""
-    if warmup_epochs > num_epochs:
-        raise ValueError(f"--warmup_epochs ({warmup_epochs}) exceeds --num_train_epochs ({num_epochs}).")
-    unit = updates_per_epoch if step == "step" else 1
-    factor = PolyDecay(num_epochs * unit, power, warmup_epochs * unit, min_factor)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -2,11 +2,13 @@
 
 - ``args``: the scripts' command-line arguments (their names are the recipe keys) and ``--config`` recipes.
 - ``data``: image data sets (Hub, image folders, the embedded digits), checks and the paper's transforms.
-- ``optim``: SGD/AdamW with an optional gate learning rate; warmup + cosine per epoch or per update.
+- ``optim``: SGD/AdamW with an optional gate learning rate; warmup + cosine or SETR's polynomial decay, per epoch
+  or per update.
 - ``checkpointing``: pickle-free, resumable checkpoints.
 - ``loop``: the Accelerate training loop.
 - ``classification``: the classifier model, its data loaders and top-1 evaluation.
 - ``plots``: per-block gates and learning-curve PNGs.
+- ``results``: a finished run's outputs (adapter and card, metrics.json, PNGs, Hub push).
 - ``metrics``: ``evaluate`` metric modules that load offline.
 
 Needs the ``train`` extra: ``pip install gated-vpt[train]``.

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence, Union
 
+# Never logged or written anywhere.
+SECRET_ARGS = ("hub_token",)
 # Settings that do not change what a run computes; everything else must match to resume a checkpoint.
 NON_SEMANTIC_ARGS = (
     "config", "recipe_stage", "output_dir", "resume_from_checkpoint", "checkpointing_steps", "max_train_steps",
@@ -17,7 +19,8 @@ NON_SEMANTIC_ARGS = (
 )
 
 
-def _bool(text: Union[str, bool]) -> bool:
+def parse_bool(text: Union[str, bool]) -> bool:
+    """argparse type for true/false flags: 1/true/yes or 0/false/no (any case)."""
     if isinstance(text, bool):
         return text
     if text.lower() in ("1", "true", "yes"):
@@ -62,9 +65,9 @@ def add_prompt_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("adapter (gated_vpt.GatedPromptConfig)")
     group.add_argument("--num_prompt_tokens", type=int, default=5)
     group.add_argument("--prompt_mode", choices=("shallow", "deep"), default="shallow")
-    group.add_argument("--gated", type=_bool, default=None, help="true/false (default: true for shallow prompts).")
+    group.add_argument("--gated", type=parse_bool, default=None, help="true/false (default: true for shallow prompts).")
     group.add_argument("--gate_init", type=float, default=5.0, help="Gate logits start at -gate_init.")
-    group.add_argument("--learnable_temperature", type=_bool, default=None,
+    group.add_argument("--learnable_temperature", type=parse_bool, default=None,
                        help="true/false (default: true for shallow prompts).")
     group.add_argument("--prompt_dropout", type=float, default=0.1)
     group.add_argument("--prompt_start_block", type=int, default=0)
@@ -123,7 +126,7 @@ def parse_args_with_recipe(parser: argparse.ArgumentParser, argv: Optional[Seque
     """
     args = parser.parse_args(argv)
     if args.config is None:
-        _check_choices(parser, args)
+        _check_args(parser, args)
         return args
     from gated_vpt.recipes import load_recipe
 
@@ -134,16 +137,27 @@ def parse_args_with_recipe(parser: argparse.ArgumentParser, argv: Optional[Seque
         raise ValueError(f"Recipe {args.config} sets {unknown}, which this script does not accept.")
     parser.set_defaults(**recipe)
     args = parser.parse_args(argv)
-    _check_choices(parser, args)
+    _check_args(parser, args)
     return args
 
 
-def _check_choices(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """argparse does not check defaults (which recipes set) against ``choices``; do it here."""
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """argparse does not check defaults (which recipes set) against ``choices``; do it here, and refuse a push
+    without a repo id before anything runs."""
     for action in parser._actions:
         value = getattr(args, action.dest, None)
         if action.choices is not None and value is not None and value not in action.choices:
             raise ValueError(f"--{action.dest}={value!r} is invalid: use one of {list(action.choices)}.")
+    if getattr(args, "push_to_hub", False) and not args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id <user>/<name>.")
+
+
+def tracker_config(args: argparse.Namespace) -> dict:
+    """The arguments as Accelerate trackers take hyperparameters: scalars and strings (anything else as text),
+    without the Hub token."""
+    return {
+        k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items() if k not in SECRET_ARGS
+    }
 
 
 def run_config(args: argparse.Namespace, num_processes: int) -> dict:

@@ -241,7 +241,7 @@ class TransformedImages(torch.utils.data.Dataset):
         row = self.dataset[int(index)]
         generator = None
         if self.transform.random:
-            generator = torch.Generator().manual_seed(_mix(self.seed, self.epoch, int(index)))
+            generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, int(index)))
         return {"pixel_values": self.transform(row[self.image_column], generator), "labels": torch.tensor(row[self.label_column])}
 
 
@@ -261,11 +261,11 @@ class EpochShuffleSampler(Sampler[int]):
         return self.length
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
         return iter(torch.randperm(self.length, generator=generator).tolist())
 
 
-def _mix(*values: int) -> int:
+def mix_seed(*values: int) -> int:
     """A 63-bit seed from a few integers (distinct tuples give unrelated seeds)."""
     state = 0x9E3779B97F4A7C15
     for value in values:

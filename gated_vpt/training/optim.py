@@ -1,5 +1,6 @@
 """The paper's optimisation: SGD (momentum 0.9, no weight decay) or AdamW, the learning rate used as given, a
-linear warmup from 0 then a cosine decay to 0, stepped once per epoch (or per optimizer update).
+linear warmup from 0 then a cosine decay to 0, stepped once per epoch (or per optimizer update); for segmentation,
+SETR's polynomial decay, stepped per update.
 
 Gate logits may get their own learning rate: the gradient reaching ``gamma`` carries a factor
 ``g * (1 - g)`` (0.0066 at ``gate_init=5``), so with the prompts' learning rate the gates barely move.
@@ -78,21 +79,53 @@ class WarmupCosine:
         return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
 
+class PolyDecay:
+    """SETR's polynomial decay as a learning-rate factor at schedule position ``t``: a linear warmup from 0 over
+    ``warmup`` positions, then ``(1 - progress) ** power`` down to 0 at ``total``.
+
+    Example:
+
+    ```py
+    >>> f = PolyDecay(total=100, power=1.0)
+    >>> f(0), f(50), f(100)
+    (1.0, 0.5, 0.0)
+    ```
+    """
+
+    def __init__(self, total: int, power: float = 0.9, warmup: int = 0):
+        if total < 1 or not 0 <= warmup <= total:
+            raise ValueError(f"Need total >= 1 and 0 <= warmup ({warmup}) <= total ({total}).")
+        if power <= 0:
+            raise ValueError(f"power={power} is invalid: use a positive exponent (SETR: 0.9).")
+        self.total, self.power, self.warmup = total, power, warmup
+
+    def __call__(self, t: int) -> float:
+        if t < self.warmup:
+            return t / self.warmup
+        progress = min(1.0, (t - self.warmup) / max(1, self.total - self.warmup))
+        return (1.0 - progress) ** self.power
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer,
     num_epochs: int,
     warmup_epochs: int,
     updates_per_epoch: int,
     step: Literal["epoch", "step"] = "epoch",
+    decay: Literal["cosine", "poly"] = "cosine",
+    power: float = 0.9,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Warmup + cosine over epochs (call ``scheduler.step()`` after each epoch) or over optimizer updates
-    (call it after each update)."""
+    """Warmup, then a cosine (the paper's classification) or polynomial (SETR, exponent ``power``) decay, over
+    epochs (call ``scheduler.step()`` after each epoch) or over optimizer updates (call it after each update)."""
     if warmup_epochs > num_epochs:
         raise ValueError(f"--warmup_epochs ({warmup_epochs}) exceeds --num_train_epochs ({num_epochs}).")
-    if step == "epoch":
-        factor = WarmupCosine(warmup_epochs, num_epochs)
-    elif step == "step":
-        factor = WarmupCosine(warmup_epochs * updates_per_epoch, num_epochs * updates_per_epoch)
-    else:
+    if step not in ("epoch", "step"):
         raise ValueError(f"Unknown scheduler_step {step!r}; use 'epoch' or 'step'.")
+    unit = updates_per_epoch if step == "step" else 1
+    if decay == "cosine":
+        factor = WarmupCosine(warmup_epochs * unit, num_epochs * unit)
+    elif decay == "poly":
+        factor = PolyDecay(num_epochs * unit, power, warmup_epochs * unit)
+    else:
+        raise ValueError(f"Unknown learning-rate decay {decay!r}; use 'cosine' or 'poly'.")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,73 @@
+"""What a finished run leaves in its output directory: the adapter with its model card, ``metrics.json``, the gate
+and learning-curve PNGs, and, when asked, the adapter pushed to the Hub. Shared by the task scripts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+from peft import PeftModel
+
+from gated_vpt import gate_report
+from gated_vpt.card import write_model_card
+
+from .plots import plot_gates, plot_learning_curve
+
+# A run's scores are the float metrics named after the split they were measured on (test_accuracy, validation_miou).
+SCORE_PREFIXES = ("test_", "validation_")
+
+
+def run_scores(metrics: dict) -> dict[str, float]:
+    """The scores among a run's final metrics (parameter counts, timings and per-class lists left out)."""
+    return {k: v for k, v in metrics.items() if k.startswith(SCORE_PREFIXES) and isinstance(v, float)}
+
+
+def write_results(
+    model: PeftModel,
+    output_dir: Union[str, Path],
+    metrics: dict,
+    history: Sequence[dict],
+    *,
+    task: str,
+    title: str = "",
+    dataset: Optional[str] = None,
+    save_adapter: Optional[Callable[[PeftModel, Path], object]] = None,
+    hub_model_id: Optional[str] = None,
+    hub_token: Optional[str] = None,
+) -> Path:
+    """Write ``output_dir/adapter`` (``save_adapter(model, directory)``, default ``model.save_pretrained``, then the
+    model card for ``task`` with the run's scores), ``metrics.json`` (``metrics``, the gates and the per-epoch
+    ``history``), ``gates.png`` (when the adapter has gates or temperatures) and ``learning_curve.png``; print the
+    scores and the gate table; push the adapter to ``hub_model_id`` when given. Returns the adapter directory.
+
+    Example:
+
+    ```py
+    >>> write_results(accelerator.unwrap_model(model), "outputs/run", {"test_accuracy": 0.81}, state.history,
+    ...               task="image-classification", title="mae-tiny")
+    ```
+    """
+    output = Path(output_dir)
+    adapter_dir = output / "adapter"
+    if save_adapter is None:
+        model.save_pretrained(adapter_dir)
+    else:
+        save_adapter(model, adapter_dir)
+    report = gate_report(model)
+    gates_png = None
+    if any(b.gate is not None or b.temperature is not None for b in report.blocks):
+        gates_png = plot_gates(report, output / "gates.png", title=title)
+    plot_learning_curve(history, output / "learning_curve.png")
+    (output / "metrics.json").write_text(
+        json.dumps({**metrics, "gates": report.to_dict(), "history": list(history)}, indent=1) + "\n"
+    )
+    scores = run_scores(metrics)
+    write_model_card(adapter_dir, model, metrics=scores, gates_image=gates_png, dataset=dataset, task=task)
+    print(", ".join(f"{k} {v:.4f}" for k, v in scores.items()) + f"; adapter and results in {output}")
+    print(report.format_table())
+    if hub_model_id:
+        from gated_vpt.hub import push_adapter
+
+        push_adapter(adapter_dir, hub_model_id, token=hub_token)
+    return adapter_dir
