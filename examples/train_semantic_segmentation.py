@@ -12,35 +12,25 @@ gate_init 10, auxiliary heads on blocks 5 and 9, random resize-crop 512, single-
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-import datasets
 import torch
-import transformers
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
 
 from gated_vpt.recipes import SEGMENTATION
 from gated_vpt.segmentation.inference import evaluate_segmentation
 from gated_vpt.segmentation.model import save_segmentation_adapter
 from gated_vpt.segmentation.synthetic import SHAPES_LABELS
-from gated_vpt.segmentation.training import (
-    QUICK,
-    build_segmentation_model,
-    inference_settings,
-    load_segmentation_data,
-)
+from gated_vpt.segmentation.training import QUICK, build_segmentation_model, inference_settings, load_segmentation_data
 from gated_vpt.training import args as cli
-from gated_vpt.training.checkpointing import TrainState, check_run_config, load_checkpoint, resolve_resume_path
+from gated_vpt.training.checkpointing import checked_resume_path
 from gated_vpt.training.classification import count_parameters
 from gated_vpt.training.loop import LoopSettings, train, updates_per_epoch
 from gated_vpt.training.optim import build_optimizer, build_scheduler
-from gated_vpt.training.results import write_results
+from gated_vpt.training.run import finish_run, initial_state, prepare, start_accelerator
 
 logger = get_logger(__name__)
 
@@ -100,26 +90,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=args.report_to if args.with_tracking else None,
-        project_dir=args.output_dir,
-        dynamo_backend="inductor" if args.torch_compile else None,
-    )
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
-    if not accelerator.is_local_main_process:
-        datasets.utils.logging.set_verbosity_error()
-        transformers.utils.logging.set_verbosity_error()
-    set_seed(args.seed)
+    accelerator = start_accelerator(args)
     started = time.time()
 
     # Everything is checked before anything is written to --output_dir.
     data = load_segmentation_data(args)
     run_config = cli.run_config(args, accelerator.num_processes)
-    resume_path = None
-    if args.resume_from_checkpoint:
-        resume_path = resolve_resume_path(args.resume_from_checkpoint, args.output_dir)
-        check_run_config(resume_path, run_config)
+    resume_path = checked_resume_path(args.resume_from_checkpoint, args.output_dir, run_config)
 
     model = build_segmentation_model(args, SHAPES_LABELS if args.quick else None)
     if args.decoder_norm == "batch" and accelerator.num_processes > 1 and accelerator.device.type == "cuda":
@@ -132,28 +109,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     optimizer = build_optimizer(
         model, args.optimizer, args.learning_rate, args.momentum, args.weight_decay, args.gate_learning_rate
     )
-    eval_roles = list(data.eval_loaders)
-    model, optimizer, train_loader, *eval_loaders = accelerator.prepare(
-        model, optimizer, data.train_loader, *data.eval_loaders.values()
-    )
-    eval_loaders = dict(zip(eval_roles, eval_loaders))
+    model, optimizer, train_loader, eval_loaders = prepare(accelerator, model, optimizer, data.train_loader, data.eval_loaders)
     steps = updates_per_epoch(len(train_loader), args.gradient_accumulation_steps)
     scheduler = build_scheduler(
         optimizer, args.num_train_epochs, args.warmup_epochs, steps, args.scheduler_step, args.scheduler, args.poly_power
     )
-    state = TrainState()
-    if resume_path is not None:
-        accelerator.print(f"Resuming from {resume_path}")
-        state = load_checkpoint(resume_path, accelerator.unwrap_model(model), optimizer, scheduler, accelerator.process_index)
-
+    state = initial_state(accelerator, resume_path, model, optimizer, scheduler)
     if args.with_tracking:
         accelerator.init_trackers("gated_vpt_semantic_segmentation", cli.tracker_config(args))
 
     def score(role: str, multi_scale: bool = False) -> dict:
-        scores = evaluate_segmentation(
-            model, eval_loaders[role], args.num_labels, args.ignore_index, inference_settings(args, multi_scale), accelerator
-        )
-        return scores
+        settings = inference_settings(args, multi_scale)
+        return evaluate_segmentation(model, eval_loaders[role], args.num_labels, args.ignore_index, settings, accelerator)
 
     epochs_seen = [state.epoch]
 
@@ -165,18 +132,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         scores = score("validation")
         return {"validation_miou": scores["mean_iou"], "validation_pixel_accuracy": scores["overall_accuracy"]}
 
-    settings = LoopSettings(
-        num_train_epochs=args.num_train_epochs,
-        output_dir=Path(args.output_dir),
-        run_config=run_config,
-        scheduler_step=args.scheduler_step,
-        checkpointing_steps=args.checkpointing_steps,
-        max_train_steps=args.max_train_steps,
-        with_tracking=args.with_tracking,
-    )
     state = train(
-        accelerator, model, optimizer, scheduler, train_loader, (data.sampler, data.train_samples), settings, state,
-        evaluate=evaluate_validation,
+        accelerator, model, optimizer, scheduler, train_loader, (data.sampler, data.train_samples),
+        LoopSettings.from_args(args, run_config), state, evaluate=evaluate_validation,
     )
     if state is None:
         accelerator.end_training()
@@ -200,19 +158,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "epochs": args.num_train_epochs,
         "train_seconds": round(time.time() - started, 1),
     })
-    if args.with_tracking:
-        accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=state.completed_steps)
-        accelerator.end_training()
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_results(
-            accelerator.unwrap_model(model), args.output_dir, metrics, state.history, task=SEGMENTATION,
-            title=Path(args.model_name_or_path or "quick").name, dataset=args.dataset_name,
-            save_adapter=save_segmentation_adapter, hub_model_id=args.hub_model_id if args.push_to_hub else None,
-            hub_token=args.hub_token,
-        )
-    accelerator.wait_for_everyone()
-    return metrics
+    return finish_run(
+        accelerator, model, metrics, state, args, task=SEGMENTATION, title=Path(args.model_name_or_path or "quick").name,
+        save_adapter=save_segmentation_adapter,
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
   or per update.
 - ``checkpointing``: pickle-free, resumable checkpoints.
 - ``loop``: the Accelerate training loop.
+- ``run``: a script's run around the loop: the Accelerator, preparing, the starting state, finishing.
 - ``classification``: the classifier model, its data loaders and top-1 evaluation.
 - ``plots``: per-block gates and learning-curve PNGs.
 - ``results``: a finished run's outputs (adapter and card, metrics.json, PNGs, Hub push).

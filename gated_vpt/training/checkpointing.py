@@ -146,6 +146,18 @@ def _trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def checked_resume_path(
+    resume_from_checkpoint: Optional[str], output_dir: Union[str, Path], run_config: dict
+) -> Optional[Path]:
+    """The checkpoint ``--resume_from_checkpoint`` names (None when it is not given), after checking that it was
+    made with ``run_config`` (``resolve_resume_path``, then ``check_run_config``)."""
+    if not resume_from_checkpoint:
+        return None
+    path = resolve_resume_path(resume_from_checkpoint, output_dir)
+    check_run_config(path, run_config)
+    return path
+
+
 def _split_tensors(value, prefix: str = "") -> tuple[dict[str, torch.Tensor], object]:
     """Replace every tensor in a nested dict/list by ``{"__tensor__": key}``; return the tensors and the rest."""
     tensors: dict[str, torch.Tensor] = {}

@@ -7,6 +7,7 @@ The model must return ``outputs.loss`` when called as ``model(**batch)``.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 from dataclasses import dataclass
@@ -34,6 +35,19 @@ class LoopSettings:
     checkpointing_steps: Union[str, int, None] = "epoch"
     max_train_steps: Optional[int] = None
     with_tracking: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, run_config: dict) -> "LoopSettings":
+        """The settings named by the arguments of ``gated_vpt.training.args``."""
+        return cls(
+            num_train_epochs=args.num_train_epochs,
+            output_dir=Path(args.output_dir),
+            run_config=run_config,
+            scheduler_step=args.scheduler_step,
+            checkpointing_steps=args.checkpointing_steps,
+            max_train_steps=args.max_train_steps,
+            with_tracking=args.with_tracking,
+        )
 
 
 def updates_per_epoch(num_batches: int, gradient_accumulation_steps: int) -> int:

@@ -1,0 +1,101 @@
+"""A task script's run around the training loop: the Accelerator (logging, seed), preparing the model and
+loaders, the state to start from (fresh or a checkpoint), and finishing (the final metrics to the trackers, the
+results written by the main process). The arguments are those of ``gated_vpt.training.args``.
+
+Example (the shape of ``examples/train_semantic_segmentation.py``):
+
+```py
+>>> accelerator = start_accelerator(args)
+>>> resume_path = checked_resume_path(args.resume_from_checkpoint, args.output_dir, run_config)
+>>> model, optimizer, train_loader, eval_loaders = prepare(accelerator, model, optimizer, train_loader, eval_loaders)
+>>> state = initial_state(accelerator, resume_path, model, optimizer, scheduler)
+>>> state = train(accelerator, model, optimizer, scheduler, train_loader, ..., LoopSettings.from_args(args, run_config), state)
+>>> metrics = finish_run(accelerator, model, {"test_miou": ...}, state, args, task="semantic-segmentation")
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Callable, Optional
+
+import datasets
+import transformers
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from peft import PeftModel
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .checkpointing import TrainState, load_checkpoint
+from .results import write_results
+
+
+def start_accelerator(args: argparse.Namespace) -> Accelerator:
+    """The run's ``Accelerator`` (gradient accumulation, trackers when ``--with_tracking``, ``--torch_compile``),
+    logging (quiet libraries on all but the main process) and the seed."""
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=args.report_to if args.with_tracking else None,
+        project_dir=args.output_dir,
+        dynamo_backend="inductor" if args.torch_compile else None,
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    if not accelerator.is_local_main_process:
+        datasets.utils.logging.set_verbosity_error()
+        transformers.utils.logging.set_verbosity_error()
+    set_seed(args.seed)
+    return accelerator
+
+
+def prepare(
+    accelerator: Accelerator,
+    model: nn.Module,
+    optimizer,
+    train_loader: DataLoader,
+    eval_loaders: dict[str, DataLoader],
+) -> tuple[nn.Module, object, DataLoader, dict[str, DataLoader]]:
+    """``accelerator.prepare`` on the model, optimizer and loaders; the evaluation loaders stay keyed by split."""
+    model, optimizer, train_loader, *prepared = accelerator.prepare(model, optimizer, train_loader, *eval_loaders.values())
+    return model, optimizer, train_loader, dict(zip(eval_loaders, prepared))
+
+
+def initial_state(
+    accelerator: Accelerator, resume_path: Optional[Path], model: nn.Module, optimizer, scheduler
+) -> TrainState:
+    """A fresh ``TrainState``, or the one of the checkpoint at ``resume_path`` with the model, optimizer, scheduler
+    and RNGs restored from it."""
+    if resume_path is None:
+        return TrainState()
+    accelerator.print(f"Resuming from {resume_path}")
+    return load_checkpoint(resume_path, accelerator.unwrap_model(model), optimizer, scheduler, accelerator.process_index)
+
+
+def finish_run(
+    accelerator: Accelerator,
+    model: nn.Module,
+    metrics: dict,
+    state: TrainState,
+    args: argparse.Namespace,
+    *,
+    task: str,
+    title: str = "",
+    save_adapter: Optional[Callable[[PeftModel, Path], object]] = None,
+) -> dict:
+    """Log the final ``metrics`` to the trackers and close them; the main process writes the results
+    (``results.write_results``: adapter, card, metrics.json, PNGs, the push when ``--push_to_hub``). Returns
+    ``metrics``."""
+    if args.with_tracking:
+        accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=state.completed_steps)
+        accelerator.end_training()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_results(
+            accelerator.unwrap_model(model), args.output_dir, metrics, state.history, task=task, title=title,
+            dataset=args.dataset_name, save_adapter=save_adapter,
+            hub_model_id=args.hub_model_id if args.push_to_hub else None, hub_token=args.hub_token,
+        )
+    accelerator.wait_for_everyone()
+    return metrics
