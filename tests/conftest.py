@@ -8,8 +8,10 @@ Test modules import these by name (``from conftest import make_backbone``).
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -145,3 +147,12 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def load_example(name: str):
+    """Import ``examples/<name>.py`` as a module (the examples are scripts, not a package)."""
+    path = Path(__file__).resolve().parent.parent / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

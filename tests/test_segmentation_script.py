@@ -3,7 +3,6 @@ an interrupted run, and bad input refused before anything is written."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,18 +12,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from conftest import load_example
+
 REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "examples" / "train_semantic_segmentation.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("train_semantic_segmentation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-script = _load_script()
+script = load_example("train_semantic_segmentation")
 # One epoch of the quick setting (12 updates) with the default BatchNorm decoder, validation only at the end.
 QUICK_ARGS = ["--quick", "--num_train_epochs", "1", "--checkpointing_steps", "4", "--eval_every_epochs", "0"]
 

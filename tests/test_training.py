@@ -4,7 +4,6 @@ two-process run that matches one process with the same global batch."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -23,19 +22,12 @@ from gated_vpt.training.checkpointing import TrainState, load_checkpoint, save_c
 from gated_vpt.training.metrics import load_metric
 from gated_vpt.training.optim import build_optimizer, build_scheduler
 
+from conftest import load_example
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "examples" / "train_image_classification.py"
 CLASSES = ("circle", "cross", "square")
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("train_image_classification", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-script = _load_script()
+script = load_example("train_image_classification")
 
 
 def _shape(kind: str, rng: np.random.Generator, size: int = 12) -> np.ndarray:
