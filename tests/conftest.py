@@ -9,6 +9,7 @@ Test modules import these by name (``from conftest import make_backbone``).
 from __future__ import annotations
 
 import importlib.util
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -154,5 +155,6 @@ def load_example(name: str):
     path = Path(__file__).resolve().parent.parent / "examples" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses in the script look their module up
     spec.loader.exec_module(module)
     return module

@@ -1,7 +1,6 @@
 """Attention: the temperature under eager, sdpa and flex attention; gradient checkpointing; what
 ``output_hidden_states`` / ``output_attentions`` return for prompt rows; attention masks."""
 
-import copy
 import math
 
 import pytest

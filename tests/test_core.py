@@ -1,7 +1,6 @@
 """Semantics of METHOD.md that the reference matrix does not pin on its own, the parameter layout and init, the
 trainable set and eval-mode backbone, adapter files, several adapters on one base, unload, and config errors."""
 
-import copy
 import json
 import math
 

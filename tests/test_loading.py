@@ -1,6 +1,5 @@
 """load_adapter: local round trip, and clear errors for missing, corrupt, pickled or foreign files."""
 
-import json
 
 import pytest
 import torch

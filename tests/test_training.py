@@ -297,10 +297,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(assets, tmp_
 
 
 def test_compare_methods_report_has_mean_std_and_parameters(tmp_path):
-    spec = importlib.util.spec_from_file_location("compare_methods", REPO / "examples" / "compare_methods.py")
-    compare = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = compare  # its dataclasses look their module up
-    spec.loader.exec_module(compare)
+    compare = load_example("compare_methods")
     results = [{"method": "gated", "seed": s, "test_accuracy": a, "trainable_parameters": 981, "seconds": 2.0}
                for s, a in enumerate((0.5, 0.6, 0.7))]
     results.append({"method": "linear probe", "seed": 0, "test_accuracy": 0.25, "trainable_parameters": 650, "seconds": 1.0})
