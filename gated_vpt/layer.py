@@ -81,6 +81,11 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
             self.gvpt_temperature[adapter_name] = nn.Parameter(torch.tensor(1.0))
         self._move_adapter_to_device_of_base_layer(adapter_name)
 
+    def _get_base_layer_device_and_dtype(self, base_layer: nn.Module) -> tuple:
+        """A block has no ``weight`` of its own; its parameters say where new adapter parameters belong."""
+        reference = next(base_layer.parameters(), None)
+        return (None, None) if reference is None else (reference.device, reference.dtype)
+
     def unhook(self) -> nn.Module:
         """Remove the query hook and return the wrapped block (for unloading)."""
         self._query_hook.remove()
@@ -130,7 +135,7 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         if self._adapter() is None:
             return None
         temperature = self._per_adapter(self.gvpt_temperature, 1.0)
-        return None if temperature is None else query / effective_temperature(temperature)
+        return None if temperature is None else query / effective_temperature(temperature).to(query.dtype)
 
     def _prompts_for(self, name: str, batch_size: int) -> torch.Tensor:
         if self._per_sample is None:
@@ -153,14 +158,14 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         config = self.gvpt_config[name]
         num_special = self.num_special_tokens
         if name in self.gvpt_prompt:
-            prompts = self._prompts_for(name, hidden_states.shape[0])
+            prompts = self._prompts_for(name, hidden_states.shape[0]).to(hidden_states.dtype)
             place = insert_prompts if self.index == config.prompt_start_block else replace_prompts
             hidden_states = place(hidden_states, prompts, num_special)
         prompts_in = prompt_rows(hidden_states, num_special, config.num_prompt_tokens)
         output = self.base_layer(hidden_states, None, **kwargs)
         gate_logit = self._per_adapter(self.gvpt_gate, float("inf"))
         if gate_logit is not None:
-            output = gate_prompts(output, prompts_in, gate_logit, num_special)
+            output = gate_prompts(output, prompts_in, gate_logit.to(output.dtype), num_special)
         if self.is_last:
             if config.head_pooling == "mean":
                 output = pool_into_cls(output)

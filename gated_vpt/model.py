@@ -47,7 +47,7 @@ class GatedPromptModel(BaseTuner):
     target_module_mapping: dict[str, list[str]] = {}
 
     def _prepare_adapter_config(self, peft_config: GatedPromptConfig, model_config: dict) -> GatedPromptConfig:
-        backbone = resolve_backbone(self.model)
+        self._backbone = backbone = resolve_backbone(self.model)
         check_backbone(peft_config, backbone)
         if peft_config.prompt_start_block >= backbone.num_blocks:
             raise ValueError(
@@ -78,7 +78,7 @@ class GatedPromptModel(BaseTuner):
         if isinstance(target, GatedPromptBlock):
             target.update_layer(adapter_name, peft_config)
             return
-        backbone = resolve_backbone(self.model)
+        backbone = self._backbone
         block = GatedPromptBlock(
             target,
             query=target.get_submodule(backbone.spec.query),
@@ -95,18 +95,11 @@ class GatedPromptModel(BaseTuner):
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs) -> None:
         super().inject_adapter(model, adapter_name, **kwargs)
-        backbone = resolve_backbone(model)
+        backbone = self._backbone
         if _shuffles_patches(backbone) and not hasattr(backbone.encoder, "_gvpt_noise_hook"):
             backbone.encoder._gvpt_noise_hook = backbone.encoder.embeddings.register_forward_pre_hook(
                 _fixed_patch_order, with_kwargs=True
             )
-
-    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
-        setattr(parent, child_name, new_module)
-        reference = next(child.parameters(), None)
-        if reference is not None and isinstance(new_module, GatedPromptBlock):
-            for name in new_module.adapter_layer_names:
-                getattr(new_module, name).to(reference.device)
 
     def _unload_and_optionally_merge(
         self,
