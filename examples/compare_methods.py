@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import transformers  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 from accelerate.utils import set_seed  # noqa: E402
+from peft import get_peft_model  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import AutoConfig  # noqa: E402
 
@@ -32,7 +33,6 @@ from gated_vpt.heads import pool_into_cls  # noqa: E402
 from gated_vpt.training import args as cli  # noqa: E402
 from gated_vpt.training.checkpointing import TrainState  # noqa: E402
 from gated_vpt.training.classification import (  # noqa: E402
-    add_gated_prompts,
     count_parameters,
     evaluate_accuracy,
     final_split,
@@ -94,7 +94,7 @@ def run_one(accelerator: Accelerator, args: argparse.Namespace, method: Method, 
         model.classifier.requires_grad_(True)
         _mean_pool_head(model, args)
     else:
-        model = add_gated_prompts(model, prompt_config(argparse.Namespace(**{**vars(args), **method.prompts})))
+        model = get_peft_model(model, prompt_config(argparse.Namespace(**{**vars(args), **method.prompts})))
     trainable, _ = count_parameters(model)
     optimizer = build_optimizer(model, args.optimizer, args.learning_rate, args.momentum, args.weight_decay)
     split = final_split(data)

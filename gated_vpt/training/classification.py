@@ -11,7 +11,6 @@ from typing import Optional
 import torch
 from accelerate import Accelerator
 from datasets import DatasetDict
-from peft import PeftModel, get_peft_model
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel, ViTForImageClassification
@@ -136,12 +135,6 @@ def prompt_config(args: argparse.Namespace) -> GatedPromptConfig:
         prompt_start_block=args.prompt_start_block,
         head_pooling=args.head_pooling,
     )
-
-
-def add_gated_prompts(model: PreTrainedModel, config: GatedPromptConfig) -> PeftModel:
-    """``get_peft_model(model, config)``: the classifier with a gated prompt adapter (MAE weights in
-    ``ViTForImageClassification`` included)."""
-    return get_peft_model(model, config)
 
 
 def evaluate_accuracy(accelerator: Accelerator, model: nn.Module, loader: DataLoader) -> float:
