@@ -116,14 +116,13 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         """
         self._per_sample = None if names is None else (names, index)
 
-    def _per_adapter(self, params: nn.ParameterDict, missing: float) -> Optional[torch.Tensor]:
+    def _per_adapter(self, params: nn.ParameterDict, name: str, missing: float) -> Optional[torch.Tensor]:
         """This block's scalar for every sample, shaped (batch, 1, 1), or a plain scalar for a single adapter.
 
         Adapters without the parameter get ``missing`` (gate logit +inf: gate 1, temperature 1), which leaves their
         samples exactly as an adapter without gates or temperatures would.
         """
         if self._per_sample is None:
-            name = self._adapter()
             return params[name] if name in params else None
         names, index = self._per_sample
         if not any(name in params for name in names):
@@ -132,9 +131,10 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         return values[index].view(-1, 1, 1)
 
     def _scale_query(self, module: nn.Module, args: Any, query: torch.Tensor) -> Optional[torch.Tensor]:
-        if self._adapter() is None:
+        name = self._adapter()
+        if name is None:
             return None
-        temperature = self._per_adapter(self.gvpt_temperature, 1.0)
+        temperature = self._per_adapter(self.gvpt_temperature, name, 1.0)
         return None if temperature is None else query / effective_temperature(temperature).to(query.dtype)
 
     def _prompts_for(self, name: str, batch_size: int) -> torch.Tensor:
@@ -163,7 +163,7 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
             hidden_states = place(hidden_states, prompts, num_special)
         prompts_in = prompt_rows(hidden_states, num_special, config.num_prompt_tokens)
         output = self.base_layer(hidden_states, None, **kwargs)
-        gate_logit = self._per_adapter(self.gvpt_gate, float("inf"))
+        gate_logit = self._per_adapter(self.gvpt_gate, name, float("inf"))
         if gate_logit is not None:
             output = gate_prompts(output, prompts_in, gate_logit.to(output.dtype), num_special)
         if self.is_last:
