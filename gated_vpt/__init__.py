@@ -6,6 +6,7 @@ and ``PeftModel.from_pretrained(base, adapter_dir)`` work.
 
 from .backbones import BACKBONES, supported_model_types
 from .config import GatedPromptConfig
+from .fast_path import fast_path, fast_path_enabled, set_fast_path
 from .heads import init_classifier_
 from .introspection import BlockReport, GateReport, gate_report
 from .layer import GatedPromptBlock
@@ -22,9 +23,12 @@ __all__ = [
     "GatedPromptBlock",
     "GatedPromptConfig",
     "GatedPromptModel",
+    "fast_path",
+    "fast_path_enabled",
     "gate_report",
     "init_classifier_",
     "load_adapter",
+    "set_fast_path",
     "supported_model_types",
 ]
 __version__ = "0.1.0"

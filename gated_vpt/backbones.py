@@ -1,14 +1,15 @@
 """The per-backbone table: everything that differs between the supported transformers models.
 
 Each entry says where the encoder blocks hang (the attribute path below the base model; transformers moved the
-blocks from ``encoder.layer`` to ``layers`` in 5.9, so both are tried), where the query projection sits in a
-block, how many special tokens precede the patches, and which head pooling the paper uses for that family.
+blocks from ``encoder.layer`` to ``layers`` in 5.9, so both are tried), how one block is built (``BlockLayout``: its
+layer norms, attention projections, MLP and layer scales, from which the fast path computes a block), how many
+special tokens precede the patches, and which head pooling the paper uses for that family.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Literal
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Optional
 
 from torch import nn
 
@@ -16,21 +17,50 @@ BLOCK_CONTAINERS = ("layers", "encoder.layer")
 
 
 @dataclass(frozen=True)
+class BlockLayout:
+    """Paths (below an encoder block) of the parts of a pre-norm transformer block, in the order it runs them:
+
+    ``x = x + scale1(o(attention(q(n1), k(n1), v(n1))))`` with ``n1 = norm_before(x)``, then
+    ``x = x + scale2(mlp(norm_after(x)))``. ``attention`` is the self-attention module: it holds the four
+    projections (plain ``nn.Linear``), ``head_dim``, ``scaling`` and the ``config`` that picks the attention kernel.
+    ``layer_scales`` are per-channel scale modules (Dinov2), or None.
+    """
+
+    norm_before: str = "layernorm_before"
+    norm_after: str = "layernorm_after"
+    attention: str = "attention"
+    projections: tuple[str, str, str, str] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    mlp: str = "mlp"
+    layer_scales: Optional[tuple[str, str]] = None
+
+    @property
+    def query(self) -> str:
+        return f"{self.attention}.{self.projections[0]}"
+
+
+@dataclass(frozen=True)
 class BackboneSpec:
-    """How gated prompts reach one model family."""
+    """How gated prompts reach one model family.
+
+    ``fast_path``: whether ``block`` describes the family's blocks completely, so that gated_vpt may compute them
+    itself (skipping rows whose output is discarded); False runs every block through its own forward.
+    """
 
     special_tokens: Callable[[object], int]
     pooling: Literal["cls", "mean"] = "cls"
-    query: str = "attention.q_proj"
+    block: BlockLayout = field(default_factory=BlockLayout)
+    fast_path: bool = True
 
+
+_DINOV2_BLOCK = BlockLayout(norm_before="norm1", norm_after="norm2", layer_scales=("layer_scale1", "layer_scale2"))
 
 BACKBONES: dict[str, BackboneSpec] = {
     "vit": BackboneSpec(special_tokens=lambda config: 1),
     "vit_mae": BackboneSpec(special_tokens=lambda config: 1, pooling="mean"),
     "vit_msn": BackboneSpec(special_tokens=lambda config: 1),
     "deit": BackboneSpec(special_tokens=lambda config: 2),
-    "dinov2": BackboneSpec(special_tokens=lambda config: 1),
-    "dinov2_with_registers": BackboneSpec(special_tokens=lambda config: 1 + config.num_register_tokens),
+    "dinov2": BackboneSpec(special_tokens=lambda config: 1, block=_DINOV2_BLOCK),
+    "dinov2_with_registers": BackboneSpec(special_tokens=lambda config: 1 + config.num_register_tokens, block=_DINOV2_BLOCK),
 }
 
 

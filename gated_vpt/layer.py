@@ -1,8 +1,10 @@
 """The tuner layer: one wrapper per encoder block that runs the block on the prompted sequence.
 
-For each adapter, the block at ``prompt_start_block`` inserts the prompts (deep mode: every later block swaps in a
-fresh set), every prompted block runs under its temperature and gates its prompt rows (all but the last), and the
-last block removes the prompts so the final LayerNorm and head see the usual sequence.
+For each adapter, the block at ``prompt_start_block`` inserts the prompts, every prompted block runs under its
+temperature and gates its prompt rows (all but the last), and the last block removes the prompts so the final
+LayerNorm and head see the usual sequence. In deep mode every prompted block inserts its own fresh prompts and
+removes them again, since the next block discards them. Where ``fast_path`` applies, the block is computed from its
+``BlockLayout`` and the prompt rows whose output is discarded are not computed at all (see ``gated_vpt.fast_path``).
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from torch.nn import functional as F
 
+from .backbones import BlockLayout
 from .config import GatedPromptConfig
-from .gate import effective_temperature, gate_prompts
+from .fast_path import BlockParts, fast_path_enabled, forward_block
+from .gate import effective_temperature, gate_prompts, scale_query
 from .heads import pool_into_cls
-from .prompts import insert_prompts, new_prompts, prompt_rows, remove_prompts, replace_prompts
+from .prompts import insert_prompts, new_prompts, prompt_rows, remove_prompts
 
 
 class GatedPromptBlock(nn.Module, BaseTunerLayer):
@@ -44,6 +48,7 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         num_special_tokens: int,
         hidden_size: int,
         prompt_bound: float,
+        layout: Optional[BlockLayout] = None,
     ) -> None:
         super().__init__()
         self.base_layer = base_layer
@@ -59,6 +64,9 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         self._active_adapter: list[str] = []
         self.merged_adapters = []
         self._per_sample: Optional[tuple[list[str], torch.Tensor]] = None
+        self._layout = layout
+        # adapter name -> (what the entries were computed from, (keys, values) of its prompts); eval mode only
+        self._prompt_kv_cache: dict[str, tuple[tuple, tuple[torch.Tensor, torch.Tensor]]] = {}
         self._query_hook = query.register_forward_hook(self._scale_query)
 
     @property
@@ -130,12 +138,15 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         values = torch.stack([params[n] if n in params else params[next(iter(params))].new_tensor(missing) for n in names])
         return values[index].view(-1, 1, 1)
 
+    def _query_scale(self, name: str, dtype: torch.dtype) -> Optional[torch.Tensor]:
+        """The inverse temperature the queries are multiplied by (one per sample in a mixed batch), or None."""
+        temperature = self._per_adapter(self.gvpt_temperature, name, 1.0)
+        return None if temperature is None else (1 / effective_temperature(temperature)).to(dtype)
+
     def _scale_query(self, module: nn.Module, args: Any, query: torch.Tensor) -> Optional[torch.Tensor]:
         name = self._adapter()
-        if name is None:
-            return None
-        temperature = self._per_adapter(self.gvpt_temperature, name, 1.0)
-        return None if temperature is None else query / effective_temperature(temperature).to(query.dtype)
+        scale = None if name is None else self._query_scale(name, query.dtype)
+        return None if scale is None else scale_query(query, scale)
 
     def _prompts_for(self, name: str, batch_size: int) -> torch.Tensor:
         if self._per_sample is None:
@@ -156,26 +167,87 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
                 "rather than flex attention."
             )
         config = self.gvpt_config[name]
-        num_special = self.num_special_tokens
-        if name in self.gvpt_prompt:
+        num_special, num_prompts = self.num_special_tokens, config.num_prompt_tokens
+        carries = config.prompt_mode == "shallow" and not self.is_last  # the next block takes these prompt rows
+        mean_head = self.is_last and config.head_pooling == "mean"  # the head averages them
+        parts = self._fast_parts(kwargs)
+        keep = carries or mean_head or parts is None
+        fresh = name in self.gvpt_prompt
+        prompts = prompt_kv = None
+        if fresh and not keep and not self.training and not torch.is_grad_enabled():
+            prompts, prompt_kv = None, self._cached_prompt_keys_values(parts, name, hidden_states.dtype)
+        elif fresh:
             prompts = self._prompts_for(name, hidden_states.shape[0]).to(hidden_states.dtype)
-            place = insert_prompts if self.index == config.prompt_start_block else replace_prompts
-            hidden_states = place(hidden_states, prompts, num_special)
-        prompts_in = prompt_rows(hidden_states, num_special, config.num_prompt_tokens)
-        output = self.base_layer(hidden_states, None, **kwargs)
+            if keep:
+                hidden_states, prompts = insert_prompts(hidden_states, prompts, num_special), None
         gate_logit = self._per_adapter(self.gvpt_gate, name, float("inf"))
+        prompts_in = None if gate_logit is None else prompt_rows(hidden_states, num_special, num_prompts)
+        if parts is None:
+            output = self.base_layer(hidden_states, None, **kwargs)
+        else:
+            output = self._forward_fast(parts, name, hidden_states, prompts, prompt_kv, keep)
+            if not keep:
+                return output
         if gate_logit is not None:
-            output = gate_prompts(output, prompts_in, gate_logit.to(output.dtype), num_special)
-        if self.is_last:
-            if config.head_pooling == "mean":
-                output = pool_into_cls(output)
-            output = remove_prompts(output, num_special, config.num_prompt_tokens)
-        return output
+            output = gate_prompts(output, prompts_in, gate_logit.to(output.dtype), num_special, in_place=parts is not None)
+        if mean_head:
+            output = pool_into_cls(output)
+        return output if carries else remove_prompts(output, num_special, num_prompts)
+
+    def _fast_parts(self, kwargs: dict) -> Optional[BlockParts]:
+        """The block's parts when the fast path applies to this call, else None (the plain path)."""
+        if not fast_path_enabled() or self._layout is None or any(v is not None and v is not False for v in kwargs.values()):
+            return None
+        block = self.base_layer
+        if any(child.training for child in block.children()) or any(hasattr(m, "_hf_hook") for m in block.modules()):
+            return None
+        parts = BlockParts.of(block, self._layout)
+        return parts if parts is not None and parts.attention_function() is not None else None
+
+    def _forward_fast(
+        self,
+        parts: BlockParts,
+        name: str,
+        hidden_states: torch.Tensor,
+        prompts: Optional[torch.Tensor],
+        prompt_kv: Optional[tuple[torch.Tensor, torch.Tensor]],
+        keep: bool,
+    ) -> torch.Tensor:
+        def run(hidden_states: torch.Tensor, prompts: Optional[torch.Tensor]) -> torch.Tensor:
+            return forward_block(
+                parts, hidden_states, self.num_special_tokens, self.gvpt_config[name].num_prompt_tokens, prompts=prompts,
+                prompt_keys_values=prompt_kv, keep_prompt_rows=keep, query_scale=self._query_scale(name, hidden_states.dtype),
+            )
+
+        block = self.base_layer
+        if getattr(block, "gradient_checkpointing", False) and block.training and torch.is_grad_enabled():
+            # as the block's own forward would be; prompts are passed so that they get gradients
+            return block._gradient_checkpointing_func(run, hidden_states, prompts)
+        return run(hidden_states, prompts)
+
+    def _cached_prompt_keys_values(self, parts: BlockParts, name: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values of the fresh prompts, (1 or batch, P, D): in eval mode they do not depend on the image.
+        Each adapter's entry is recomputed when any tensor it came from has changed (storage or in-place version)."""
+        names = [name] if self._per_sample is None else self._per_sample[0]
+        pairs = []
+        for adapter in names:
+            prompt = self.gvpt_prompt[adapter]
+            stamp = tuple((t.data_ptr(), t._version) for t in (prompt, *parts.key_value_parameters())) + (dtype,)
+            cached = self._prompt_kv_cache.get(adapter)
+            if cached is None or cached[0] != stamp:
+                cached = (stamp, parts.keys_values(prompt.to(dtype).unsqueeze(0)))
+                self._prompt_kv_cache[adapter] = cached
+            pairs.append(cached[1])
+        if self._per_sample is None:
+            return pairs[0]
+        index = self._per_sample[1]
+        return tuple(torch.cat(tensors)[index] for tensors in zip(*pairs))
 
     def train(self, mode: bool = True) -> "GatedPromptBlock":
         """Only the prompt dropout follows ``mode``; the frozen block's modules stay in eval mode (no dropout, no
         drop-path). The block's own flag does follow ``mode``: transformers checkpoints a block only in training."""
         self.training = mode
+        self._prompt_kv_cache.clear()
         self.base_layer.eval()
         self.base_layer.training = mode
         return self

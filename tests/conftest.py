@@ -141,6 +141,14 @@ def pixels() -> torch.Tensor:
 
 
 @pytest.fixture
+def plain_path():
+    """Run the test on the plain path (every wrapped block's own forward), e.g. to observe the blocks with hooks:
+    the fast path computes blocks from their parts and never calls them."""
+    with gated_vpt.fast_path(False):
+        yield
+
+
+@pytest.fixture
 def single_thread():
     """One intra-op thread: tiny models gain nothing from more, and lose a lot when the cores are shared.
     Use with ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
