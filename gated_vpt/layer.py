@@ -9,6 +9,7 @@ removes them again, since the next block discards them. Where ``fast_path`` appl
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Optional
 
 import torch
@@ -65,7 +66,7 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         self.merged_adapters = []
         self._per_sample: Optional[tuple[list[str], torch.Tensor]] = None
         self._layout = layout
-        # adapter name -> (what the entries were computed from, (keys, values) of its prompts); eval mode only
+        # adapter name -> (_stamp of what the entry was computed from, (keys, values) of its prompts); eval mode only
         self._prompt_kv_cache: dict[str, tuple[tuple, tuple[torch.Tensor, torch.Tensor]]] = {}
         self._query_hook = query.register_forward_hook(self._scale_query)
 
@@ -232,10 +233,10 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         pairs = []
         for adapter in names:
             prompt = self.gvpt_prompt[adapter]
-            stamp = tuple((t.data_ptr(), t._version) for t in (prompt, *parts.key_value_parameters())) + (dtype,)
+            sources = (prompt, *parts.key_value_parameters())
             cached = self._prompt_kv_cache.get(adapter)
-            if cached is None or cached[0] != stamp:
-                cached = (stamp, parts.keys_values(prompt.to(dtype).unsqueeze(0)))
+            if cached is None or not _unchanged(cached[0], sources, dtype):
+                cached = (_stamp(sources, dtype), parts.keys_values(prompt.to(dtype).unsqueeze(0)))
                 self._prompt_kv_cache[adapter] = cached
             pairs.append(cached[1])
         if self._per_sample is None:
@@ -252,5 +253,21 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         self.base_layer.training = mode
         return self
 
+    def __getstate__(self) -> dict:
+        """Pickled (and deep-copied) without the key/value cache: it refers to this block's tensors weakly."""
+        return {**self.__dict__, "_prompt_kv_cache": {}}
+
     def __repr__(self) -> str:
         return "gated_vpt." + super().__repr__()
+
+
+def _stamp(tensors: tuple[torch.Tensor, ...], dtype: torch.dtype) -> tuple:
+    """What identifies the current values of ``tensors``: each tensor object (weakly), its storage and in-place version."""
+    return dtype, tuple((weakref.ref(t), t.data_ptr(), t._version) for t in tensors)
+
+
+def _unchanged(stamp: tuple, tensors: tuple[torch.Tensor, ...], dtype: torch.dtype) -> bool:
+    entries = stamp[1]
+    return stamp[0] == dtype and len(entries) == len(tensors) and all(
+        ref() is t and pointer == t.data_ptr() and version == t._version for (ref, pointer, version), t in zip(entries, tensors)
+    )

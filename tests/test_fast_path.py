@@ -2,7 +2,9 @@
 and values cached in eval mode) against the plain path (each wrapped block's own forward), which
 tests/test_backbones.py checks against the independent reference."""
 
+import copy
 import dataclasses
+import io
 
 import pytest
 import torch
@@ -169,6 +171,17 @@ def test_key_value_cache_is_dropped_on_mode_changes_and_unused_in_training(pixel
     assert not any(block._prompt_kv_cache for block in blocks(model))
     model.eval()
     assert not any(block._prompt_kv_cache for block in blocks(model))
+
+
+def test_a_model_with_a_filled_cache_pickles_and_copies(pixels):
+    model = deep_eval_model()
+    want = fast_output(model, pixels.double())
+    buffer = io.BytesIO()
+    torch.save(model.base_model.model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)  # a file written just above, not an untrusted one
+    torch.testing.assert_close(fast_output(loaded, pixels.double()), want, rtol=0, atol=0)
+    torch.testing.assert_close(fast_output(copy.deepcopy(model), pixels.double()), want, rtol=0, atol=0)
 
 
 def test_mixed_deep_adapters_in_eval_mode_equal_the_plain_path():
