@@ -150,14 +150,9 @@ def forward_block(
     def heads(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.view(batch, tensor.shape[1], -1, head_dim).transpose(1, 2)
 
-    if query_scale is not None and query_scale.dim() == 0 and not (torch.is_grad_enabled() and query_scale.requires_grad):
-        # no gradient wanted: fold the scale into the (D x D) projection instead of a pass over every query
-        bias = parts.query.bias
-        query = heads(F.linear(normed, parts.query.weight * query_scale, None if bias is None else bias * query_scale))
-    else:
-        query = heads(_linear(parts.query, normed))
-        if query_scale is not None:
-            query = scale_query(query, query_scale)
+    query = heads(_linear(parts.query, normed))
+    if query_scale is not None:
+        query = scale_query(query, query_scale)
     if keys_in is not None:
         key, value = _linear(parts.key, keys_in), _linear(parts.value, keys_in)
     else:
