@@ -42,7 +42,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Gated visual prompt tuning for image classification.")
     cli.add_config_args(parser)
     cli.add_model_args(parser, default_model=EMBEDDED_MODEL)
-    cli.add_data_args(parser)
+    cli.add_data_args(parser, layouts=True)
     parser.add_argument("--transform", choices=("fgvc", "vtab"), default="vtab",
                         help="'fgvc': resize, random crop, flip (VPT's FGVC); 'vtab': resize only (VTAB-1k).")
     parser.add_argument("--image_size", type=int, default=None, help="Input size (default: the backbone's).")
