@@ -105,6 +105,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         f"{result_split}_accuracy": evaluate_accuracy(accelerator, model, eval_loaders[result_split]) if result_split else None,
         "trainable_parameters": trainable,
         "total_parameters": total,
+        "learning_rate": args.learning_rate,
+        "seed": args.seed,
+        "examples": {"train": len(data.train_images), **{k: len(v.dataset) for k, v in data.eval_loaders.items()}},
         "epochs": args.num_train_epochs,
         "train_seconds": round(time.time() - started, 1),
     }

@@ -1,9 +1,9 @@
-"""PNG figures of a run: the per-block gates and selection ratio, and the learning curve."""
+"""PNG figures: a run's per-block gates and selection ratio and its learning curve, and a benchmark's results."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import matplotlib
 
@@ -81,6 +81,31 @@ def score_keys(history: Sequence[dict]) -> list[str]:
         if isinstance(value, (int, float)) and not isinstance(value, bool)
         and key != "epoch" and not key.endswith("loss") and not key.startswith("lr")
     })
+
+
+def plot_benchmark(
+    rows: Sequence[tuple[str, Optional[float], Optional[float], Optional[float]]], path: Union[str, Path], title: str = ""
+) -> Path:
+    """Horizontal bars of a benchmark's test top-1 % per row ``(name, mean, std or None, paper or None)``: tasks,
+    then group and overall means; the paper's numbers as black marks. Rows without a mean yet are left empty."""
+    names = [name for name, *_ in rows]
+    positions = list(range(len(rows)))[::-1]
+    figure, axis = plt.subplots(figsize=(7, 0.9 + 0.32 * len(rows)))
+    axis.barh(positions, [m or 0.0 for _, m, _, _ in rows], xerr=[s or 0.0 for _, _, s, _ in rows],
+              color="tab:blue", label="this run (mean ± std over seeds)")
+    paper = [(y, p) for y, (_, _, _, p) in zip(positions, rows) if p is not None]
+    if paper:
+        axis.scatter([p for _, p in paper], [y for y, _ in paper], marker="|", s=200, color="black", label="paper",
+                     zorder=3)
+    axis.set_yticks(positions)
+    axis.set_yticklabels(names)
+    axis.set_xlabel("test top-1 %")
+    axis.set_xlim(0, 100)
+    axis.legend(loc="lower right", fontsize="small")
+    if title:
+        axis.set_title(title)
+    figure.tight_layout()
+    return _save(figure, path)
 
 
 def _save(figure, path: Union[str, Path]) -> Path:
