@@ -84,24 +84,29 @@ def score_keys(history: Sequence[dict]) -> list[str]:
 
 
 def plot_benchmark(
-    rows: Sequence[tuple[str, Optional[float], Optional[float], Optional[float]]], path: Union[str, Path], title: str = ""
+    tasks: Sequence[tuple[str, Optional[float], Optional[float], Optional[float]]],
+    means: Sequence[tuple[str, Optional[float], Optional[float]]],
+    path: Union[str, Path],
+    title: str = "",
 ) -> Path:
-    """Horizontal bars of a benchmark's test top-1 % per row ``(name, mean, std or None, paper or None)``: tasks,
-    then group and overall means; the paper's numbers as black marks. Rows without a mean yet are left empty."""
-    names = [name for name, *_ in rows]
+    """Horizontal bars of a benchmark's test top-1 %: one per task ``(name, mean, std, paper)`` with the spread over
+    seeds, then one per mean over tasks ``(name, mean, paper)`` (VTAB groups, overall); the paper's numbers as black
+    marks. Rows without a result yet stay empty."""
+    rows = [(name, mean, std, paper, "tab:blue") for name, mean, std, paper in tasks]
+    rows += [(name, mean, None, paper, "tab:orange") for name, mean, paper in means]
     positions = list(range(len(rows)))[::-1]
-    figure, axis = plt.subplots(figsize=(7, 0.9 + 0.32 * len(rows)))
-    axis.barh(positions, [m or 0.0 for _, m, _, _ in rows], xerr=[s or 0.0 for _, _, s, _ in rows],
-              color="tab:blue", label="this run (mean ± std over seeds)")
-    paper = [(y, p) for y, (_, _, _, p) in zip(positions, rows) if p is not None]
+    figure, axis = plt.subplots(figsize=(7, 1.4 + 0.32 * len(rows)))
+    axis.barh(positions, [m or 0.0 for _, m, _, _, _ in rows], xerr=[s or 0.0 for _, _, s, _, _ in rows],
+              color=[c for *_, c in rows])
+    paper = [(y, p) for y, (_, _, _, p, _) in zip(positions, rows) if p is not None]
     if paper:
-        axis.scatter([p for _, p in paper], [y for y, _ in paper], marker="|", s=200, color="black", label="paper",
-                     zorder=3)
+        axis.scatter([p for _, p in paper], [y for y, _ in paper], marker="|", s=200, color="black", zorder=3,
+                     label="paper")
+        axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35 / (1 + 0.1 * len(rows))), fontsize="small")
     axis.set_yticks(positions)
-    axis.set_yticklabels(names)
-    axis.set_xlabel("test top-1 %")
+    axis.set_yticklabels([name for name, *_ in rows])
+    axis.set_xlabel("test top-1 % (task: mean ± std over seeds; orange: means over tasks)")
     axis.set_xlim(0, 100)
-    axis.legend(loc="lower right", fontsize="small")
     if title:
         axis.set_title(title)
     figure.tight_layout()

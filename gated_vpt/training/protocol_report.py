@@ -93,7 +93,8 @@ def format_markdown(title: str, results: Sequence[TaskResult], rows: Sequence[Su
             f"{_number(r.paper_top1)} |"
         )
     for s in rows:
-        label = f"**{s.name}** (mean of {s.finished} of {s.total} tasks)" if s.finished < s.total else f"**{s.name}** (mean of {s.total} tasks)"
+        count = f"{s.finished} of {s.total}" if s.finished < s.total else f"{s.total}"
+        label = f"**{s.name}** (mean of {count} task{'s' if s.total > 1 else ''})"
         lines.append(f"| {label} | | | | {_number(s.mean) or 'pending'} | | {_number(s.paper_top1)} |")
     return "\n".join(lines) + "\n"
 
@@ -124,9 +125,8 @@ def write_report(
             writer.writerow(["group" if s.name != "Overall" else "overall", s.name, "", "", "", _csv(s.mean), "", "",
                              s.finished, _csv(s.paper_top1)])
     plot_benchmark(
-        [(r.name, r.mean, r.std, r.paper_top1) for r in results] + [(s.name, s.mean, None, s.paper_top1) for s in rows],
-        root / "results.png",
-        title=title,
+        [(r.name, r.mean, r.std, r.paper_top1) for r in results], [(s.name, s.mean, s.paper_top1) for s in rows],
+        root / "results.png", title=title,
     )
     return markdown
 
