@@ -192,3 +192,13 @@ def test_data_check_cli_reads_the_recipe_and_exits_1_with_one_line_per_problem(v
     assert "Traceback" not in captured.err and "(recipe num_labels 47)" in captured.out
     assert cli_main(["data", "check", str(tmp_path / "nowhere")]) == 1
     assert "No data folder" in capsys.readouterr().err
+
+
+def test_the_training_script_names_a_missing_folder_before_building_anything(tmp_path):
+    from conftest import load_example
+
+    script = load_example("train_image_classification")
+    output = tmp_path / "never-written"
+    with pytest.raises(DataLayoutError, match=f"No data folder {tmp_path / 'vtab-1k' / 'dtd'}.*train800val200.txt"):
+        script.main(["--data_dir", str(tmp_path / "vtab-1k" / "dtd"), "--output_dir", str(output)])
+    assert not output.exists()
