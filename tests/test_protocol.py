@@ -215,3 +215,14 @@ def test_benchmark_tasks_use_the_shipped_recipes_with_the_method_settings():
         for natural, specialized, structured, overall in backbone.values():
             assert (7 * natural + 4 * specialized + 8 * structured) / 19 == pytest.approx(overall, abs=0.006)
     assert protocol.paper_summary("vtab1k", "mae", "gated") == ({"Natural": 47.61, "Specialized": 76.86, "Structured": 36.8}, 49.22)
+
+
+def test_the_command_line_forwards_to_the_runner(capsys):
+    from gated_vpt.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as exit:
+        cli_main(["protocol", "--help"])
+    assert exit.value.code == 0 and capsys.readouterr().out.startswith("usage: gated-vpt protocol")
+    with pytest.raises(SystemExit):
+        cli_main(["--help"])
+    assert all(f"\n    {command} " in capsys.readouterr().out for command in ("data", "protocol"))

@@ -71,14 +71,12 @@ def load_image_datasets(
     stage: str = "final",
 ) -> DatasetDict:
     """Load ``train`` / ``validation`` / ``test`` splits from a Hub data set, local image folders, a benchmark folder
-    (``data_dir`` in ``data_layout``, see ``benchmark_data``; ``stage`` picks its splits), or (with none given) the
-    embedded digits. ``splits`` maps those roles to the source's split names (None: role absent)."""
+    (``data_dir`` in ``data_layout``, see ``benchmark_data``; ``stage`` picks its splits; the layout is ignored
+    without a folder), or (with none given) the embedded digits. ``splits`` maps those roles to the source's split names (None: role absent)."""
     sources = [flag for flag, given in (("--dataset_name", dataset_name), ("--data_dir", data_dir),
                                         ("--train_dir/--validation_dir/--test_dir", train_dir or validation_dir or test_dir)) if given]
     if len(sources) > 1:
         raise ValueError(f"Give one data source, not {' and '.join(sources)}.")
-    if data_layout and not data_dir:
-        raise ValueError(f"--data_layout {data_layout} needs --data_dir (the prepared folder).")
     if data_dir:
         from .benchmark_data import load_layout_datasets
 
