@@ -225,4 +225,5 @@ def test_the_command_line_forwards_to_the_runner(capsys):
     assert exit.value.code == 0 and capsys.readouterr().out.startswith("usage: gated-vpt protocol")
     with pytest.raises(SystemExit):
         cli_main(["--help"])
-    assert all(f"\n    {command} " in capsys.readouterr().out for command in ("data", "protocol"))
+    listing = capsys.readouterr().out
+    assert all(f"\n    {command} " in listing for command in ("data", "protocol"))
