@@ -311,6 +311,14 @@ def _run_in_process(script, run: Run) -> bool:
     except Exception:  # one failed run must not stop the others; its traceback is shown
         logger.exception("Run %s failed.", run.output_dir)
         return False
+    finally:  # the next run starts with the memory this one held given back
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     return True
 
 
