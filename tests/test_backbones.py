@@ -328,3 +328,23 @@ def test_an_adapter_for_another_family_is_refused_before_any_change(saved, other
     assert not any(isinstance(m, GatedPromptBlock) for m in base.modules())
     assert not any(m._forward_hooks for m in base.modules())
     assert all(torch.equal(state[k], v) for k, v in base.state_dict().items())
+
+
+@pytest.mark.parametrize("backbone, pipeline_tag", [("clip", "image-feature-extraction"), ("siglip_clf", "image-classification"),
+                                                    ("ijepa_clf", "image-classification")])
+def test_card_of_a_new_family_names_its_pipeline_and_a_usage_snippet_that_runs(backbone, pipeline_tag, tmp_path, pixels):
+    from huggingface_hub import ModelCard
+
+    from gated_vpt.card import write_model_card
+
+    make_backbone(backbone).save_pretrained(tmp_path / "base")
+    model = _adapted(backbone)
+    model.save_pretrained(tmp_path / "adapter")
+    write_model_card(tmp_path / "adapter", model, base_model=str(tmp_path / "base"))
+    card = ModelCard.load(tmp_path / "adapter" / "README.md")
+    assert card.data.pipeline_tag == pipeline_tag
+    snippet = re.search(r"## Usage\n\n```python\n(.*?)```", card.text, re.S).group(1)
+    scope: dict = {}
+    exec(snippet, scope)
+    with torch.no_grad():
+        assert torch.equal(_main(scope["model"], pixels, backbone), _main(model, pixels, backbone))
