@@ -13,6 +13,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 import torch
@@ -186,3 +187,31 @@ def load_example(name: str):
     sys.modules[name] = module  # dataclasses in the script look their module up
     spec.loader.exec_module(module)
     return module
+
+
+def write_vtab1k_task(folder: Path, classes: Sequence[int], sizes: tuple[int, int, int] = (24, 8, 16), seed: int = 0) -> dict:
+    """A VTAB-1k-layout task folder from scikit-learn's digits of ``classes`` (label = position in ``classes``):
+    8x8 grayscale PNGs in ``folder/images`` and the four split lists, ``sizes`` = (train800, val200, test) images.
+    Returns {split name: [(relative path, label), ...]}."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    rows = rng.permutation(np.flatnonzero(np.isin(digits.target, list(classes))))
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    lists, start = {}, 0
+    for name, count in zip(("train800", "val200", "test"), sizes):
+        entries = []
+        for row in rows[start : start + count]:
+            relative = f"images/{name}_{row}.png"
+            pixels = np.round(digits.images[row] * 255 / 16).astype(np.uint8)
+            Image.fromarray(pixels, mode="L").save(folder / relative)
+            entries.append((relative, list(classes).index(int(digits.target[row]))))
+        lists[name] = entries
+        start += count
+    lists["train800val200"] = lists["train800"] + lists["val200"]
+    for name, entries in lists.items():
+        (folder / f"{name}.txt").write_text("".join(f"{path} {label}\n" for path, label in entries))
+    return lists
