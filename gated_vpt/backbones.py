@@ -58,7 +58,8 @@ BACKBONES: dict[str, BackboneSpec] = {
 
 @dataclass(frozen=True)
 class Backbone:
-    """A supported model, resolved: its spec plus the located blocks."""
+    """A supported model, resolved: its spec, its vision tower (``encoder``: the module holding the embeddings and
+    the blocks) and the blocks' names in the model."""
 
     model_type: str
     spec: BackboneSpec
