@@ -19,6 +19,10 @@ import pytest
 import torch
 from torch import nn
 from transformers import (
+    CLIPConfig,
+    CLIPForImageClassification,
+    CLIPVisionConfig,
+    CLIPVisionModel,
     DeiTConfig,
     DeiTForImageClassification,
     DeiTModel,
@@ -26,7 +30,14 @@ from transformers import (
     Dinov2Model,
     Dinov2WithRegistersConfig,
     Dinov2WithRegistersModel,
+    IJepaConfig,
+    IJepaForImageClassification,
+    IJepaModel,
     PreTrainedModel,
+    SiglipConfig,
+    SiglipForImageClassification,
+    SiglipVisionConfig,
+    SiglipVisionModel,
     ViTConfig,
     ViTForImageClassification,
     ViTMAEConfig,
@@ -43,6 +54,17 @@ TINY = dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hid
 IMAGE_SHAPE = (3, 16, 16)
 NUM_LABELS = 3
 
+_TINY_TEXT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+
+
+def _vision_in(composite_config_cls):
+    """A composite (vision + text) config class's constructor taking the vision settings as keywords; ``num_labels``
+    goes to the composite config."""
+    def build(num_labels: int = NUM_LABELS, **vision):
+        return composite_config_cls(vision_config=vision, text_config=_TINY_TEXT, num_labels=num_labels)
+    return build
+
+
 # name -> (model class, config class, extra config); "mae_clf" is MAE weights loaded into ViTForImageClassification.
 _FAMILIES = {
     "vit": (ViTModel, ViTConfig, dict(intermediate_size=64)),
@@ -54,6 +76,12 @@ _FAMILIES = {
     "dinov2": (Dinov2Model, Dinov2Config, dict(mlp_ratio=2)),
     "dinov2_reg": (Dinov2WithRegistersModel, Dinov2WithRegistersConfig, dict(mlp_ratio=2, num_register_tokens=2)),
     "vit_msn": (ViTMSNModel, ViTMSNConfig, dict(intermediate_size=64)),
+    "clip": (CLIPVisionModel, CLIPVisionConfig, dict(intermediate_size=64)),
+    "clip_clf": (CLIPForImageClassification, _vision_in(CLIPConfig), dict(intermediate_size=64)),
+    "siglip": (SiglipVisionModel, SiglipVisionConfig, dict(intermediate_size=64)),
+    "siglip_clf": (SiglipForImageClassification, _vision_in(SiglipConfig), dict(intermediate_size=64)),
+    "ijepa": (IJepaModel, IJepaConfig, dict(intermediate_size=64)),
+    "ijepa_clf": (IJepaForImageClassification, IJepaConfig, dict(intermediate_size=64, num_labels=NUM_LABELS)),
 }
 BACKBONE_NAMES = tuple(_FAMILIES)
 

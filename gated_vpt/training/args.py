@@ -79,7 +79,8 @@ def add_prompt_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--prompt_dropout", type=float, default=0.1)
     group.add_argument("--prompt_start_block", type=int, default=0)
     group.add_argument("--head_pooling", choices=("auto", "cls", "mean"), default="auto",
-                       help="'auto': mean pooling for MAE backbones, CLS otherwise (the paper's heads).")
+                       help="'auto': the paper's head per backbone (README's backbone table: mean pooling for MAE, I-JEPA "
+                       "and heads that average the tokens, CLS otherwise).")
 
 
 def add_optimization_args(parser: argparse.ArgumentParser, learning_rate: float, batch_size: int, epochs: int) -> None:
