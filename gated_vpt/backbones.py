@@ -1,9 +1,12 @@
 """The per-backbone table: everything that differs between the supported transformers models.
 
-Each entry says where the encoder blocks hang (the attribute path below the base model; transformers moved the
-blocks from ``encoder.layer`` to ``layers`` in 5.9, so both are tried), how one block is built (``BlockLayout``: its
-layer norms, attention projections, MLP and layer scales, from which the fast path computes a block), how many
-special tokens precede the patches, and which head pooling the paper uses for that family.
+Each entry says how one block is built (``BlockLayout``: its layer norms, attention projections, MLP and layer
+scales, from which the fast path computes a block, and where the query projection sits), how many special tokens
+precede the patches, which head pooling the paper uses for that family and what the model's own head reads from the
+final sequence. The blocks are
+found below the vision tower (the base model, or its ``vision_model`` for the CLIP and SigLIP classification
+classes) at ``layers``, ``encoder.layer`` or ``encoder.layers``: transformers moved ViT's blocks from
+``encoder.layer`` to ``layers`` in 5.9, and CLIP and SigLIP keep theirs at ``encoder.layers``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from typing import Callable, Literal, Optional
 
 from torch import nn
 
-BLOCK_CONTAINERS = ("layers", "encoder.layer")
+BLOCK_CONTAINERS = ("layers", "encoder.layer", "encoder.layers")
+HeadReads = Literal["cls", "probe", "mean"]
 
 
 @dataclass(frozen=True)
@@ -22,14 +26,15 @@ class BlockLayout:
 
     ``x = x + scale1(o(attention(q(n1), k(n1), v(n1))))`` with ``n1 = norm_before(x)``, then
     ``x = x + scale2(mlp(norm_after(x)))``. ``attention`` is the self-attention module: it holds the four
-    projections (plain ``nn.Linear``), ``head_dim``, ``scaling`` and the ``config`` that picks the attention kernel.
-    ``layer_scales`` are per-channel scale modules (Dinov2), or None.
+    projections (plain ``nn.Linear``), ``head_dim``, the logit scale (attribute ``scaling``) and the ``config`` that
+    picks the attention kernel. ``layer_scales`` are per-channel scale modules (Dinov2), or None.
     """
 
     norm_before: str = "layernorm_before"
     norm_after: str = "layernorm_after"
     attention: str = "attention"
     projections: tuple[str, str, str, str] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    scaling: str = "scaling"
     mlp: str = "mlp"
     layer_scales: Optional[tuple[str, str]] = None
 
@@ -38,21 +43,32 @@ class BlockLayout:
         return f"{self.attention}.{self.projections[0]}"
 
 
+_DINOV2_BLOCK = BlockLayout(norm_before="norm1", norm_after="norm2", layer_scales=("layer_scale1", "layer_scale2"))
+_CLIP_BLOCK = BlockLayout(  # CLIP and SigLIP encoder layers
+    norm_before="layer_norm1", norm_after="layer_norm2", attention="self_attn",
+    projections=("q_proj", "k_proj", "v_proj", "out_proj"), scaling="scale",
+)
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     """How gated prompts reach one model family.
 
-    ``fast_path``: whether ``block`` describes the family's blocks completely, so that gated_vpt may compute them
-    itself (skipping rows whose output is discarded); False runs every block through its own forward.
+    ``head`` is what the model's own head reads from the final sequence: ``"cls"`` row 0 (after the final
+    LayerNorm), ``"probe"`` every row through an attention-pooling probe (SigLIP), ``"mean"`` the mean of the
+    non-special rows. It decides how ``heads.head_input`` realises the head pooling. ``classes`` limits a model type
+    to the classes whose head ``head`` describes (empty: every class of the type). ``fast_path``: whether ``block``
+    describes the family's blocks completely, so that gated_vpt may compute them itself (skipping rows whose output is
+    discarded); False runs every block through its own forward.
     """
 
     special_tokens: Callable[[object], int]
     pooling: Literal["cls", "mean"] = "cls"
     block: BlockLayout = field(default_factory=BlockLayout)
+    head: HeadReads = "cls"
+    classes: tuple[str, ...] = ()
     fast_path: bool = True
 
-
-_DINOV2_BLOCK = BlockLayout(norm_before="norm1", norm_after="norm2", layer_scales=("layer_scale1", "layer_scale2"))
 
 BACKBONES: dict[str, BackboneSpec] = {
     "vit": BackboneSpec(special_tokens=lambda config: 1),
@@ -61,12 +77,24 @@ BACKBONES: dict[str, BackboneSpec] = {
     "deit": BackboneSpec(special_tokens=lambda config: 2),
     "dinov2": BackboneSpec(special_tokens=lambda config: 1, block=_DINOV2_BLOCK),
     "dinov2_with_registers": BackboneSpec(special_tokens=lambda config: 1 + config.num_register_tokens, block=_DINOV2_BLOCK),
+    "clip_vision_model": BackboneSpec(special_tokens=lambda config: 1, block=_CLIP_BLOCK),
+    "clip": BackboneSpec(
+        special_tokens=lambda config: 1, pooling="mean", block=_CLIP_BLOCK, head="mean",
+        classes=("CLIPForImageClassification",),
+    ),
+    "siglip_vision_model": BackboneSpec(special_tokens=lambda config: 0, block=_CLIP_BLOCK, head="probe"),
+    "siglip": BackboneSpec(
+        special_tokens=lambda config: 0, pooling="mean", block=_CLIP_BLOCK, head="mean",
+        classes=("SiglipForImageClassification",),
+    ),
+    "ijepa": BackboneSpec(special_tokens=lambda config: 0, pooling="mean", head="mean"),
 }
 
 
 @dataclass(frozen=True)
 class Backbone:
-    """A supported model, resolved: its spec plus the located blocks."""
+    """A supported model, resolved: its spec, its vision tower (``encoder``: the module holding the embeddings and
+    the blocks) and the blocks' names in the model."""
 
     model_type: str
     spec: BackboneSpec
@@ -102,22 +130,25 @@ def resolve_backbone(model: nn.Module) -> Backbone:
     """
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
-    if model_type not in BACKBONES:
+    spec = BACKBONES.get(model_type)
+    if spec is None or (spec.classes and type(model).__name__ not in spec.classes):
         raise ValueError(
             f"gated_vpt does not support {type(model).__name__} (model_type={model_type!r}). Supported model types: "
             f"{', '.join(supported_model_types())} (e.g. ViTModel, ViTForImageClassification, ViTMAEModel, DeiTModel, "
-            "Dinov2Model, Dinov2WithRegistersModel, ViTMSNModel and their image-classification heads)."
+            "Dinov2Model, Dinov2WithRegistersModel, ViTMSNModel and their image-classification heads; CLIPVisionModel, "
+            "SiglipVisionModel, IJepaModel and their *ForImageClassification classes)."
         )
-    spec = BACKBONES[model_type]
-    encoder = getattr(model, "base_model", model)
+    base = getattr(model, "base_model", model)
+    encoder = getattr(base, "vision_model", base)
+    config = getattr(config, "vision_config", None) or config
     for container in BLOCK_CONTAINERS:
         blocks = encoder.get_submodule(container) if _has_submodule(encoder, container) else None
         if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
             break
     else:
         raise ValueError(
-            f"Could not find the encoder blocks of {type(model).__name__} (looked for {' and '.join(BLOCK_CONTAINERS)} "
-            "below the base model). This transformers version may have moved them; please report it."
+            f"Could not find the encoder blocks of {type(model).__name__} (looked for {', '.join(BLOCK_CONTAINERS)} "
+            "below the vision tower). This transformers version may have moved them; please report it."
         )
     names = {id(module): name for name, module in model.named_modules()}
     patch = config.patch_size

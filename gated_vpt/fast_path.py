@@ -3,7 +3,7 @@
 Where a block's prompt outputs are thrown away (VPT-deep: every block, since the next one brings fresh prompts;
 a CLS head: the last block), the prompt rows enter attention only as keys and values: their queries, attention
 output and MLP are not computed, and gradients still reach the prompts through the keys and values. The
-temperature scales the queries without keeping an extra activation (``gate.scale_query``), and the caller gates
+temperature divides the queries without keeping an extra activation (``gate.divide_query``), and the caller gates
 the prompt rows in place, since it owns the block's output.
 
 The plain path, the block's own forward with the temperature applied by a hook on its query projection, is the
@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .backbones import BlockLayout
-from .gate import scale_query
+from .gate import divide_query
 from .prompts import insert_prompts, remove_prompts
 
 _ENABLED = [True]
@@ -73,6 +73,7 @@ class BlockParts:
     output: nn.Linear
     mlp: nn.Module
     layer_scales: Optional[tuple[nn.Module, nn.Module]]
+    scaling: float
     eager: Callable
 
     @classmethod
@@ -87,6 +88,7 @@ class BlockParts:
                 norm_after=block.get_submodule(layout.norm_after),
                 mlp=block.get_submodule(layout.mlp),
                 layer_scales=tuple(block.get_submodule(name) for name in layout.layer_scales) if layout.layer_scales else None,
+                scaling=getattr(attention, layout.scaling),
             )
         except AttributeError:
             return None
@@ -121,14 +123,14 @@ def forward_block(
     prompts: Optional[torch.Tensor] = None,
     prompt_keys_values: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
     keep_prompt_rows: bool = True,
-    query_scale: Optional[torch.Tensor] = None,
+    temperature: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """One block, as its own forward computes it (eval mode), on ``[special, prompts, patches]``.
 
     ``hidden_states`` holds the prompt rows right after the special tokens, unless ``prompts`` (batch, P, D) or their
     precomputed ``prompt_keys_values`` are given: then the prompts join this block as keys and values only.
     ``keep_prompt_rows=False`` returns ``[special, patches]`` without computing the prompt rows' queries, attention
-    output or MLP. ``query_scale`` multiplies the queries (the inverse temperature: scalar or one per sample).
+    output or MLP. ``temperature`` divides the queries (a scalar or one per sample).
     """
     if keep_prompt_rows and (prompts is not None or prompt_keys_values is not None):
         raise ValueError("forward_block: insert the prompts into hidden_states to keep their rows.")
@@ -151,15 +153,15 @@ def forward_block(
         return tensor.view(batch, tensor.shape[1], -1, head_dim).transpose(1, 2)
 
     query = heads(_linear(parts.query, normed))
-    if query_scale is not None:
-        query = scale_query(query, query_scale)
+    if temperature is not None:
+        query = divide_query(query, temperature)
     if keys_in is not None:
         key, value = _linear(parts.key, keys_in), _linear(parts.value, keys_in)
     else:
         prompt_key, prompt_value = (t.expand(batch, -1, -1) for t in prompt_keys_values)
         key = insert_prompts(_linear(parts.key, normed), prompt_key, num_special)
         value = insert_prompts(_linear(parts.value, normed), prompt_value, num_special)
-    attended = attend(parts.attention, query, heads(key), heads(value), None, dropout=0.0, scaling=parts.attention.scaling)[0]
+    attended = attend(parts.attention, query, heads(key), heads(value), None, dropout=0.0, scaling=parts.scaling)[0]
     attended = _linear(parts.output, attended.reshape(batch, query.shape[2], -1))
     if parts.layer_scales:
         attended = parts.layer_scales[0](attended)

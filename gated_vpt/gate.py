@@ -59,33 +59,34 @@ class _GatePromptRows(torch.autograd.Function):
         return grad_output, grad_prompts, grad_logit, None, None
 
 
-def scale_query(query: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``query * scale`` (the inverse temperature), contiguous in ``query``'s dimension order, keeping only the result
-    for the backward pass, which the attention kernel keeps anyway: no extra activation per block.
+def divide_query(query: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """``query / temperature``, contiguous in ``query``'s dimension order, keeping only the result for the backward
+    pass, which the attention kernel keeps anyway: no extra activation per block (autograd's division would keep the
+    undivided query as well).
 
-    ``scale`` is a scalar or holds one value per sample (any shape with the batch first and ones after).
+    ``temperature`` is a scalar or holds one value per sample (any shape with the batch first and ones after).
     """
-    if scale.dim():
-        scale = scale.reshape(scale.shape[0], *(1,) * (query.dim() - 1))
-    return _ScaleQuery.apply(query, scale)
+    if temperature.dim():
+        temperature = temperature.reshape(temperature.shape[0], *(1,) * (query.dim() - 1))
+    return _DivideQuery.apply(query, temperature)
 
 
-class _ScaleQuery(torch.autograd.Function):
+class _DivideQuery(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, query, scale):
-        out = torch.mul(query, scale, out=torch.empty(query.shape, dtype=query.dtype, device=query.device))
-        ctx.save_for_backward(out, scale)
+    def forward(ctx, query, temperature):
+        out = torch.div(query, temperature, out=torch.empty(query.shape, dtype=query.dtype, device=query.device))
+        ctx.save_for_backward(out, temperature)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        out, scale = ctx.saved_tensors
-        grad_query = grad * scale if ctx.needs_input_grad[0] else None
-        grad_scale = None
+        out, temperature = ctx.saved_tensors
+        grad_query = grad / temperature if ctx.needs_input_grad[0] else None
+        grad_temperature = None
         if ctx.needs_input_grad[1]:
-            # d(q * s)/ds = q = out / s
-            grad_scale = (grad * out).sum_to_size(scale.shape) / scale
-        return grad_query, grad_scale
+            # d(q / t)/dt = -q / t**2 = -out / t
+            grad_temperature = -(grad * out).sum_to_size(temperature.shape) / temperature
+        return grad_query, grad_temperature
 
 
 def effective_temperature(temperature: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,11 @@
 """The tuner layer: one wrapper per encoder block that runs the block on the prompted sequence.
 
 For each adapter, the block at ``prompt_start_block`` inserts the prompts, every prompted block runs under its
-temperature and gates its prompt rows (all but the last), and the last block removes the prompts so the final
-LayerNorm and head see the usual sequence. In deep mode every prompted block inserts its own fresh prompts and
-removes them again, since the next block discards them. Where ``fast_path`` applies, the block is computed from its
-``BlockLayout`` and the prompt rows whose output is discarded are not computed at all (see ``gated_vpt.fast_path``).
+temperature and gates its prompt rows (all but the last), and the last block hands the sequence to the head as
+``heads.head_input`` says (usually: prompts removed, so the final LayerNorm and head see the usual sequence). In deep
+mode every prompted block inserts its own fresh prompts and removes them again, since the next block discards them.
+Where ``fast_path`` applies, the block is computed from its ``BlockLayout`` and the prompt rows whose output is
+discarded are not computed at all (see ``gated_vpt.fast_path``).
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from torch.nn import functional as F
 
-from .backbones import BlockLayout
+from .backbones import BlockLayout, HeadReads
 from .config import GatedPromptConfig
 from .fast_path import BlockParts, fast_path_enabled, forward_block
-from .gate import effective_temperature, gate_prompts, scale_query
-from .heads import pool_into_cls
+from .gate import divide_query, effective_temperature, gate_prompts
+from .heads import head_input
 from .prompts import insert_prompts, new_prompts, prompt_rows, remove_prompts
 
 
@@ -49,6 +50,7 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         num_special_tokens: int,
         hidden_size: int,
         prompt_bound: float,
+        head: HeadReads,
         layout: Optional[BlockLayout] = None,
     ) -> None:
         super().__init__()
@@ -58,6 +60,7 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         self.num_special_tokens = num_special_tokens
         self.hidden_size = hidden_size
         self.prompt_bound = prompt_bound
+        self.head = head
         self.gvpt_prompt = nn.ParameterDict()
         self.gvpt_gate = nn.ParameterDict()
         self.gvpt_temperature = nn.ParameterDict()
@@ -139,15 +142,15 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         values = torch.stack([params[n] if n in params else params[next(iter(params))].new_tensor(missing) for n in names])
         return values[index].view(-1, 1, 1)
 
-    def _query_scale(self, name: str, dtype: torch.dtype) -> Optional[torch.Tensor]:
-        """The inverse temperature the queries are multiplied by (one per sample in a mixed batch), or None."""
+    def _temperature(self, name: str, dtype: torch.dtype) -> Optional[torch.Tensor]:
+        """The temperature that divides the queries (one per sample in a mixed batch), or None."""
         temperature = self._per_adapter(self.gvpt_temperature, name, 1.0)
-        return None if temperature is None else (1 / effective_temperature(temperature)).to(dtype)
+        return None if temperature is None else effective_temperature(temperature).to(dtype)
 
     def _scale_query(self, module: nn.Module, args: Any, query: torch.Tensor) -> Optional[torch.Tensor]:
         name = self._adapter()
-        scale = None if name is None else self._query_scale(name, query.dtype)
-        return None if scale is None else scale_query(query, scale)
+        temperature = None if name is None else self._temperature(name, query.dtype)
+        return None if temperature is None else divide_query(query, temperature)
 
     def _prompts_for(self, name: str, batch_size: int) -> torch.Tensor:
         if self._per_sample is None:
@@ -172,7 +175,7 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         carries = config.prompt_mode == "shallow" and not self.is_last  # the next block takes these prompt rows
         mean_head = self.is_last and config.head_pooling == "mean"  # the head averages them
         parts = self._fast_parts(kwargs)
-        keep = carries or mean_head or parts is None
+        keep = carries or mean_head or parts is None  # compute the prompt rows' outputs
         fresh = name in self.gvpt_prompt
         prompts = prompt_kv = None
         if fresh and not keep and not self.training and not torch.is_grad_enabled():
@@ -191,8 +194,8 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
                 return output
         if gate_logit is not None:
             output = gate_prompts(output, prompts_in, gate_logit.to(output.dtype), num_special, in_place=parts is not None)
-        if mean_head:
-            output = pool_into_cls(output)
+        if self.is_last:
+            return head_input(output, config.head_pooling, self.head, num_special, num_prompts)
         return output if carries else remove_prompts(output, num_special, num_prompts)
 
     def _fast_parts(self, kwargs: dict) -> Optional[BlockParts]:
@@ -217,7 +220,7 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         def run(hidden_states: torch.Tensor, prompts: Optional[torch.Tensor]) -> torch.Tensor:
             return forward_block(
                 parts, hidden_states, self.num_special_tokens, self.gvpt_config[name].num_prompt_tokens, prompts=prompts,
-                prompt_keys_values=prompt_kv, keep_prompt_rows=keep, query_scale=self._query_scale(name, hidden_states.dtype),
+                prompt_keys_values=prompt_kv, keep_prompt_rows=keep, temperature=self._temperature(name, hidden_states.dtype),
             )
 
         block = self.base_layer

@@ -11,9 +11,9 @@ import torch
 from peft import get_peft_model
 
 import gated_vpt
-from conftest import BACKBONE_NAMES, images, main_output, make_backbone, randomize_adapter_
+from conftest import images, main_output, make_backbone, randomize_adapter_
 from gated_vpt import GatedPromptBlock, GatedPromptConfig
-from test_backbones import VARIANTS, variant_config
+from test_backbones import MATRIX, variant_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -47,8 +47,7 @@ def output_and_grads(model, pixels, fast: bool):
     return out.detach(), grads
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("backbone", BACKBONE_NAMES)
+@pytest.mark.parametrize("backbone, variant", MATRIX)
 def test_fast_path_equals_the_plain_path_with_gradients(backbone, variant, pixels):
     """Float64: outputs and every trainable parameter's gradient agree to rounding."""
     model = adapted(backbone, variant)
