@@ -32,7 +32,7 @@ from gated_vpt.training.classification import (
 )
 from gated_vpt.training.loop import LoopSettings, train, updates_per_epoch
 from gated_vpt.training.optim import build_optimizer, build_scheduler
-from gated_vpt.training.run import finish_run, initial_state, prepare, start_accelerator
+from gated_vpt.training.run import exit_on_stop, finish_run, initial_state, prepare, start_accelerator
 
 logger = get_logger(__name__)
 EMBEDDED_MODEL = str(Path(__file__).resolve().parent.parent / "assets" / "mae-tiny")
@@ -82,6 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         args.warmup_epochs,
         updates_per_epoch(len(train_loader), args.gradient_accumulation_steps),
         args.scheduler_step,
+        min_learning_rate=args.min_learning_rate,
     )
     state = initial_state(accelerator, resume_path, model, optimizer, scheduler)
     if args.with_tracking:
@@ -112,4 +113,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_stop(main)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
@@ -108,6 +109,17 @@ ARGS: dict[str, Field] = {
     "mask_column_name": _text("the mask column (local image/mask folders: 'annotation')", nullable=False,
                               task=SEGMENTATION),
     "scheduler": _choice("poly", "cosine", task=SEGMENTATION),
+    "poly_power": _positive("float", " (SETR: 0.9)", task=SEGMENTATION),
+    "decoder_channels": _positive("int", " (SETR-PUP: 512; 256 for a lighter head)", task=SEGMENTATION),
+    "decoder_lr_multiplier": _positive("float", " (SETR: 10, the heads' learning rate over the prompts')", task=SEGMENTATION),
+    "min_learning_rate": _at_least("float", 0, " (where the decay ends; SETR's ADE20K: 1e-4)"),
+    "image_normalization": _choice("imagenet", "backbone"),
+}
+# Command-line numbers that recipes do not set, checked like recipe values (``argument_problems``).
+RUN_ARGS: dict[str, Field] = {
+    "max_train_steps": _positive("int"),
+    "eval_every_epochs": _at_least("int", 0, " (0: never)", task=SEGMENTATION),
+    "eval_stride": _positive("int", task=SEGMENTATION),
 }
 
 REQUIRED_ARGS: dict[str, tuple[str, ...]] = {
@@ -187,6 +199,30 @@ def load_recipe(
     if problems:
         _raise(path, problems)
     return dict({**args, **tune_args} if stage == "tune" else args)
+
+
+def argument_problems(values: dict[str, Any]) -> list[str]:
+    """Problems with the training scripts' argument values (from the command line or a recipe), each naming the flag
+    and the valid values: wrong types, non-finite numbers and out-of-range values of every argument in ``ARGS`` and
+    ``RUN_ARGS`` (None means "not set" and passes), and a warmup longer than the training.
+
+    Example:
+
+    ```py
+    >>> argument_problems({"learning_rate": float("nan"), "momentum": 0.9})
+    ["--learning_rate = NaN is not a finite number: use a number > 0 (the paper's grid: 0.05 to 5.0 for classification)"]
+    ```
+    """
+    problems = [
+        problem
+        for name, value in values.items()
+        if value is not None and (field := ARGS.get(name) or RUN_ARGS.get(name)) is not None
+        for problem in _value_problems(field, value, f"--{name}")
+    ]
+    warmup, epochs = values.get("warmup_epochs"), values.get("num_train_epochs")
+    if isinstance(warmup, int) and isinstance(epochs, int) and warmup > epochs:
+        problems.append(f"--warmup_epochs = {warmup} is larger than --num_train_epochs = {epochs}: shorten the warmup")
+    return problems
 
 
 def list_recipes(directory: Union[str, Path, None] = None) -> list[Path]:
@@ -280,6 +316,8 @@ def _value_problems(field: Field, value: Any, where: str) -> list[str]:
         return [] if field.nullable else [f"{where} is null: use {field.hint}"]
     if not _has_kind(value, field.kind):
         return [f"{where} = {json.dumps(value)} has the wrong type: use {field.hint}"]
+    if field.kind == "float" and not math.isfinite(value):
+        return [f"{where} = {json.dumps(value)} is not a finite number: use {field.hint}"]
     if not field.valid(value):
         return [f"{where} = {json.dumps(value)} is out of range: use {field.hint}"]
     return []

@@ -42,6 +42,8 @@ QUICK = {
     "crop_size": 32,
     "aux_blocks": [0],
     "decoder_channels": 32,
+    "decoder_lr_multiplier": 1.0,
+    "min_learning_rate": 0.0,
     "num_prompt_tokens": 4,
     "gate_init": 2.0,
     "learning_rate": 0.05,
@@ -105,7 +107,7 @@ def load_segmentation_data(args: argparse.Namespace) -> SegmentationData:
         check_examples(split, labels, image_column, mask_column, role)
     mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     if args.model_name_or_path:
-        mean, std = image_normalisation(args.model_name_or_path)
+        mean, std = image_normalisation(args.model_name_or_path, args.image_normalization)
 
     def samples(role: str, train: bool) -> SegmentationSamples:
         transform = SegmentationTransform(labels, args.crop_size, train, mean, std, jitter=not args.quick)
@@ -115,15 +117,11 @@ def load_segmentation_data(args: argparse.Namespace) -> SegmentationData:
     sampler = EpochShuffleSampler(len(train_samples), seed=args.seed)
     # A loader-owned generator: creating an iterator (every epoch, and again when a resumed run skips batches) then
     # draws its seed from it instead of from the global RNG, which the prompt dropout uses and checkpoints restore.
+    # The last, shorter batch of an epoch is kept: ceil(n / batch) batches per epoch.
     train_loader = DataLoader(
-        train_samples, batch_size=args.per_device_train_batch_size, sampler=sampler, drop_last=True,
+        train_samples, batch_size=args.per_device_train_batch_size, sampler=sampler, drop_last=False,
         collate_fn=collate_train, generator=torch.Generator().manual_seed(args.seed),
     )
-    if len(train_loader) == 0:
-        raise ValueError(
-            f"The train split has {len(train_samples)} images, fewer than one batch of {args.per_device_train_batch_size}; "
-            "lower --per_device_train_batch_size."
-        )
     eval_loaders = {
         role: DataLoader(samples(role, False), batch_size=args.per_device_eval_batch_size, collate_fn=collate_eval)
         for role in ("validation", "test")

@@ -75,21 +75,17 @@ def load_classification_data(args: argparse.Namespace, num_channels: int) -> Cla
 
 
 def _loaders(args, datasets: DatasetDict, image_column: str, label_column: str, labels: list[str], num_channels: int) -> ClassificationData:
-    mean, std = image_normalisation(args.model_name_or_path)
+    mean, std = image_normalisation(args.model_name_or_path, args.image_normalization)
 
     def transform(train: bool) -> ImageTransform:
         return ImageTransform(args.transform, args.image_size, mean, std, num_channels=num_channels, train=train)
 
     train_images = TransformedImages(datasets["train"], image_column, label_column, transform(True), seed=args.seed)
     sampler = EpochShuffleSampler(len(train_images), seed=args.seed)
+    # The last, shorter batch of an epoch is kept (the released code): ceil(n / batch) batches per epoch.
     train_loader = DataLoader(
-        train_images, batch_size=args.per_device_train_batch_size, sampler=sampler, drop_last=True, generator=_private_generator()
+        train_images, batch_size=args.per_device_train_batch_size, sampler=sampler, drop_last=False, generator=_private_generator()
     )
-    if len(train_loader) == 0:
-        raise ValueError(
-            f"The train split has {len(train_images)} images, fewer than one batch of {args.per_device_train_batch_size}; "
-            "lower --per_device_train_batch_size."
-        )
     eval_loaders = {
         role: DataLoader(
             TransformedImages(datasets[role], image_column, label_column, transform(False)),

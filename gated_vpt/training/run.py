@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -31,6 +32,20 @@ from torch.utils.data import DataLoader
 
 from .checkpointing import TrainState, load_checkpoint
 from .results import write_results
+
+
+class RunStopped(RuntimeError):
+    """A run that cannot start or go on (a backbone not prepared, a non-finite loss...), for the reason its message
+    gives. ``exit_on_stop`` prints the message without a traceback and exits with status 1."""
+
+
+def exit_on_stop(main: Callable[[], object]) -> None:
+    """Run a script's ``main``; a ``RunStopped`` ends the process with its message on stderr and exit status 1."""
+    try:
+        main()
+    except RunStopped as stop:
+        print(f"error: {stop}", file=sys.stderr)
+        sys.exit(1)
 
 
 def start_accelerator(args: argparse.Namespace) -> Accelerator:
