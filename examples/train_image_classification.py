@@ -24,6 +24,7 @@ from gated_vpt.training import args as cli
 from gated_vpt.training.checkpointing import checked_resume_path
 from gated_vpt.training.classification import (
     count_parameters,
+    dry_run_report,
     evaluate_accuracy,
     final_split,
     load_classification_data,
@@ -32,7 +33,14 @@ from gated_vpt.training.classification import (
 )
 from gated_vpt.training.loop import LoopSettings, train, updates_per_epoch
 from gated_vpt.training.optim import build_optimizer, build_scheduler
-from gated_vpt.training.run import exit_on_stop, finish_run, initial_state, prepare, start_accelerator
+from gated_vpt.training.run import (
+    exit_on_stop,
+    finish_run,
+    initial_state,
+    prepare,
+    require_prepared_backbone,
+    start_accelerator,
+)
 
 logger = get_logger(__name__)
 EMBEDDED_MODEL = str(Path(__file__).resolve().parent.parent / "assets" / "mae-tiny")
@@ -54,6 +62,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
+    if args.dry_run:
+        print(dry_run_report(args))
+        return {}
+    require_prepared_backbone(args)
     accelerator = start_accelerator(args)
     started = time.time()
 

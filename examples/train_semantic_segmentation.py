@@ -24,13 +24,26 @@ from gated_vpt.recipes import SEGMENTATION
 from gated_vpt.segmentation.inference import evaluate_segmentation
 from gated_vpt.segmentation.model import HEAD_MODULES, save_segmentation_adapter
 from gated_vpt.segmentation.synthetic import SHAPES_LABELS
-from gated_vpt.segmentation.training import QUICK, build_segmentation_model, inference_settings, load_segmentation_data
+from gated_vpt.segmentation.training import (
+    QUICK,
+    build_segmentation_model,
+    dry_run_report,
+    inference_settings,
+    load_segmentation_data,
+)
 from gated_vpt.training import args as cli
 from gated_vpt.training.checkpointing import checked_resume_path
 from gated_vpt.training.classification import count_parameters
 from gated_vpt.training.loop import LoopSettings, train, updates_per_epoch
 from gated_vpt.training.optim import build_optimizer, build_scheduler
-from gated_vpt.training.run import exit_on_stop, finish_run, initial_state, prepare, start_accelerator
+from gated_vpt.training.run import (
+    exit_on_stop,
+    finish_run,
+    initial_state,
+    prepare,
+    require_prepared_backbone,
+    start_accelerator,
+)
 
 logger = get_logger(__name__)
 
@@ -93,6 +106,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
+    if args.dry_run:
+        print(dry_run_report(args))
+        return {}
+    require_prepared_backbone(args)
     accelerator = start_accelerator(args)
     started = time.time()
 

@@ -148,11 +148,55 @@ TOP_LEVEL = {
     "description": "what the recipe trains",
     "paper": "the paper's table and reported numbers",
     "backbone_source": "how to obtain model_name_or_path",
+    "backbone": "the checkpoint behind model_name_or_path and the one command that prepares that folder",
     "data_source": "where the data comes from and its splits",
     "args": "the training script's arguments",
     "tune_args": "arguments that replace 'args' for the hyperparameter search (stage='tune')",
 }
 REQUIRED_TOP_LEVEL = ("task_type", "args")
+BACKBONE_FIELDS = {
+    "checkpoint": "which published weights the folder is made from, and where to get them",
+    "prepare": "the one command that writes args.model_name_or_path from them",
+}
+
+
+@dataclass(frozen=True)
+class BackbonePreparation:
+    """A recipe's backbone: the local ``folder`` (its ``model_name_or_path``), the ``checkpoint`` it is made from,
+    and the one command that ``prepare``s it."""
+
+    folder: str
+    checkpoint: str
+    prepare: str
+
+    @property
+    def prepared(self) -> bool:
+        return (Path(self.folder) / "config.json").is_file()
+
+    def missing_message(self) -> str:
+        return (
+            f"The backbone folder {self.folder} does not exist (relative to {Path.cwd()}). This recipe uses "
+            f"{self.checkpoint}. Prepare the folder with:\n    {self.prepare}\nor pass --model_name_or_path."
+        )
+
+
+def recipe_backbone(path: Union[str, Path]) -> Optional[BackbonePreparation]:
+    """The backbone a recipe file names (``load_recipe`` has validated it), or None when it names no preparation
+    (e.g. a Hub model id that loads as it is).
+
+    Example:
+
+    ```py
+    >>> backbone = recipe_backbone("hub_configs/mae-vtab-dtd.json")
+    >>> backbone.folder, backbone.prepared
+    ('backbones/mae-vit-b16', False)
+    ```
+    """
+    recipe = _read_json(Path(path))
+    backbone = recipe.get("backbone") if isinstance(recipe, dict) else None
+    if not backbone:
+        return None
+    return BackbonePreparation(recipe["args"]["model_name_or_path"], backbone["checkpoint"], backbone["prepare"])
 
 Stage = Literal["final", "tune"]
 
@@ -194,6 +238,8 @@ def load_recipe(
     tune_args = recipe.get("tune_args", {})
     problems += _args_problems(tune_args, recipe_task, "tune_args", required=False)
     problems += _paper_problems(recipe.get("paper", {}))
+    if "backbone" in recipe:
+        problems += _backbone_problems(recipe["backbone"], args)
     if not problems:
         problems += _cross_field_problems({**args, **tune_args} if stage == "tune" else args)
     if problems:
@@ -277,9 +323,24 @@ def _top_level_problems(recipe: Any) -> list[str]:
     for key in ("description", "backbone_source", "data_source"):
         if key in recipe and not isinstance(recipe[key], str):
             problems.append(f"{key} must be a string ({TOP_LEVEL[key]})")
-    for key in ("args", "tune_args", "paper"):
+    for key in ("args", "tune_args", "paper", "backbone"):
         if key in recipe and not isinstance(recipe[key], dict):
             problems.append(f"{key} must be a JSON object ({TOP_LEVEL[key]})")
+    return problems
+
+
+def _backbone_problems(backbone: dict, args: dict) -> list[str]:
+    problems = [_unknown(key, list(BACKBONE_FIELDS), "backbone.") for key in backbone if key not in BACKBONE_FIELDS]
+    problems += [
+        f"backbone.{key} must be a non-empty string ({hint})"
+        for key, hint in BACKBONE_FIELDS.items()
+        if not isinstance(backbone.get(key), str) or not backbone[key].strip()
+    ]
+    if not problems and backbone["prepare"].split()[-1] != args.get("model_name_or_path"):
+        problems.append(
+            f"backbone.prepare must end with the folder it writes, args.model_name_or_path "
+            f"({args.get('model_name_or_path')!r})"
+        )
     return problems
 
 

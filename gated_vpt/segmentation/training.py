@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -19,7 +20,8 @@ from torch.utils.data import DataLoader
 from transformers import ViTConfig, ViTModel
 
 from ..config import GatedPromptConfig
-from ..training.classification import prompt_config
+from ..training.classification import count_parameters, prompt_config
+from ..training.dry_run import DryRunReport, backbone_status, count_train_images, learning_rate_groups, quiet_loading
 from ..training.data import EpochShuffleSampler, check_images, find_column, image_normalisation, load_image_datasets
 from .data import (
     LabelSpec,
@@ -162,6 +164,27 @@ def build_segmentation_model(args: argparse.Namespace, id2label: Optional[dict[i
     config: GatedPromptConfig = prompt_config(args)
     config.base_model_name_or_path = args.model_name_or_path
     return get_segmentation_peft_model(model, config)
+
+
+def dry_run_report(args: argparse.Namespace) -> str:
+    """``--dry_run``: the run described without training; the model is built only from a local backbone folder."""
+    backbone, buildable = backbone_status(args)
+    if args.quick:
+        num_train, data = QUICK_IMAGES["train"], "the synthetic shapes (--quick)"
+    elif args.train_dir and Path(args.train_dir).is_dir():
+        try:
+            num_train = len(find_image_mask_pairs(args.train_dir))
+            data = f"{args.train_dir}: {num_train} image/mask pairs"
+        except FileNotFoundError as error:
+            num_train, data = None, f"{args.train_dir}: {error}"
+    else:
+        num_train, data = count_train_images(args)
+    groups = learning_rate_groups(args, args.decoder_lr_multiplier)
+    report = DryRunReport(args, num_train, groups, data=data, decay=args.scheduler, power=args.poly_power, backbone=backbone)
+    if buildable:
+        with quiet_loading():
+            report.trainable = count_parameters(build_segmentation_model(args))
+    return report.format()
 
 
 def inference_settings(args: argparse.Namespace, multi_scale: bool = False) -> InferenceSettings:

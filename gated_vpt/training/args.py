@@ -15,7 +15,7 @@ SECRET_ARGS = ("hub_token",)
 NON_SEMANTIC_ARGS = (
     "config", "recipe_stage", "output_dir", "resume_from_checkpoint", "checkpointing_steps", "max_train_steps",
     "with_tracking", "report_to", "push_to_hub", "hub_model_id", "hub_token", "per_device_eval_batch_size",
-    "gradient_checkpointing", "torch_compile",
+    "gradient_checkpointing", "torch_compile", "dry_run",
 )
 
 
@@ -115,6 +115,9 @@ def add_run_args(parser: argparse.ArgumentParser, default_output_dir: str) -> No
     group.add_argument("--hub_token", default=None)
     group.add_argument("--gradient_checkpointing", action="store_true")
     group.add_argument("--torch_compile", action="store_true", help="Compile the model with torch.compile (inductor).")
+    group.add_argument("--dry_run", action="store_true",
+                       help="Print the resolved run (backbone and whether it is prepared, data, updates per epoch, "
+                            "learning rate per epoch, trainable parameters) and exit without training.")
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:

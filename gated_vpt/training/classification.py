@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
 from accelerate import Accelerator
 from datasets import DatasetDict
+from peft import get_peft_model
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel, ViTForImageClassification
@@ -30,6 +32,7 @@ from .data import (
     load_image_datasets,
     target_mode,
 )
+from .dry_run import DryRunReport, backbone_status, count_train_images, learning_rate_groups, quiet_loading
 from .metrics import load_metric
 
 logger = logging.getLogger(__name__)
@@ -118,6 +121,21 @@ def load_image_classifier(model_name_or_path: str, labels: list[str]) -> PreTrai
     )
     init_classifier_(model.classifier)
     return model
+
+
+def dry_run_report(args: argparse.Namespace) -> str:
+    """``--dry_run``: the run described without training; the model is built only from a local backbone folder."""
+    backbone, buildable = backbone_status(args)
+    num_train, data = count_train_images(args)
+    report = DryRunReport(args, num_train, learning_rate_groups(args), data=data, backbone=backbone)
+    classes = args.num_labels
+    if classes is None and not args.dataset_name:
+        classes = len([p for p in Path(args.train_dir).iterdir() if p.is_dir()]) if args.train_dir else 10
+    if buildable and classes:
+        with quiet_loading():
+            model = load_image_classifier(args.model_name_or_path, [str(i) for i in range(classes)])
+        report.trainable = count_parameters(get_peft_model(model, prompt_config(args)))
+    return report.format()
 
 
 def prompt_config(args: argparse.Namespace) -> GatedPromptConfig:

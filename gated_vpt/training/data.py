@@ -9,7 +9,8 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from typing import Iterator, Literal, Optional
+from pathlib import Path
+from typing import Iterator, Literal, Optional, Union
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 IMAGE_COLUMN_GUESSES = ("image", "img")
 LABEL_COLUMN_GUESSES = ("label", "labels")
 # The embedded default: scikit-learn's 1,797 8x8 digits split like VTAB-1k (800 train, 200 validation, rest test).
@@ -91,6 +93,11 @@ def load_image_datasets(
             continue
         chosen[role] = source[name]
     return DatasetDict(chosen)
+
+
+def image_files(directory: Union[str, Path]) -> list[Path]:
+    """The image files (``IMAGE_SUFFIXES``) under ``directory``, subfolders included, sorted."""
+    return sorted(p for p in Path(directory).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def find_column(dataset: Dataset, requested: Optional[str], guesses: tuple[str, ...], kind: str, flag: str) -> str:

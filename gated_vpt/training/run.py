@@ -48,6 +48,17 @@ def exit_on_stop(main: Callable[[], object]) -> None:
         sys.exit(1)
 
 
+def require_prepared_backbone(args: argparse.Namespace) -> None:
+    """Stop at once (``RunStopped``: no Hub lookups, no traceback) when the recipe given with ``--config`` expects a
+    local backbone folder that has not been prepared, saying which checkpoint it is made from and the command
+    that makes it. A ``--model_name_or_path`` given on the command line is left to transformers."""
+    from gated_vpt.recipes import recipe_backbone
+
+    backbone = recipe_backbone(args.config) if args.config else None
+    if backbone is not None and args.model_name_or_path == backbone.folder and not backbone.prepared:
+        raise RunStopped(backbone.missing_message())
+
+
 def start_accelerator(args: argparse.Namespace) -> Accelerator:
     """The run's ``Accelerator`` (gradient accumulation, trackers when ``--with_tracking``, ``--torch_compile``),
     logging (quiet libraries on all but the main process) and the seed."""
