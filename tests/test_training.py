@@ -444,3 +444,24 @@ def test_a_non_finite_loss_stops_the_run_before_the_update_and_keeps_the_last_ch
     assert f"The last checkpoint, {tmp_path / 'epoch_0'}, is kept" in message and "Lower --learning_rate" in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_0"]
     assert torch.isfinite(load_file(str(tmp_path / "epoch_0" / "trainable.safetensors"))["w"]).all()
+
+
+def test_dry_run_of_the_default_prints_the_plan_and_trains_nothing(tmp_path, capsys):
+    output = tmp_path / "never-written"
+    assert script.main(["--dry_run", "--output_dir", str(output)]) == {}
+    printed = capsys.readouterr().out
+    assert "data: the embedded digits" in printed
+    assert "updates per epoch: 13 (ceil(800 / 64) batches" in printed  # the last batch of 32 is kept
+    assert "  all: 0:0 1:0.05 2:0.1 " in printed and " 10:0.5 " in printed and " 39:0.00137" in printed
+    assert "trainable parameters: 1,941 of 1,220,127" in printed
+    assert not output.exists()
+
+
+def test_dry_run_of_a_recipe_names_the_backbone_to_prepare(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert script.main(["--config", str(REPO / "hub_configs" / "mocov3-fgvc-cub.json"), "--dry_run"]) == {}
+    printed = capsys.readouterr().out
+    assert "backbone: backbones/mocov3-vit-b16-linear NOT PREPARED: made from MoCo v3 ViT-B/16" in printed
+    assert "gated-vpt convert --model-type mocov3 --trust-checkpoint --drop-head linear-vit-b-300ep.pth.tar" in printed
+    assert "trainable parameters: unknown until the backbone folder is prepared" in printed
+    assert "  all: 0:0 1:0.1 " in printed  # lr 1.0, 10 warmup epochs
