@@ -30,7 +30,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv[:1] == ["convert"]:
         from . import convert
 
-        return convert.main(argv[1:]) or 0
+        return convert.main(argv[1:], prog="gated-vpt convert") or 0
     args = _parser().parse_args(argv)
     try:
         return args.run(args) or 0
