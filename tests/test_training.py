@@ -180,7 +180,7 @@ def test_resuming_with_another_config_is_refused_before_anything_changes(uninter
         ({"gradient_accumulation_steps": 0}, r"--gradient_accumulation_steps = 0 is out of range"),
         ({"per_device_train_batch_size": 0}, r"--per_device_train_batch_size = 0 is out of range"),
         ({"max_train_steps": -2}, r"--max_train_steps = -2 is out of range"),
-        ({"dataset_name": "user/data"}, r"either --dataset_name or --train_dir"),
+        ({"dataset_name": "user/data"}, r"Give one data source, not --dataset_name and --train_dir"),
         ({"resume_from_checkpoint": "latest"}, r"no checkpoint in"),
         ({"gate_init": -1}, r"--gate_init = -1.0 is out of range: use a number in \(0, 50\]"),
         ({"push_to_hub": True}, r"--push_to_hub needs --hub_model_id"),
