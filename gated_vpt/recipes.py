@@ -160,14 +160,14 @@ TOP_LEVEL = {
 REQUIRED_TOP_LEVEL = ("task_type", "args")
 BACKBONE_FIELDS = {
     "checkpoint": "which published weights the folder is made from, and where to get them",
-    "prepare": "the one command that writes args.model_name_or_path from them",
+    "prepare": "the one command that writes the folder (its last word, args.model_name_or_path) from them",
 }
 
 
 @dataclass(frozen=True)
 class BackbonePreparation:
-    """A recipe's backbone: the local ``folder`` (its ``model_name_or_path``), the ``checkpoint`` it is made from,
-    and the one command that ``prepare``s it."""
+    """A recipe's backbone: the local ``folder`` that the one command ``prepare`` writes (its last word; the
+    recipe's ``model_name_or_path``), and the ``checkpoint`` it is made from."""
 
     folder: str
     checkpoint: str
@@ -186,7 +186,8 @@ class BackbonePreparation:
 
 def recipe_backbone(path: Union[str, Path]) -> Optional[BackbonePreparation]:
     """The backbone a recipe file names (``load_recipe`` has validated it), or None when it names no preparation
-    (e.g. a Hub model id that loads as it is).
+    (e.g. a Hub model id that loads as it is). A run needs the folder when its ``model_name_or_path`` is
+    ``folder`` (a copied recipe pointed at another model does not).
 
     Example:
 
@@ -200,7 +201,7 @@ def recipe_backbone(path: Union[str, Path]) -> Optional[BackbonePreparation]:
     backbone = recipe.get("backbone") if isinstance(recipe, dict) else None
     if not backbone:
         return None
-    return BackbonePreparation(recipe["args"]["model_name_or_path"], backbone["checkpoint"], backbone["prepare"])
+    return BackbonePreparation(backbone["prepare"].split()[-1], backbone["checkpoint"], backbone["prepare"])
 
 Stage = Literal["final", "tune"]
 
@@ -244,7 +245,7 @@ def load_recipe(
     problems += _args_problems(tune_args, recipe_task, "tune_args", required=False)
     problems += _paper_problems(recipe.get("paper", {}))
     if "backbone" in recipe:
-        problems += _backbone_problems(recipe["backbone"], args)
+        problems += _backbone_problems(recipe["backbone"])
     if not problems:
         problems += _cross_field_problems({**args, **tune_args} if stage == "tune" else args)
     if problems:
@@ -334,18 +335,13 @@ def _top_level_problems(recipe: Any) -> list[str]:
     return problems
 
 
-def _backbone_problems(backbone: dict, args: dict) -> list[str]:
+def _backbone_problems(backbone: dict) -> list[str]:
     problems = [_unknown(key, list(BACKBONE_FIELDS), "backbone.") for key in backbone if key not in BACKBONE_FIELDS]
     problems += [
         f"backbone.{key} must be a non-empty string ({hint})"
         for key, hint in BACKBONE_FIELDS.items()
         if not isinstance(backbone.get(key), str) or not backbone[key].strip()
     ]
-    if not problems and backbone["prepare"].split()[-1] != args.get("model_name_or_path"):
-        problems.append(
-            f"backbone.prepare must end with the folder it writes, args.model_name_or_path "
-            f"({args.get('model_name_or_path')!r})"
-        )
     return problems
 
 

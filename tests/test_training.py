@@ -465,3 +465,17 @@ def test_dry_run_of_a_recipe_names_the_backbone_to_prepare(tmp_path, monkeypatch
     assert "gated-vpt convert --model-type mocov3 --trust-checkpoint --drop-head linear-vit-b-300ep.pth.tar" in printed
     assert "trainable parameters: unknown until the backbone folder is prepared" in printed
     assert "  all: 0:0 1:0.1 " in printed  # lr 1.0, 10 warmup epochs
+
+
+@pytest.mark.parametrize("stage, train_images, updates", [("tune", 24, 3), ("final", 36, 5)])
+def test_dry_run_reads_a_benchmark_folder_for_its_stage(tmp_path, capsys, stage, train_images, updates):
+    from conftest import write_vtab1k_task
+
+    write_vtab1k_task(tmp_path / "task", (0, 1, 6), (24, 12, 20))
+    argv = ["--dry_run", "--data_dir", str(tmp_path / "task"), "--recipe_stage", stage,
+            "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "out")]
+    assert script.main(argv) == {}
+    printed = capsys.readouterr().out
+    assert f"(vtab1k layout): train = {'train800' if stage == 'tune' else 'train800val200'} ({train_images} images)" in printed
+    assert f"updates per epoch: {updates} (ceil({train_images} / 8) batches" in printed
+    assert "trainable parameters: 1,038 of" in printed  # 3 classes: 5 x 128 prompts, 11 scalars, 3 x 128 + 3 head

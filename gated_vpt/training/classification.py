@@ -132,8 +132,17 @@ def dry_run_report(args: argparse.Namespace) -> str:
     num_train, data = count_train_images(args)
     report = DryRunReport(args, num_train, learning_rate_groups(args), data=data, backbone=backbone)
     classes = args.num_labels
-    if classes is None and not args.dataset_name:
-        classes = len([p for p in Path(args.train_dir).iterdir() if p.is_dir()]) if args.train_dir else 10
+    if classes is None and getattr(args, "data_dir", None):
+        from .benchmark_data import DataLayoutError, class_names, read_layout
+
+        try:
+            classes = len(class_names(*read_layout(args.data_dir, args.data_layout))) or None
+        except DataLayoutError:
+            classes = None
+    elif classes is None and args.train_dir and Path(args.train_dir).is_dir():
+        classes = len([p for p in Path(args.train_dir).iterdir() if p.is_dir()])
+    elif classes is None and not args.dataset_name and not args.train_dir:
+        classes = 10  # the embedded digits
     if buildable and classes:
         with quiet_loading():
             model = load_image_classifier(args.model_name_or_path, [str(i) for i in range(classes)])

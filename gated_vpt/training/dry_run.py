@@ -67,6 +67,18 @@ def count_train_images(args: argparse.Namespace) -> tuple[Optional[int], str]:
     they come from."""
     if getattr(args, "dataset_name", None):
         return None, f"Hub data set {args.dataset_name} (split {args.train_split!r}; not loaded in a dry run)"
+    if getattr(args, "data_dir", None):
+        from .benchmark_data import STAGE_SPLITS, DataLayoutError, read_layout
+
+        try:
+            layout, splits = read_layout(args.data_dir, args.data_layout)
+        except DataLayoutError as error:
+            return None, f"MISSING OR MALFORMED: {error}"
+        roles = STAGE_SPLITS[layout][args.recipe_stage]
+        counts = ", ".join(f"{role} = {name} ({len(splits[name].images)} images)" for role, name in roles.items())
+        problems = sum(len(s.problems) for s in splits.values())
+        status = f"; {problems} problems, see gated-vpt data check {args.data_dir}" if problems else ""
+        return len(splits[roles["train"]].images), f"{args.data_dir} ({layout} layout): {counts}{status}"
     if args.train_dir:
         folder = Path(args.train_dir)
         if not folder.is_dir():
