@@ -442,7 +442,8 @@ def test_a_non_finite_loss_stops_the_run_before_the_update_and_keeps_the_last_ch
     message = str(stop.value)
     assert "loss is nan at epoch 1, batch 2 of 3 (optimizer update 5)" in message
     assert f"The last checkpoint, {tmp_path / 'epoch_0'}, is kept" in message and "Lower --learning_rate" in message
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_0"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_0", "stopped.json"]  # stopped.json: for the protocol
+    assert json.loads((tmp_path / "stopped.json").read_text())["reason"] == message
     assert torch.isfinite(load_file(str(tmp_path / "epoch_0" / "trainable.safetensors"))["w"]).all()
 
 

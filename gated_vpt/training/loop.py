@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .checkpointing import TrainState, latest_checkpoint, save_checkpoint
+from .results import write_stopped
 from .run import RunStopped
 
 logger = logging.getLogger(__name__)
@@ -93,7 +94,10 @@ on the epoch)."""
                 loss_sum, count = accelerator.gather(local).view(-1, 2).sum(0).tolist()
                 if not math.isfinite(loss_sum):
                     bar.close()
-                    raise RunStopped(_non_finite_message(loss_sum, epoch, state, len(train_loader), settings.output_dir))
+                    message = _non_finite_message(loss_sum, epoch, state, len(train_loader), settings.output_dir)
+                    if accelerator.is_main_process:
+                        write_stopped(settings.output_dir, message)
+                    raise RunStopped(message)
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
