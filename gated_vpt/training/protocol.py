@@ -281,6 +281,7 @@ def check_runs(protocol: Protocol, script) -> None:
     """Before anything runs: every task's arguments parse for both stages (recipes, flags after --), and every
     benchmark folder holds its split files and images. Raises ``ValueError`` listing every problem."""
     from .benchmark_data import read_layout
+    from .run import RunStopped, require_prepared_backbone
 
     problems = []
     for task in protocol.tasks:
@@ -290,6 +291,10 @@ def check_runs(protocol: Protocol, script) -> None:
                 args = script.parse_args(list(run.argv))
             except SystemExit:
                 raise ValueError(f"The training script refused the arguments of {task.name} (above): {shlex.join(run.argv)}") from None
+        try:
+            require_prepared_backbone(args)
+        except RunStopped as stop:
+            raise ValueError(str(stop)) from None
         if getattr(args, "data_dir", None):
             layout, splits = read_layout(args.data_dir, args.data_layout)
             problems += [f"{task.name}: {p}" for s in splits.values() for p in s.problems[:3]]
