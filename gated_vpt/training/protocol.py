@@ -280,7 +280,7 @@ def load_training_script():
 def check_runs(protocol: Protocol, script) -> None:
     """Before anything runs: every task's arguments parse for both stages (recipes, flags after --), and every
     benchmark folder holds its split files and images. Raises ``ValueError`` listing every problem."""
-    from .benchmark_data import read_layout
+    from .benchmark_data import DataLayoutError, read_layout
     from .run import RunStopped, require_prepared_backbone
 
     problems = []
@@ -296,11 +296,16 @@ def check_runs(protocol: Protocol, script) -> None:
         except RunStopped as stop:
             raise ValueError(str(stop)) from None
         if getattr(args, "data_dir", None):
-            layout, splits = read_layout(args.data_dir, args.data_layout)
+            try:
+                layout, splits = read_layout(args.data_dir, args.data_layout)
+            except DataLayoutError as error:
+                problems.append(f"{task.name}: {str(error).split('. Expected')[0]}")
+                continue
             problems += [f"{task.name}: {p}" for s in splits.values() for p in s.problems[:3]]
     if problems:
         raise ValueError(
-            "The data is not ready (run `gated-vpt data check <folder>` for every problem):\n"
+            "The data is not ready (`gated-vpt data check <folder>` lists every problem; docs/RECIPES.md says where the "
+            "data comes from):\n"
             + "\n".join(f"  - {p}" for p in problems)
         )
 
