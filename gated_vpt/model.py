@@ -16,7 +16,7 @@ from torch import nn
 from .backbones import Backbone, resolve_backbone
 from .config import GatedPromptConfig
 from .layer import NOT_MERGEABLE, GatedPromptBlock
-from .layout import Expected, check_tensors, expected_tensors, saved_key
+from .layout import Expected, check_tensors, expected_tensors, saved_key, saved_modules
 from .loading import WEIGHTS_NAME, read_adapter_files, require_backbone_record, resolve_adapter_dir
 from .prompts import prompt_init_bound
 from .registration import PREFIX
@@ -253,6 +253,7 @@ def prepare_config(config: GatedPromptConfig, model: nn.Module) -> Backbone:
     config.target_modules = "|".join(re.escape(name) for name in backbone.block_names)
     if config.modules_to_save is None and isinstance(getattr(model, "classifier", None), nn.Module):
         config.modules_to_save = ["classifier"]
+    saved_modules(config, backbone, model)  # refuses entries that match nothing or reach into the blocks
     return backbone
 
 
