@@ -347,10 +347,10 @@ def test_poly_scheduler_steps_per_update_over_all_epochs():
         build_scheduler(optimizer, 3, 0, 4, "step", decay="step")
 
 
-def test_tracker_config_is_scalars_without_the_hub_token():
+def test_tracker_config_is_scalars():
     import argparse
 
     from gated_vpt.training.args import tracker_config
 
-    args = argparse.Namespace(learning_rate=0.1, aux_blocks=[5, 9], gated=None, hub_token="hf_secret", seed=3)
+    args = argparse.Namespace(learning_rate=0.1, aux_blocks=[5, 9], gated=None, seed=3)
     assert tracker_config(args) == {"learning_rate": 0.1, "aux_blocks": "[5, 9]", "gated": "None", "seed": 3}

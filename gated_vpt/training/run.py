@@ -95,7 +95,7 @@ def finish_run(
         write_results(
             accelerator.unwrap_model(model), args.output_dir, metrics, state.history, task=task, title=title,
             dataset=args.dataset_name, save_adapter=save_adapter,
-            hub_model_id=args.hub_model_id if args.push_to_hub else None, hub_token=args.hub_token,
+            hub_model_id=args.hub_model_id if args.push_to_hub else None,
         )
     accelerator.wait_for_everyone()
     return metrics
