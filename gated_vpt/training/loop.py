@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpointing import TrainState, save_checkpoint
+from .checkpointing import TrainState, clear_staging, commit_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -137,9 +137,14 @@ def _learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
 
 
 def _checkpoint(accelerator, model, optimizer, scheduler, state: TrainState, settings: LoopSettings, name: str) -> None:
+    """Every process writes into the staging folder; the main process renames it complete once all have."""
+    path = settings.output_dir / name
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        clear_staging(path)
     accelerator.wait_for_everyone()
     save_checkpoint(
-        settings.output_dir / name,
+        path,
         accelerator.unwrap_model(model),
         optimizer,
         scheduler,
@@ -147,5 +152,9 @@ def _checkpoint(accelerator, model, optimizer, scheduler, state: TrainState, set
         settings.run_config,
         process_index=accelerator.process_index,
         is_main_process=accelerator.is_main_process,
+        commit=False,
     )
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        commit_checkpoint(path)
     accelerator.wait_for_everyone()
