@@ -59,6 +59,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--label_column_name", default=None, help="Label column (default: 'label' or 'labels').")
     group.add_argument("--num_labels", type=int, default=None,
                        help="Number of classes; checked against the data set (default: taken from it).")
+    group.add_argument("--skip_bad_images", action="store_true",
+                       help="Drop images that cannot be decoded (counted in a warning) instead of refusing to start.")
 
 
 def add_prompt_args(parser: argparse.ArgumentParser) -> None:
