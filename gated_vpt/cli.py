@@ -134,7 +134,7 @@ def _predict(args: argparse.Namespace) -> None:
     import torch
 
     try:
-        from PIL import Image, UnidentifiedImageError
+        import PIL  # noqa: F401
     except ImportError as error:
         raise ValueError("predict reads images with Pillow: pip install pillow (or gated-vpt[train]).") from error
 
@@ -145,10 +145,7 @@ def _predict(args: argparse.Namespace) -> None:
     k = min(args.top_k, len(labels))
     for start in range(0, len(paths), args.batch_size):
         batch = paths[start : start + args.batch_size]
-        try:
-            images = [Image.open(path).convert("RGB") for path in batch]
-        except UnidentifiedImageError as error:
-            raise ValueError(f"Cannot read an image: {error}. Pass image files (PNG, JPEG, ...) or folders of them.") from error
+        images = [_read_image(path) for path in batch]
         with torch.no_grad():
             logits = model(pixel_values=processor(images=images, return_tensors="pt")["pixel_values"]).logits
         scores, indices = logits.softmax(dim=-1).topk(k, dim=-1)
@@ -158,6 +155,16 @@ def _predict(args: argparse.Namespace) -> None:
                 print(json.dumps({"image": str(path), "top": top}))
             else:
                 print(f"{path}: " + ", ".join(f"{t['label']} ({t['score']:.4f})" for t in top))
+
+
+def _read_image(path: Path):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, Image.DecompressionBombError) as error:  # UnidentifiedImageError is an OSError
+        raise ValueError(f"Cannot read an image: {path} ({error}). Pass image files (PNG, JPEG, ...) or folders of them.") from error
 
 
 def _load_classifier(args: argparse.Namespace):

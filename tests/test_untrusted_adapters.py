@@ -18,6 +18,7 @@ from conftest import images, make_backbone, randomize_adapter_
 from peft import PeftModel, get_peft_model
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from transformers import ViTImageProcessor
 
 import gated_vpt
 from gated_vpt.cli import main as cli_main
@@ -135,6 +136,7 @@ def good(tmp_path_factory) -> Path:
 def base_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("base")
     _base().save_pretrained(directory)
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(directory)
     return directory
 
 
@@ -271,3 +273,12 @@ def test_pickled_weights_are_never_read_even_through_peft(good, tmp_path):
     with pytest.raises(FileNotFoundError, match="pickle"):
         PeftModel.from_pretrained(base, directory)
     assert not hasattr(base, "peft_config")
+
+
+@pytest.mark.parametrize("content", [b"not an image", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10\x00\x00\x00\x10\x08\x02"])
+def test_the_cli_names_an_image_it_cannot_read(good, tmp_path, base_dir, capsys, content):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(content)
+    assert cli_main(["predict", str(good), str(broken), "--base", str(base_dir)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("gated-vpt: error: Cannot read an image: " + str(broken)) and err.count("\n") == 1, err
