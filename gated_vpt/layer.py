@@ -2,7 +2,8 @@
 
 For each adapter, the block at ``prompt_start_block`` inserts the prompts (deep mode: every later block swaps in a
 fresh set), every prompted block runs under its temperature and gates its prompt rows (all but the last), and the
-last block removes the prompts so the final LayerNorm and head see the usual sequence.
+last block hands the sequence to the head as ``heads.head_input`` says (usually: prompts removed, so the final
+LayerNorm and head see the usual sequence).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from torch.nn import functional as F
 
+from .backbones import HeadReads
 from .config import GatedPromptConfig
 from .gate import effective_temperature, gate_prompts
-from .heads import pool_into_cls
+from .heads import head_input
 from .layout import GATE, PROMPT, TEMPERATURE, block_tensor_shapes
 from .prompts import insert_prompts, new_prompts, prompt_rows, remove_prompts, replace_prompts
 
@@ -54,6 +56,7 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         num_special_tokens: int,
         hidden_size: int,
         prompt_bound: float,
+        head: HeadReads,
     ) -> None:
         super().__init__()
         self.base_layer = base_layer
@@ -62,6 +65,7 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         self.num_special_tokens = num_special_tokens
         self.hidden_size = hidden_size
         self.prompt_bound = prompt_bound
+        self.head = head
         self.gvpt_prompt = nn.ParameterDict()
         self.gvpt_gate = nn.ParameterDict()
         self.gvpt_temperature = nn.ParameterDict()
@@ -194,6 +198,12 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
                 plain = insert_prompts(plain, plain.new_zeros(plain.shape[0], num_prompts, plain.shape[-1]), num_special)
         finally:
             self._per_sample, self._base_samples, self._plain = routing, base, False
+        if prompted.shape[1:] != plain.shape[1:]:
+            raise ValueError(
+                "'__base__' cannot share a batch with these adapters: this model's head reads the prompt rows too "
+                "(head_pooling='mean'), so adapted and base samples end with sequences of different lengths. Run the "
+                "base samples in a batch of their own (model.disable_adapter())."
+            )
         order = torch.cat((rows[False], rows[True]))
         return torch.cat((prompted, plain))[torch.argsort(order)]
 
@@ -221,9 +231,7 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         if gate_logit is not None:
             output = gate_prompts(output, prompts_in, gate_logit.to(output.dtype), num_special)
         if self.is_last:
-            if config.head_pooling == "mean":
-                output = pool_into_cls(output)
-            output = remove_prompts(output, num_special, config.num_prompt_tokens)
+            output = head_input(output, config.head_pooling, self.head, num_special, config.num_prompt_tokens)
         return output
 
     def train(self, mode: bool = True) -> "GatedPromptBlock":

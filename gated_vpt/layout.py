@@ -24,8 +24,10 @@ from .registration import PREFIX
 
 PROMPT, GATE, TEMPERATURE = (PREFIX + name for name in ("prompt", "gate", "temperature"))
 PEFT_PREFIX = "base_model.model."
-# Adapter files name blocks as checkpoints on disk do (``encoder.layer.N``), whatever layout transformers uses.
-_BLOCK_KEY = re.compile(r"(^|\.)(?:layers|encoder\.layer)\.(\d+)\.(?=" + PREFIX + ")")
+# Adapter files name block N of the vision tower ``encoder.layer.N`` (as ViT checkpoints on disk do), whatever layout
+# transformers uses: ``layers.N`` (ViT since 5.9), ``encoder.layers.N`` (CLIP, SigLIP) and a ``vision_model.`` wrapper
+# (the CLIP and SigLIP classification classes; CLIPVisionModel before 5.x) all fold into it.
+_BLOCK_KEY = re.compile(r"(^|\.)(?:vision_model\.)?(?:layers|encoder\.layers?)\.(\d+)\.(?=" + PREFIX + ")")
 _SAVED_BLOCK_KEY = re.compile(r"^(.*?)encoder\.layer\.(\d+)\.(" + PREFIX + r"\w+)$")
 
 

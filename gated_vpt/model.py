@@ -15,6 +15,7 @@ from torch import nn
 
 from .backbones import Backbone, resolve_backbone
 from .config import GatedPromptConfig
+from .heads import check_pooling
 from .layer import NOT_MERGEABLE, GatedPromptBlock
 from .layout import Expected, check_tensors, expected_tensors, saved_key, saved_modules
 from .loading import WEIGHTS_NAME, read_adapter_files, require_backbone_record, resolve_adapter_dir
@@ -73,6 +74,7 @@ class GatedPromptModel(BaseTuner):
             num_special_tokens=backbone.num_special_tokens,
             hidden_size=backbone.hidden_size,
             prompt_bound=prompt_init_bound(backbone.patch_size, backbone.num_channels, backbone.hidden_size),
+            head=backbone.spec.head,
         )
         block.update_layer(adapter_name, peft_config)
         if adapter_name not in self.active_adapters:
@@ -246,9 +248,10 @@ def prepare_config(config: GatedPromptConfig, model: nn.Module) -> Backbone:
         )
     if _shuffles_patches(backbone):
         _require_no_masking(model)
+    pooling = backbone.spec.pooling if config.head_pooling == "auto" else config.head_pooling
+    check_pooling(pooling, backbone.spec.head, type(model).__name__)
+    config.head_pooling = pooling
     config.backbone = backbone.signature()
-    if config.head_pooling == "auto":
-        config.head_pooling = backbone.spec.pooling
     # Always derived from the model, so an adapter saved under another transformers layout still matches.
     config.target_modules = "|".join(re.escape(name) for name in backbone.block_names)
     if config.modules_to_save is None and isinstance(getattr(model, "classifier", None), nn.Module):

@@ -11,7 +11,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Optional
+from typing import Iterator, Literal, Optional, Union
 
 import numpy as np
 import torch
@@ -67,17 +67,34 @@ def load_image_datasets(
     validation_dir: Optional[str] = None,
     test_dir: Optional[str] = None,
     splits: Optional[dict[str, Optional[str]]] = None,
+    data_dir: Optional[str] = None,
+    data_layout: Optional[str] = None,
+    stage: str = "final",
 ) -> DatasetDict:
-    """Load ``train`` / ``validation`` / ``test`` splits from a Hub data set, local image folders, or (with neither
-    given) the embedded digits. ``splits`` maps those roles to the source's split names (None: role absent)."""
-    if dataset_name and (train_dir or validation_dir or test_dir):
-        raise ValueError("Give either --dataset_name or --train_dir/--validation_dir/--test_dir, not both.")
+    """Load ``train`` / ``validation`` / ``test`` splits from a Hub data set, local image folders, a benchmark folder
+    (``data_dir`` in ``data_layout``, see ``benchmark_data``; ``stage`` picks its splits; the layout is ignored
+    without a folder), or (with none given) the embedded digits. ``splits`` maps those roles to the source's split names (None: role absent)."""
+    sources = [flag for flag, given in (("--dataset_name", dataset_name), ("--data_dir", data_dir),
+                                        ("--train_dir/--validation_dir/--test_dir", train_dir or validation_dir or test_dir)) if given]
+    if len(sources) > 1:
+        raise ValueError(f"Give one data source, not {' and '.join(sources)}.")
+    if data_dir:
+        from .benchmark_data import load_layout_datasets
+
+        return load_layout_datasets(data_dir, data_layout, stage)
     if dataset_name:
         source = load_dataset(dataset_name, dataset_config_name)
     elif train_dir or validation_dir or test_dir:
         files = {role: f"{path}/**" for role, path in (("train", train_dir), ("validation", validation_dir), ("test", test_dir)) if path}
         if "train" not in files:
             raise ValueError("--validation_dir/--test_dir need a --train_dir as well.")
+        for role, path in (("train", train_dir), ("validation", validation_dir), ("test", test_dir)):
+            if path and not (Path(path).is_dir() and any(p.is_file() for p in Path(path).rglob("*"))):
+                raise ValueError(
+                    f"No images in the {role} folder {path} (--{role}_dir): expected an image folder "
+                    f"{path}/<class name>/<image>. For the paper's benchmarks use --data_dir with --data_layout "
+                    "vtab1k or fgvc (docs/RECIPES.md)."
+                )
         source = load_dataset("imagefolder", data_files=files)
         splits = {role: role for role in files}
     else:
@@ -130,7 +147,7 @@ def drop_unreadable_images(datasets: DatasetDict, columns: tuple[str, ...], skip
         for column in (c for c in columns if isinstance(split.features.get(c), Image)):
             raw = split.cast_column(column, Image(decode=False))[column]
             for index, item in enumerate(raw):
-                problem = _decode_problem(item)
+                problem = "no image" if item is None else decode_problem(item["path"] if item.get("bytes") is None else item["bytes"])
                 if problem is not None:
                     bad.setdefault(index, f"{item.get('path') or f'{role} row {index}'} ({problem})")
         if bad and not skip:
@@ -147,14 +164,12 @@ def drop_unreadable_images(datasets: DatasetDict, columns: tuple[str, ...], skip
     return DatasetDict(checked)
 
 
-def _decode_problem(item: Optional[dict]) -> Optional[str]:
-    if item is None:
-        return "no image"
+def decode_problem(source: Union[str, Path, bytes]) -> Optional[str]:
+    """Why Pillow cannot fully decode the image at ``source`` (a path, or the file's bytes), or None."""
     try:
-        source = item["path"] if item.get("bytes") is None else io.BytesIO(item["bytes"])
-        with PILImage.open(source) as image:
+        with PILImage.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             image.load()
-    except Exception as error:  # noqa: BLE001 - any decoding failure makes the file unusable
+    except Exception as error:  # Pillow raises many kinds (OSError, SyntaxError, ValueError, ...) on bad files
         return f"{type(error).__name__}: {error}"
     return None
 
