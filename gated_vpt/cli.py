@@ -35,7 +35,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv[:1] == ["convert"]:
         from . import convert
 
-        return convert.main(argv[1:]) or 0
+        return convert.main(argv[1:], prog="gated-vpt convert") or 0
     if argv[:1] == ["protocol"]:
         from .training import protocol
 

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from .backbones import HeadReads
 from .config import GatedPromptConfig
-from .gate import effective_temperature, gate_prompts
+from .gate import TEMPERATURE_RANGE, gate_prompts
 from .heads import head_input
 from .layout import GATE, PROMPT, TEMPERATURE, block_tensor_shapes
 from .prompts import insert_prompts, new_prompts, prompt_rows, remove_prompts, replace_prompts
@@ -76,6 +76,7 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         self._base_samples: Optional[torch.Tensor] = None  # rows of a mixed batch that peft's "__base__" names
         self._plain = False
         self._query_hook = query.register_forward_hook(self._scale_query)
+        self.register_state_dict_post_hook(_saved_temperatures_in_range)
 
     @property
     def is_last(self) -> bool:
@@ -169,7 +170,7 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         if name is None:
             return None
         temperature = self._per_adapter(self.gvpt_temperature, name, 1.0)
-        return None if temperature is None else query / effective_temperature(temperature).to(query.dtype)
+        return None if temperature is None else query / temperature.to(query.dtype)
 
     def _prompts_for(self, name: str, batch_size: int) -> torch.Tensor:
         if self._per_sample is None:
@@ -244,3 +245,12 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
 
     def __repr__(self) -> str:
         return "gated_vpt." + super().__repr__()
+
+
+def _saved_temperatures_in_range(module: GatedPromptBlock, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """Saved temperatures are the values the next forward would use: an optimizer step after the last forward may
+    have left a stored one past a bound, which the forward clamps (``GatedPromptModel``) before using it."""
+    for name in module.gvpt_temperature:
+        key = f"{prefix}gvpt_temperature.{name}"
+        if key in state_dict:
+            state_dict[key] = state_dict[key].clamp(*TEMPERATURE_RANGE)

@@ -15,6 +15,7 @@ from torch import nn
 
 from .backbones import Backbone, resolve_backbone
 from .config import GatedPromptConfig
+from .gate import clamp_temperatures_
 from .heads import check_pooling
 from .layer import NOT_MERGEABLE, GatedPromptBlock
 from .layout import Expected, check_tensors, expected_tensors, saved_key, saved_modules
@@ -93,6 +94,13 @@ class GatedPromptModel(BaseTuner):
             loading[adapter_name] = {n: p.requires_grad for n, p in model.named_parameters()} if first else None
         super().inject_adapter(model, adapter_name, **kwargs)
         backbone = self._backbone
+        if not hasattr(backbone.encoder, "_gvpt_clamp_hook"):
+            # The backbone's own forward runs once per forward pass, before any block, and is never recomputed by
+            # gradient checkpointing: the released code's clamp of the stored temperatures, for any training loop.
+            blocks = [m for m in backbone.encoder.modules() if isinstance(m, GatedPromptBlock)]
+            backbone.encoder._gvpt_clamp_hook = backbone.encoder.register_forward_pre_hook(
+                partial(_clamp_block_temperatures, blocks)
+            )
         if _shuffles_patches(backbone) and not hasattr(backbone.encoder, "_gvpt_noise_hook"):
             first_block = model.get_submodule(backbone.block_names[0])
             backbone.encoder._gvpt_noise_hook = backbone.encoder.embeddings.register_forward_pre_hook(
@@ -145,10 +153,11 @@ class GatedPromptModel(BaseTuner):
             parent, target, target_name = _get_submodules(self.model, key)
             setattr(parent, target_name, target.unhook())
         encoder = getattr(self.model, "base_model", self.model)
-        hook = getattr(encoder, "_gvpt_noise_hook", None)
-        if hook is not None:
-            hook.remove()
-            del encoder._gvpt_noise_hook
+        for attribute in ("_gvpt_noise_hook", "_gvpt_clamp_hook"):
+            hook = getattr(encoder, attribute, None)
+            if hook is not None:
+                hook.remove()
+                delattr(encoder, attribute)
         for key in [key for key, module in self.model.named_modules() if isinstance(module, AuxiliaryTrainingWrapper)]:
             parent, target, target_name = _get_submodules(self.model, key)
             setattr(parent, target_name, target.original_module)
@@ -324,6 +333,10 @@ def _require_no_masking(model: nn.Module) -> None:
             "prompt tuning must not do. Load it with mask_ratio=0.0, e.g. "
             "ViTMAEModel.from_pretrained(model_id, mask_ratio=0.0), or use ViTForImageClassification for MAE weights."
         )
+
+
+def _clamp_block_temperatures(blocks: list[GatedPromptBlock], module: nn.Module, args: tuple) -> None:
+    clamp_temperatures_(t for block in blocks for t in block.gvpt_temperature.values())
 
 
 def _pass_adapter_names(adapter_names: list[str], module: nn.Module, args: tuple, kwargs: dict) -> tuple:

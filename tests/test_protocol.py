@@ -172,8 +172,11 @@ def test_bad_input_stops_before_any_run(bench, tmp_path):
 
 
 def test_gpu_runs_are_separate_processes_one_per_gpu_at_a_time(bench, tmp_path, monkeypatch):
-    """The scheduling only: each launch is replaced by a stand-in that records its GPU and writes metrics."""
-    running, seen, lock = {}, [], threading.Lock()
+    """The scheduling only: each launch is replaced by a stand-in that records its GPU and writes what a run
+    leaves: metrics, stopped.json for a loss gone non-finite (lr 0.3), nothing for a crash (seed 2, once)."""
+    from gated_vpt.training.results import write_stopped
+
+    running, seen, crashed, lock = {}, [], [], threading.Lock()
 
     def fake_call(command, stdout, stderr, env):
         gpu = env["CUDA_VISIBLE_DEVICES"]
@@ -184,18 +187,29 @@ def test_gpu_runs_are_separate_processes_one_per_gpu_at_a_time(bench, tmp_path, 
         time.sleep(0.05)
         output = Path(command[command.index("--output_dir") + 1])
         lr = float(command[command.index("--learning_rate") + 1])
-        (output / "metrics.json").write_text(json.dumps({"validation_accuracy": lr / 10, "test_accuracy": 0.5}))
+        seed = int(command[command.index("--seed") + 1])
         with lock:
             del running[gpu]
+            if lr == 0.3:
+                write_stopped(output, "The training loss is nan at epoch 3")
+                return 1
+            if seed == 2 and not crashed:
+                crashed.append(output)
+                return 1
+        (output / "metrics.json").write_text(json.dumps({"validation_accuracy": lr / 10, "test_accuracy": 0.5}))
         return 0
 
     monkeypatch.setattr(protocol.subprocess, "call", fake_call)
     task = protocol.ProtocolTask("t", bench["recipes"][0], 0.25)
     plan = protocol.Protocol("test", [task], tmp_path, learning_rates=(0.1, 0.2, 0.3), seeds=(0, 1, 2))
-    done, failed = protocol.execute(plan, gpus=["0", "1"])
-    assert failed == [] and len(done) == 6 and {gpu for gpu, _ in seen} == {"0", "1"}
+    done, stopped, failed = protocol.execute(plan, gpus=["0", "1"])
+    assert (len(done), len(stopped), len(failed)) == (4, 1, 1) and {gpu for gpu, _ in seen} == {"0", "1"}
     assert all(c[1:6] == ["-m", "accelerate.commands.launch", "--num_processes", "1", str(protocol.TRAIN_SCRIPT)] for _, c in seen)
-    assert plan.chosen_learning_rate(task) == (0.3, 3.0)
+    assert plan.chosen_learning_rate(task) == (0.2, 2.0)  # the stopped rate loses, and is not run again
+    assert [r.output_dir for r in failed] == crashed
+    done, stopped, failed = protocol.execute(plan, gpus=["0", "1"])  # the crashed run is retried, nothing else
+    assert ([r.output_dir for r in done], stopped, failed) == (crashed, [], [])
+    assert "Stopped on a non-finite loss (no score; delete the run's stopped.json to retry): t tune lr 0.3 seed 0" in plan.write_report()
 
 
 def test_benchmark_tasks_use_the_shipped_recipes_with_the_method_settings():

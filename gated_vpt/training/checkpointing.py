@@ -40,7 +40,8 @@ JSON_FILES = (STATE_FILE, "optimizer.json", "scheduler.json")
 @dataclass
 class TrainState:
     """Where a run is: ``epoch`` being trained, micro-batches of it already consumed, optimizer updates done, the
-    running loss of the current epoch and the per-epoch history."""
+    running loss of the current epoch (the sum of per-sample losses and the number of samples) and the per-epoch
+    history."""
 
     epoch: int = 0
     batches_in_epoch: int = 0

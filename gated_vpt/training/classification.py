@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
 from accelerate import Accelerator
 from datasets import DatasetDict
+from peft import get_peft_model
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel, ViTForImageClassification
@@ -33,6 +35,7 @@ from .data import (
     load_image_datasets,
     target_mode,
 )
+from .dry_run import DryRunReport, backbone_status, count_train_images, learning_rate_groups, quiet_loading
 from .metrics import load_metric
 
 logger = logging.getLogger(__name__)
@@ -87,21 +90,17 @@ def load_classification_data(args: argparse.Namespace, num_channels: int) -> Cla
 
 
 def _loaders(args, datasets: DatasetDict, image_column: str, label_column: str, labels: list[str], num_channels: int) -> ClassificationData:
-    mean, std = image_normalisation(args.model_name_or_path)
+    mean, std = image_normalisation(args.model_name_or_path, args.image_normalization)
 
     def transform(train: bool) -> ImageTransform:
         return ImageTransform(args.transform, args.image_size, mean, std, num_channels=num_channels, train=train)
 
     train_images = TransformedImages(datasets["train"], image_column, label_column, transform(True), seed=args.seed)
     sampler = EpochShuffleSampler(len(train_images), seed=args.seed)
+    # The last, shorter batch of an epoch is kept (the released code): ceil(n / batch) batches per epoch.
     train_loader = DataLoader(
-        train_images, batch_size=args.per_device_train_batch_size, sampler=sampler, drop_last=True, generator=_private_generator()
+        train_images, batch_size=args.per_device_train_batch_size, sampler=sampler, drop_last=False, generator=_private_generator()
     )
-    if len(train_loader) == 0:
-        raise ValueError(
-            f"The train split has {len(train_images)} images, fewer than one batch of {args.per_device_train_batch_size}; "
-            "lower --per_device_train_batch_size."
-        )
     eval_loaders = {
         role: DataLoader(
             TransformedImages(datasets[role], image_column, label_column, transform(False)),
@@ -134,6 +133,30 @@ def load_image_classifier(model_name_or_path: str, labels: list[str]) -> PreTrai
     )
     init_classifier_(model.classifier)
     return model
+
+
+def dry_run_report(args: argparse.Namespace) -> str:
+    """``--dry_run``: the run described without training; the model is built only from a local backbone folder."""
+    backbone, buildable = backbone_status(args)
+    num_train, data = count_train_images(args)
+    report = DryRunReport(args, num_train, learning_rate_groups(args), data=data, backbone=backbone)
+    classes = args.num_labels
+    if classes is None and getattr(args, "data_dir", None):
+        from .benchmark_data import DataLayoutError, class_names, read_layout
+
+        try:
+            classes = len(class_names(*read_layout(args.data_dir, args.data_layout))) or None
+        except DataLayoutError:
+            classes = None
+    elif classes is None and args.train_dir and Path(args.train_dir).is_dir():
+        classes = len([p for p in Path(args.train_dir).iterdir() if p.is_dir()])
+    elif classes is None and not args.dataset_name and not args.train_dir:
+        classes = 10  # the embedded digits
+    if buildable and classes:
+        with quiet_loading():
+            model = load_image_classifier(args.model_name_or_path, [str(i) for i in range(classes)])
+        report.trainable = count_parameters(get_peft_model(model, prompt_config(args)))
+    return report.format()
 
 
 def prompt_config(args: argparse.Namespace) -> GatedPromptConfig:

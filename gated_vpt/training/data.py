@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 IMAGE_COLUMN_GUESSES = ("image", "img")
 LABEL_COLUMN_GUESSES = ("label", "labels")
 # The embedded default: scikit-learn's 1,797 8x8 digits split like VTAB-1k (800 train, 200 validation, rest test).
@@ -110,6 +111,11 @@ def load_image_datasets(
             continue
         chosen[role] = source[name]
     return DatasetDict(chosen)
+
+
+def image_files(directory: Union[str, Path]) -> list[Path]:
+    """The image files (``IMAGE_SUFFIXES``) under ``directory``, subfolders included, sorted."""
+    return sorted(p for p in Path(directory).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def find_column(dataset: Dataset, requested: Optional[str], guesses: tuple[str, ...], kind: str, flag: str) -> str:
@@ -243,10 +249,17 @@ def label_names(datasets: DatasetDict, column: str, num_labels: Optional[int]) -
     return names
 
 
-def image_normalisation(model_name_or_path: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The backbone's own ``image_mean`` / ``image_std`` from its ``preprocessor_config.json``; ImageNet's when the
-    checkpoint has none."""
+def image_normalisation(
+    model_name_or_path: Optional[str], kind: Literal["imagenet", "backbone"] = "backbone"
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``kind='imagenet'``: ImageNet's fixed mean and std (the paper's recipes). ``kind='backbone'``: the backbone's
+    own ``image_mean`` / ``image_std`` from its ``preprocessor_config.json`` (ImageNet's when it has none)."""
     from transformers.utils import cached_file
+
+    if kind == "imagenet":
+        return IMAGENET_MEAN, IMAGENET_STD
+    if kind != "backbone":
+        raise ValueError(f"--image_normalization={kind!r} is invalid: use 'imagenet' or 'backbone'.")
 
     path = cached_file(model_name_or_path, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
     if path is None:
@@ -259,9 +272,11 @@ def image_normalisation(model_name_or_path: str) -> tuple[tuple[float, ...], tup
 
 @dataclass(frozen=True)
 class ImageTransform:
-    """The paper's transforms (VPT's code): ``fgvc`` trains on resize to ``image_size * 256/224``, random crop
-    ``image_size``, horizontal flip, and evaluates on the same resize and a center crop; ``vtab`` resizes straight
-    to ``image_size`` without augmentation. Both then normalise with the backbone's mean and std.
+    """The paper's transforms (VPT's code): ``fgvc`` resizes the shorter side to ``image_size * 256/224`` (256 for
+    224; aspect ratio kept, the longer side truncated as torchvision's ``Resize(256)`` does), then trains on a random
+    ``image_size`` crop with a horizontal flip and evaluates on the center crop; ``vtab`` resizes straight to
+    ``image_size`` x ``image_size`` without augmentation. Both then normalise with ``mean`` and ``std`` (the paper:
+    ImageNet's, ``IMAGENET_MEAN`` / ``IMAGENET_STD``).
 
     Example:
 
@@ -288,13 +303,14 @@ class ImageTransform:
         if self.kind == "vtab":
             image = image.resize((self.image_size, self.image_size), PILImage.BILINEAR)
         else:
-            resize = int(math.floor(self.image_size * 256 / 224 + 0.5))
-            image = image.resize((resize, resize), PILImage.BILINEAR)
+            width, height = shorter_side_size(image.size, int(math.floor(self.image_size * 256 / 224 + 0.5)))
+            image = image.resize((width, height), PILImage.BILINEAR)
             if self.train:
-                top, left = (int(v) for v in torch.randint(0, resize - self.image_size + 1, (2,), generator=generator))
+                top = int(torch.randint(0, height - self.image_size + 1, (), generator=generator))
+                left = int(torch.randint(0, width - self.image_size + 1, (), generator=generator))
                 flip = bool(torch.rand((), generator=generator) < 0.5)
             else:
-                top = left = int(round((resize - self.image_size) / 2.0))
+                top, left = int(round((height - self.image_size) / 2.0)), int(round((width - self.image_size) / 2.0))
                 flip = False
             image = image.crop((left, top, left + self.image_size, top + self.image_size))
             if flip:
@@ -304,6 +320,15 @@ class ImageTransform:
         mean = torch.tensor(self.mean[: self.num_channels]).view(-1, 1, 1)
         std = torch.tensor(self.std[: self.num_channels]).view(-1, 1, 1)
         return (tensor - mean) / std
+
+
+def shorter_side_size(size: tuple[int, int], shorter: int) -> tuple[int, int]:
+    """(width, height) with the shorter side ``shorter`` and the aspect ratio kept (longer side truncated, as
+    torchvision's ``Resize(int)``)."""
+    width, height = size
+    if width <= height:
+        return shorter, int(shorter * height / width)
+    return int(shorter * width / height), shorter
 
 
 class TransformedImages(torch.utils.data.Dataset):

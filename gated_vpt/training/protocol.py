@@ -12,7 +12,8 @@ last-epoch test top-1; then write the table in the paper's form with the paper's
 Each run is ``examples/train_image_classification.py`` with the task's recipe; its results stay under the output root
 in ``<root>/<task>/<stage>/lr<rate>_seed<seed>/`` (``metrics.json``, adapter, plots). A run with a ``metrics.json``
 is finished and never redone, so running the command again resumes: an interrupted run continues from its latest
-checkpoint, and the checkpoints of finished runs are deleted (``--keep_checkpoints`` keeps them).
+checkpoint, and the checkpoints of finished runs are deleted (``--keep_checkpoints`` keeps them). A run whose loss
+turned non-finite leaves ``stopped.json`` instead: it is not redone and counts as losing in the grid.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from .paper_benchmarks import (
     method_args,
 )
 from .protocol_report import TaskResult, read_score, write_report
+from .results import STOPPED_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +86,15 @@ class Run:
     @property
     def finished(self) -> bool:
         return self.metrics_path.is_file()
+
+    @property
+    def stopped(self) -> bool:
+        """The run stopped for good (e.g. its loss turned non-finite): settled, without a score."""
+        return (self.output_dir / STOPPED_FILE).is_file() and not self.finished
+
+    @property
+    def settled(self) -> bool:
+        return self.finished or self.stopped
 
     def launch_argv(self) -> list[str]:
         """``argv``, continuing from the run's latest checkpoint when an earlier attempt left one."""
@@ -133,14 +144,14 @@ class Protocol:
         return [self.run(task, "tune", lr, self.tune_seed) for lr in self.learning_rates]
 
     def chosen_learning_rate(self, task: ProtocolTask) -> tuple[Optional[float], Optional[float]]:
-        """(learning rate, its validation top-1 %) once every tune run of ``task`` finished, else (None, None);
-        without a tune stage, the recipe's rate."""
+        """(learning rate, its validation top-1 %) once every tune run of ``task`` is settled and one finished, else
+        (None, None); without a tune stage, the recipe's rate. Stopped runs (a non-finite loss) lose."""
         if not self.tune:
             return task.recipe_learning_rate, None
         runs = self.tune_runs(task)
-        if not all(run.finished for run in runs):
+        scores = [(read_score(run.metrics_path, "validation_accuracy"), run.learning_rate) for run in runs if run.finished]
+        if not scores or not all(run.settled for run in runs):
             return None, None
-        scores = [(read_score(run.metrics_path, "validation_accuracy"), run.learning_rate) for run in runs]
         best, rate = max(scores, key=lambda pair: (pair[0], -pair[1]))
         return rate, best
 
@@ -149,16 +160,21 @@ class Protocol:
         return [] if rate is None else [self.run(task, "final", rate, seed) for seed in self.seeds]
 
     def pending_runs(self) -> list[Run]:
-        """The unfinished runs that can start now: tune runs, and the final runs of tasks whose tuning is done."""
-        runs = [run for task in self.tasks for run in self.tune_runs(task) + self.final_runs(task)]
-        return [run for run in runs if not run.finished]
+        """The unsettled runs that can start now: tune runs, and the final runs of tasks whose tuning is done."""
+        return [run for run in self.all_runs() if not run.settled]
+
+    def all_runs(self) -> list[Run]:
+        """Every run known now (final runs only for tasks whose tuning is done)."""
+        return [run for task in self.tasks for run in self.tune_runs(task) + self.final_runs(task)]
 
     def results(self) -> list[TaskResult]:
         results = []
         for task in self.tasks:
             rate, validation = self.chosen_learning_rate(task)
             tests = {run.seed: read_score(run.metrics_path, "test_accuracy") for run in self.final_runs(task) if run.finished}
-            results.append(TaskResult(task.name, task.group, rate, validation, tests, task.paper_top1))
+            stopped = [f"{run.stage} lr {run.learning_rate:g} seed {run.seed}" for run in self.tune_runs(task) + self.final_runs(task)
+                       if run.stopped]
+            results.append(TaskResult(task.name, task.group, rate, validation, tests, task.paper_top1, stopped))
         return results
 
     def write_report(self) -> str:
@@ -265,6 +281,7 @@ def check_runs(protocol: Protocol, script) -> None:
     """Before anything runs: every task's arguments parse for both stages (recipes, flags after --), and every
     benchmark folder holds its split files and images. Raises ``ValueError`` listing every problem."""
     from .benchmark_data import read_layout
+    from .run import RunStopped, require_prepared_backbone
 
     problems = []
     for task in protocol.tasks:
@@ -274,6 +291,10 @@ def check_runs(protocol: Protocol, script) -> None:
                 args = script.parse_args(list(run.argv))
             except SystemExit:
                 raise ValueError(f"The training script refused the arguments of {task.name} (above): {shlex.join(run.argv)}") from None
+        try:
+            require_prepared_backbone(args)
+        except RunStopped as stop:
+            raise ValueError(str(stop)) from None
         if getattr(args, "data_dir", None):
             layout, splits = read_layout(args.data_dir, args.data_layout)
             problems += [f"{task.name}: {p}" for s in splits.values() for p in s.problems[:3]]
@@ -284,23 +305,25 @@ def check_runs(protocol: Protocol, script) -> None:
         )
 
 
-def execute(protocol: Protocol, gpus: Sequence[str] = (), keep_checkpoints: bool = False) -> tuple[list[Run], list[Run]]:
+def execute(
+    protocol: Protocol, gpus: Sequence[str] = (), keep_checkpoints: bool = False
+) -> tuple[list[Run], list[Run], list[Run]]:
     """Run every pending run (tune runs first; final runs once their task is tuned) in this process, or as
-    ``accelerate launch`` processes one per GPU in ``gpus``. Returns (finished runs, failed runs)."""
+    ``accelerate launch`` processes one per GPU in ``gpus``. Returns (finished, stopped, failed) runs: a stopped
+    run wrote ``stopped.json`` (e.g. a non-finite loss) and is settled; a failed one is retried by the next call."""
     script = None if gpus else load_training_script()
-    done, failed = [], []
+    done, stopped, failed = [], [], []
     while True:
         runs = [run for run in protocol.pending_runs() if run not in failed]
         if not runs:
-            return done, failed
+            return done, stopped, failed
         if gpus:
             outcomes = _run_on_gpus(runs, gpus)
         else:
             outcomes = [(run, _run_in_process(script, run)) for run in runs]
-        for run, ok in outcomes:
-            ok = ok and run.finished
-            (done if ok else failed).append(run)
-            if ok and not keep_checkpoints:
+        for run, _ in outcomes:
+            (done if run.finished else stopped if run.stopped else failed).append(run)
+            if run.settled and not keep_checkpoints:
                 _remove_checkpoints(run.output_dir)
 
 
@@ -311,6 +334,14 @@ def _run_in_process(script, run: Run) -> bool:
     except Exception:  # one failed run must not stop the others; its traceback is shown
         logger.exception("Run %s failed.", run.output_dir)
         return False
+    finally:  # the next run starts with the memory this one held given back
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     return True
 
 
@@ -443,8 +474,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     failed = []
     if not args.report_only:
-        done, failed = execute(protocol, args.gpus, args.keep_checkpoints)
-        print(f"== ran {len(done)} runs" + (f"; {len(failed)} failed: " + ", ".join(str(r.output_dir) for r in failed) if failed else ""))
+        done, stopped, failed = execute(protocol, args.gpus, args.keep_checkpoints)
+        print(f"== ran {len(done)} runs" + (f"; {len(stopped)} stopped (non-finite loss)" if stopped else "")
+              + (f"; {len(failed)} failed: " + ", ".join(str(r.output_dir) for r in failed) if failed else ""))
     print(protocol.write_report())
     print(f"Table: {protocol.output_root / 'results.md'} (also results.csv, results.png)")
     return 1 if failed else 0

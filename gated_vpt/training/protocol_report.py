@@ -21,7 +21,8 @@ CSV_COLUMNS = (
 @dataclass
 class TaskResult:
     """One task's finished runs: the chosen ``learning_rate`` (None until chosen), the validation top-1 % it won
-    with (None without a tune stage), the test top-1 % of each finished seed, and the paper's number."""
+    with (None without a tune stage), the test top-1 % of each finished seed, the paper's number, and the runs that
+    stopped on a non-finite loss (e.g. ``"tune lr 5 seed 0"``)."""
 
     name: str
     group: Optional[str]
@@ -29,6 +30,7 @@ class TaskResult:
     validation_top1: Optional[float]
     test_top1: dict[int, float] = field(default_factory=dict)
     paper_top1: Optional[float] = None
+    stopped: list[str] = field(default_factory=list)
 
     @property
     def mean(self) -> Optional[float]:
@@ -96,6 +98,9 @@ def format_markdown(title: str, results: Sequence[TaskResult], rows: Sequence[Su
         count = f"{s.finished} of {s.total}" if s.finished < s.total else f"{s.total}"
         label = f"**{s.name}** (mean of {count} task{'s' if s.total > 1 else ''})"
         lines.append(f"| {label} | | | | {_number(s.mean) or 'pending'} | | {_number(s.paper_top1)} |")
+    stopped = [f"{r.name} {run}" for r in results for run in r.stopped]
+    if stopped:
+        lines += ["", "Stopped on a non-finite loss (no score; delete the run's stopped.json to retry): " + "; ".join(stopped)]
     return "\n".join(lines) + "\n"
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -32,6 +33,31 @@ from torch.utils.data import DataLoader
 
 from .checkpointing import TrainState, load_checkpoint
 from .results import write_results
+
+
+class RunStopped(RuntimeError):
+    """A run that cannot start or go on (a backbone not prepared, a non-finite loss...), for the reason its message
+    gives. ``exit_on_stop`` prints the message without a traceback and exits with status 1."""
+
+
+def exit_on_stop(main: Callable[[], object]) -> None:
+    """Run a script's ``main``; a ``RunStopped`` ends the process with its message on stderr and exit status 1."""
+    try:
+        main()
+    except RunStopped as stop:
+        print(f"error: {stop}", file=sys.stderr)
+        sys.exit(1)
+
+
+def require_prepared_backbone(args: argparse.Namespace) -> None:
+    """Stop at once (``RunStopped``: no Hub lookups, no traceback) when the recipe given with ``--config`` expects a
+    local backbone folder that has not been prepared, saying which checkpoint it is made from and the command
+    that makes it. A ``--model_name_or_path`` given on the command line is left to transformers."""
+    from gated_vpt.recipes import recipe_backbone
+
+    backbone = recipe_backbone(args.config) if args.config else None
+    if backbone is not None and args.model_name_or_path == backbone.folder and not backbone.prepared:
+        raise RunStopped(backbone.missing_message())
 
 
 def start_accelerator(args: argparse.Namespace) -> Accelerator:
