@@ -94,5 +94,5 @@ def test_an_output_directory_that_cannot_be_written_is_refused_at_the_start(tmp_
     blocker.write_text("a file")
     output = blocker if where == "a file" else blocker / "run"
     with pytest.raises(ValueError, match=f"--output_dir {output}: {blocker} is a file, not a folder"):
-        script.main(["--output_dir", str(output), "--num_train_epochs", "1"])
+        script.main(["--output_dir", str(output), "--num_train_epochs", "1", "--warmup_epochs", "0"])
     assert blocker.read_text() == "a file"
