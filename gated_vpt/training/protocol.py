@@ -328,9 +328,14 @@ def execute(
 
 
 def _run_in_process(script, run: Run) -> bool:
+    from .run import RunStopped
+
     print(f"== {run.task.name} {run.stage} lr {run.learning_rate:g} seed {run.seed}", flush=True)
     try:
         script.main(run.launch_argv())
+    except RunStopped as stop:  # e.g. a non-finite loss: its message says what happened, no traceback needed
+        print(f"== stopped: {stop}", file=sys.stderr, flush=True)
+        return False
     except Exception:  # one failed run must not stop the others; its traceback is shown
         logger.exception("Run %s failed.", run.output_dir)
         return False
