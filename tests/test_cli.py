@@ -109,7 +109,7 @@ def test_predict_json_with_an_explicit_base(files, capsys):
         (["predict", "{adapter}", "{root}/images", "--base", "{root}/wider_base"], "another backbone"),
         (["info", "{root}/images"], "has no adapter_config.json"),
         (["pull", "{adapter}"], "pull takes a Hub repo id"),
-        (["push", "{root}/images", "someone/adapter", "--token", "unused"], "has no adapter_config.json"),
+        (["push", "{root}/images", "someone/adapter"], "has no adapter_config.json"),
     ],
 )
 def test_bad_input_is_one_clear_line(files, capsys, args, message):

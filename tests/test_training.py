@@ -154,6 +154,21 @@ def test_interrupted_run_resumes_to_the_same_adapter(uninterrupted, assets, tmp_
     assert history(interrupted) == history(output)
 
 
+def test_resume_latest_skips_a_truncated_newest_checkpoint_and_still_matches(uninterrupted, assets, tmp_path, caplog):
+    """A full disk truncated step_4's weights: `latest` says so, resumes from step_2, and the run still ends with
+    the uninterrupted run's adapter."""
+    output, _ = uninterrupted
+    interrupted = tmp_path / "interrupted"
+    assert script.main(_argv(assets, interrupted, max_train_steps=5)) == {}
+    weights = interrupted / "step_4" / "trainable.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with caplog.at_level(logging.WARNING):
+        script.main(_argv(assets, interrupted, resume_from_checkpoint="latest"))
+    assert f"Skipping damaged checkpoint {interrupted / 'step_4'}: trainable.safetensors is unreadable" in caplog.text
+    expected, resumed = _adapter(output), _adapter(interrupted)
+    assert all(torch.equal(expected[key], resumed[key]) for key in expected)
+
+
 def test_resuming_with_another_config_is_refused_before_anything_changes(uninterrupted, assets):
     output, _ = uninterrupted
     before = _snapshot(output)
@@ -356,12 +371,12 @@ def test_poly_scheduler_steps_per_update_over_all_epochs():
         build_scheduler(optimizer, 3, 0, 4, "step", decay="step")
 
 
-def test_tracker_config_is_scalars_without_the_hub_token():
+def test_tracker_config_is_scalars():
     import argparse
 
     from gated_vpt.training.args import tracker_config
 
-    args = argparse.Namespace(learning_rate=0.1, aux_blocks=[5, 9], gated=None, hub_token="hf_secret", seed=3)
+    args = argparse.Namespace(learning_rate=0.1, aux_blocks=[5, 9], gated=None, seed=3)
     assert tracker_config(args) == {"learning_rate": 0.1, "aux_blocks": "[5, 9]", "gated": "None", "seed": 3}
 
 

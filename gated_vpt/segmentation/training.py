@@ -22,7 +22,14 @@ from transformers import ViTConfig, ViTModel
 from ..config import GatedPromptConfig
 from ..training.classification import count_parameters, prompt_config
 from ..training.dry_run import DryRunReport, backbone_status, count_train_images, learning_rate_groups, quiet_loading
-from ..training.data import EpochShuffleSampler, check_images, find_column, image_normalisation, load_image_datasets
+from ..training.data import (
+    EpochShuffleSampler,
+    check_images,
+    drop_unreadable_images,
+    find_column,
+    image_normalisation,
+    load_image_datasets,
+)
 from .data import (
     LabelSpec,
     SegmentationSamples,
@@ -103,6 +110,7 @@ def load_segmentation_data(args: argparse.Namespace) -> SegmentationData:
     train = splits["train"]
     image_column = find_column(train, args.image_column_name, ("image", "img", "pixel_values"), "image", "--image_column_name")
     mask_column = find_column(train, args.mask_column_name, MASK_COLUMN_GUESSES, "mask", "--mask_column_name")
+    splits = drop_unreadable_images(splits, (image_column, mask_column), args.skip_bad_images)
     labels = LabelSpec(args.num_labels, args.ignore_index, args.reduce_labels)
     for role, split in splits.items():
         check_images(split, image_column, 3)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence, Union
 
-# Never logged or written anywhere.
-SECRET_ARGS = ("hub_token",)
+from gated_vpt.tokens import refuse_token_options
+
 # Settings that do not change what a run computes; everything else must match to resume a checkpoint.
 NON_SEMANTIC_ARGS = (
     "config", "output_dir", "resume_from_checkpoint", "checkpointing_steps", "max_train_steps",
-    "with_tracking", "report_to", "push_to_hub", "hub_model_id", "hub_token", "per_device_eval_batch_size",
+    "with_tracking", "report_to", "push_to_hub", "hub_model_id", "per_device_eval_batch_size",
     "gradient_checkpointing", "torch_compile", "dry_run",
 )
 
@@ -66,6 +66,8 @@ def add_data_args(parser: argparse.ArgumentParser, layouts: bool = False) -> Non
     group.add_argument("--label_column_name", default=None, help="Label column (default: 'label' or 'labels').")
     group.add_argument("--num_labels", type=int, default=None,
                        help="Number of classes; checked against the data set (default: taken from it).")
+    group.add_argument("--skip_bad_images", action="store_true",
+                       help="Drop images that cannot be decoded (counted in a warning) instead of refusing to start.")
     group.add_argument("--image_normalization", choices=("backbone", "imagenet"), default="backbone",
                        help="Mean/std: the backbone's preprocessor_config.json, or ImageNet's fixed values (the paper's "
                             "recipes).")
@@ -118,9 +120,10 @@ def add_run_args(parser: argparse.ArgumentParser, default_output_dir: str) -> No
                             "--num_train_epochs, so the run can be resumed from its last checkpoint).")
     group.add_argument("--with_tracking", action="store_true", help="Log to Accelerate's trackers.")
     group.add_argument("--report_to", default="tensorboard", help="Trackers for --with_tracking ('all', 'tensorboard', ...).")
-    group.add_argument("--push_to_hub", action="store_true", help="Upload the adapter to --hub_model_id at the end.")
+    group.add_argument("--push_to_hub", action="store_true",
+                       help="Upload the adapter to --hub_model_id at the end (token: HF_TOKEN or `hf auth login`).")
     group.add_argument("--hub_model_id", default=None)
-    group.add_argument("--hub_token", default=None)
+    refuse_token_options(group, "--hub_token", "--token")  # the Hub token: HF_TOKEN or `hf auth login`
     group.add_argument("--gradient_checkpointing", action="store_true")
     group.add_argument("--torch_compile", action="store_true", help="Compile the model with torch.compile (inductor).")
     group.add_argument("--dry_run", action="store_true",
@@ -175,11 +178,8 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 
 def tracker_config(args: argparse.Namespace) -> dict:
-    """The arguments as Accelerate trackers take hyperparameters: scalars and strings (anything else as text),
-    without the Hub token."""
-    return {
-        k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items() if k not in SECRET_ARGS
-    }
+    """The arguments as Accelerate trackers take hyperparameters: scalars and strings (anything else as text)."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()}
 
 
 def run_config(args: argparse.Namespace, num_processes: int) -> dict:

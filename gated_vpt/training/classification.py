@@ -25,7 +25,10 @@ from .data import (
     EpochShuffleSampler,
     ImageTransform,
     TransformedImages,
+    check_class_folders,
     check_images,
+    check_label_coverage,
+    drop_unreadable_images,
     find_column,
     image_normalisation,
     label_names,
@@ -50,7 +53,9 @@ class ClassificationData:
 
 def load_classification_data(args: argparse.Namespace, num_channels: int) -> ClassificationData:
     """Load and check the data named by ``args`` (see ``gated_vpt.training.args``), raising ``ValueError`` on a
-    missing column, non-image column, label problems or a class count that differs from ``args.num_labels``."""
+    missing column, non-image column, label problems (fewer than 2 classes, evaluation classes that training lacks,
+    a class count that differs from ``args.num_labels``) or images that cannot be decoded (unless
+    ``args.skip_bad_images``, which drops them)."""
     datasets = load_image_datasets(
         args.dataset_name,
         args.dataset_config_name,
@@ -64,6 +69,8 @@ def load_classification_data(args: argparse.Namespace, num_channels: int) -> Cla
     )
     train = datasets["train"]
     image_column = find_column(train, args.image_column_name, IMAGE_COLUMN_GUESSES, "image", "--image_column_name")
+    if args.label_column_name is None and not set(LABEL_COLUMN_GUESSES) & set(train.column_names):
+        check_class_folders(args.train_dir)  # a single class folder gets no label column: say that instead
     label_column = find_column(train, args.label_column_name, LABEL_COLUMN_GUESSES, "label", "--label_column_name")
     modes = set()
     for role, split in datasets.items():
@@ -77,6 +84,8 @@ def load_classification_data(args: argparse.Namespace, num_channels: int) -> Cla
             f"backbone's {num_channels} input channels."
         )
     labels = label_names(datasets, label_column, args.num_labels)
+    check_label_coverage(datasets, label_column, labels)
+    datasets = drop_unreadable_images(datasets, (image_column,), args.skip_bad_images)
     return _loaders(args, datasets, image_column, label_column, labels, num_channels)
 
 

@@ -5,6 +5,7 @@ the augmentations an uninterrupted run would.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -141,6 +142,74 @@ def check_images(dataset: Dataset, column: str, num_channels: int) -> str:
     if num_channels not in (1, 3):
         raise ValueError(f"The backbone expects {num_channels}-channel images; only 1 (L) and 3 (RGB) are supported.")
     return dataset[0][column].mode
+
+
+def drop_unreadable_images(datasets: DatasetDict, columns: tuple[str, ...], skip: bool) -> DatasetDict:
+    """Decode every image of every split once, before training: refuse unreadable ones naming the files, or with
+    ``skip`` (``--skip_bad_images``) drop their rows and say how many."""
+    checked = {}
+    for role, split in datasets.items():
+        bad: dict[int, str] = {}
+        for column in (c for c in columns if isinstance(split.features.get(c), Image)):
+            raw = split.cast_column(column, Image(decode=False))[column]
+            for index, item in enumerate(raw):
+                problem = "no image" if item is None else decode_problem(item["path"] if item.get("bytes") is None else item["bytes"])
+                if problem is not None:
+                    bad.setdefault(index, f"{item.get('path') or f'{role} row {index}'} ({problem})")
+        if bad and not skip:
+            names = list(bad.values())
+            raise ValueError(
+                f"{len(bad)} image(s) of the {role} split cannot be decoded: {'; '.join(names[:10])}"
+                + (f"; and {len(names) - 10} more" if len(names) > 10 else "")
+                + ". Replace or remove them, or pass --skip_bad_images to train without them."
+            )
+        if bad:
+            logger.warning(f"Skipping {len(bad)} unreadable image(s) of the {role} split (--skip_bad_images): {', '.join(list(bad.values())[:5])}")
+            split = split.select([i for i in range(len(split)) if i not in bad])
+        checked[role] = split
+    return DatasetDict(checked)
+
+
+def decode_problem(source: Union[str, Path, bytes]) -> Optional[str]:
+    """Why Pillow cannot fully decode the image at ``source`` (a path, or the file's bytes), or None."""
+    try:
+        with PILImage.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            image.load()
+    except Exception as error:  # Pillow raises many kinds (OSError, SyntaxError, ValueError, ...) on bad files
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def check_class_folders(train_dir: Optional[str]) -> None:
+    """An image-folder train set needs one sub-folder per class, at least two (``datasets`` adds no label column
+    for a single folder)."""
+    if not train_dir:
+        return
+    classes = sorted(entry.name for entry in Path(train_dir).iterdir() if entry.is_dir()) if Path(train_dir).is_dir() else []
+    if len(classes) < 2:
+        raise ValueError(
+            f"--train_dir {train_dir} has {len(classes)} class folder(s) {classes}; image classification needs at least "
+            "2 classes, one sub-folder of images per class (<train_dir>/<class>/<image>)."
+        )
+
+
+def check_label_coverage(datasets: DatasetDict, column: str, names: list[str]) -> None:
+    """At least two classes in the train split, and no class in validation or test that training never sees."""
+    present = {role: set(split[column]) for role, split in datasets.items()}
+    train = present.get("train", set())
+    if len(train) < 2:
+        raise ValueError(
+            f"The train split holds {len(train)} class(es) {[names[i] if isinstance(i, int) else i for i in sorted(train, key=str)]}; a "
+            "classifier needs at least 2. Check the label column and the data set."
+        )
+    for role, labels in present.items():
+        unseen = sorted(labels - train, key=str)
+        if unseen:
+            shown = [names[i] if isinstance(i, int) and 0 <= i < len(names) else i for i in unseen]
+            raise ValueError(
+                f"The {role} split has classes the train split lacks: {shown}. The classifier could never predict "
+                f"them; use the same classes in every split (train has {len(train)})."
+            )
 
 
 def target_mode(num_channels: int) -> str:

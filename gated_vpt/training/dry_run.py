@@ -139,7 +139,7 @@ class DryRunReport:
         else:
             trainable, total = self.trainable
             lines.append(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
-        settings = ", ".join(f"{k}={v}" for k, v in sorted(vars(args).items()) if k != "hub_token")
+        settings = ", ".join(f"{k}={v}" for k, v in sorted(vars(args).items()))
         lines.append(f"arguments: {settings}")
         return "\n".join(lines)
 

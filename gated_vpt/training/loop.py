@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpointing import TrainState, latest_checkpoint, save_checkpoint
+from .checkpointing import TrainState, clear_staging, commit_checkpoint, latest_checkpoint, save_checkpoint
 from .results import write_stopped
 from .run import RunStopped
 
@@ -163,9 +163,14 @@ def _learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
 
 
 def _checkpoint(accelerator, model, optimizer, scheduler, state: TrainState, settings: LoopSettings, name: str) -> None:
+    """Every process writes into the staging folder; the main process renames it complete once all have."""
+    path = settings.output_dir / name
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        clear_staging(path)
     accelerator.wait_for_everyone()
     save_checkpoint(
-        settings.output_dir / name,
+        path,
         accelerator.unwrap_model(model),
         optimizer,
         scheduler,
@@ -173,5 +178,9 @@ def _checkpoint(accelerator, model, optimizer, scheduler, state: TrainState, set
         settings.run_config,
         process_index=accelerator.process_index,
         is_main_process=accelerator.is_main_process,
+        commit=False,
     )
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        commit_checkpoint(path)
     accelerator.wait_for_everyone()

@@ -45,12 +45,12 @@ def write_results(
     dataset: Optional[str] = None,
     save_adapter: Optional[Callable[[PeftModel, Path], object]] = None,
     hub_model_id: Optional[str] = None,
-    hub_token: Optional[str] = None,
 ) -> Path:
     """Write ``output_dir/adapter`` (``save_adapter(model, directory)``, default ``model.save_pretrained``, then the
     model card for ``task`` with the run's scores), ``metrics.json`` (``metrics``, the gates and the per-epoch
     ``history``), ``gates.png`` (when the adapter has gates or temperatures) and ``learning_curve.png``; print the
-    scores and the gate table; push the adapter to ``hub_model_id`` when given. Returns the adapter directory.
+    scores and the gate table; push the adapter to ``hub_model_id`` when given (the token from ``HF_TOKEN`` or the
+    stored login). Returns the adapter directory.
 
     Example:
 
@@ -80,5 +80,5 @@ def write_results(
     if hub_model_id:
         from gated_vpt.hub import push_adapter
 
-        push_adapter(adapter_dir, hub_model_id, token=hub_token)
+        push_adapter(adapter_dir, hub_model_id)
     return adapter_dir
