@@ -140,10 +140,14 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
     def _prompts_for(self, name: str, batch_size: int) -> torch.Tensor:
         if self._per_sample is None:
             prompts = self.gvpt_prompt[name].unsqueeze(0).expand(batch_size, -1, -1)
-        else:
-            names, index = self._per_sample
-            prompts = torch.stack([self.gvpt_prompt[n] for n in names])[index]
-        return F.dropout(prompts, self.gvpt_config[name].prompt_dropout, self.training)
+            return F.dropout(prompts, self.gvpt_config[name].prompt_dropout, self.training)
+        names, index = self._per_sample
+        prompts = torch.stack([self.gvpt_prompt[n] for n in names])[index]
+        if not self.training:
+            return prompts
+        # Each sample drops its prompts at its own adapter's rate (F.dropout takes one rate for the whole tensor).
+        rates = prompts.new_tensor([self.gvpt_config[n].prompt_dropout for n in names])[index].view(-1, 1, 1)
+        return prompts * (torch.rand_like(prompts) >= rates) / (1 - rates)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, **kwargs: Any) -> torch.Tensor:
         name = self._adapter()
