@@ -409,14 +409,38 @@ def test_merge_and_unload_is_refused_clearly():
         ("num_prompt_tokens", 0), ("num_prompt_tokens", -2), ("num_prompt_tokens", 2.5), ("num_prompt_tokens", True),
         ("prompt_mode", "middle"), ("gated", "yes"), ("learnable_temperature", 1),
         ("gate_init", 0.0), ("gate_init", -5.0), ("gate_init", "5"), ("gate_init", True), ("gate_init", float("nan")),
-        ("prompt_dropout", 1.0), ("prompt_dropout", -0.1), ("prompt_dropout", "0.1"),
-        ("prompt_start_block", -1), ("prompt_start_block", 1.0),
+        ("gate_init", 50.5), ("gate_init", float("inf")),
+        ("prompt_dropout", 1.0), ("prompt_dropout", -0.1), ("prompt_dropout", "0.1"), ("prompt_dropout", True),
+        ("prompt_dropout", float("nan")),
+        ("prompt_start_block", -1), ("prompt_start_block", 1.0), ("prompt_start_block", True),
         ("head_pooling", "max"),
     ],
 )
 def test_bad_config_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"GatedPromptConfig.{field}"):
         GatedPromptConfig(**{field: value})
+
+
+# Both sides of every numeric bound of GatedPromptConfig: (field, value, accepted).
+BOUNDS = [
+    ("num_prompt_tokens", 1, True), ("num_prompt_tokens", 0, False),
+    ("gate_init", 1e-6, True), ("gate_init", 0.0, False), ("gate_init", 50.0, True), ("gate_init", 50.001, False),
+    ("prompt_dropout", 0.0, True), ("prompt_dropout", -1e-6, False), ("prompt_dropout", 0.999, True),
+    ("prompt_dropout", 1.0, False),
+    ("prompt_start_block", 0, True), ("prompt_start_block", -1, False),
+]
+
+
+@pytest.mark.parametrize("field, value, accepted", BOUNDS)
+def test_config_bounds_on_both_sides_and_the_recipe_schema_agrees(field, value, accepted):
+    from gated_vpt.recipes import ARGS
+
+    if accepted:
+        assert getattr(GatedPromptConfig(**{field: value}), field) == value
+    else:
+        with pytest.raises(ValueError, match=f"GatedPromptConfig.{field}={value!r} is invalid"):
+            GatedPromptConfig(**{field: value})
+    assert ARGS[field].valid(value) == accepted, "recipes validate this field with another bound"
 
 
 def test_deep_prompts_with_gates_are_refused():
