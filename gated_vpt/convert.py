@@ -74,10 +74,10 @@ def convert_timm_vit_state_dict(
     Example:
 
     ```py
-    >>> checkpoint = torch.load("linear-vit-b-300ep.pth.tar", map_location="cpu", weights_only=True)
-    >>> config, weights = convert_timm_vit_state_dict(checkpoint["state_dict"], "mocov3")
-    >>> model = ViTForImageClassification(config)
-    >>> model.load_state_dict(weights)
+    >>> checkpoint = torch.load("linear-vit-b-300ep.pth.tar", map_location="cpu", weights_only=True)  # doctest: +SKIP
+    >>> config, weights = convert_timm_vit_state_dict(checkpoint["state_dict"], "mocov3")  # doctest: +SKIP
+    >>> model = ViTForImageClassification(config)  # doctest: +SKIP
+    >>> model.load_state_dict(weights)  # doctest: +SKIP
     ```
     """
     config, weights, _ = _convert(state_dict, model_type, num_attention_heads, drop_head)
@@ -104,8 +104,8 @@ def convert_checkpoint(
 
     ```py
     >>> convert_checkpoint("linear-vit-b-300ep.pth.tar", "checkpoints/mocov3-vit-b-300ep-linear", "mocov3",
-    ...                    trust_checkpoint=True, drop_head=True)
-    >>> model = ViTForImageClassification.from_pretrained("checkpoints/mocov3-vit-b-300ep-linear", num_labels=200)
+    ...                    trust_checkpoint=True, drop_head=True)  # doctest: +SKIP
+    >>> model = ViTForImageClassification.from_pretrained("checkpoints/mocov3-vit-b-300ep-linear", num_labels=200)  # doctest: +SKIP
     ```
     """
     path, output_dir = Path(path), Path(output_dir)

@@ -26,9 +26,14 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
     Example:
 
     ```py
-    >>> model = get_peft_model(vit, GatedPromptConfig())
+    >>> from peft import get_peft_model
+    >>> from transformers import ViTConfig, ViTForImageClassification
+    >>> base = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4,
+    ...     num_attention_heads=2, intermediate_size=64, num_labels=3))
+    >>> model = get_peft_model(base, GatedPromptConfig(gate_init=5.0))
     >>> block = model.base_model.model.vit.layers[0]  # a GatedPromptBlock
-    >>> block.gvpt_gate["default"]  # the gate logit, -gate_init at the start
+    >>> block.gvpt_gate["default"].item()  # the gate logit, -gate_init at the start
+    -5.0
     ```
     """
 

@@ -157,7 +157,7 @@ def load_recipe(
     Example:
 
     ```py
-    >>> args = load_recipe("hub_configs/mae-fgvc-cub.json", task_type="image-classification")
+    >>> args = load_recipe(RECIPES_DIR / "mae-fgvc-cub.json", task_type="image-classification")  # hub_configs/
     >>> args["learning_rate"], args["num_prompt_tokens"]
     (0.1, 100)
     ```
