@@ -24,6 +24,7 @@ from gated_vpt.training import args as cli
 from gated_vpt.training.checkpointing import checked_resume_path
 from gated_vpt.training.classification import (
     count_parameters,
+    dry_run_report,
     evaluate_accuracy,
     final_split,
     load_classification_data,
@@ -32,7 +33,14 @@ from gated_vpt.training.classification import (
 )
 from gated_vpt.training.loop import LoopSettings, train, updates_per_epoch
 from gated_vpt.training.optim import build_optimizer, build_scheduler
-from gated_vpt.training.run import finish_run, initial_state, prepare, start_accelerator
+from gated_vpt.training.run import (
+    exit_on_stop,
+    finish_run,
+    initial_state,
+    prepare,
+    require_prepared_backbone,
+    start_accelerator,
+)
 
 logger = get_logger(__name__)
 EMBEDDED_MODEL = str(Path(__file__).resolve().parent.parent / "assets" / "mae-tiny")
@@ -42,7 +50,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Gated visual prompt tuning for image classification.")
     cli.add_config_args(parser)
     cli.add_model_args(parser, default_model=EMBEDDED_MODEL)
-    cli.add_data_args(parser)
+    cli.add_data_args(parser, layouts=True)
     parser.add_argument("--transform", choices=("fgvc", "vtab"), default="vtab",
                         help="'fgvc': resize, random crop, flip (VPT's FGVC); 'vtab': resize only (VTAB-1k).")
     parser.add_argument("--image_size", type=int, default=None, help="Input size (default: the backbone's).")
@@ -54,6 +62,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
+    if args.dry_run:
+        print(dry_run_report(args))
+        return {}
+    require_prepared_backbone(args)
     accelerator = start_accelerator(args)
     started = time.time()
 
@@ -82,6 +94,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         args.warmup_epochs,
         updates_per_epoch(len(train_loader), args.gradient_accumulation_steps),
         args.scheduler_step,
+        min_learning_rate=args.min_learning_rate,
     )
     state = initial_state(accelerator, resume_path, model, optimizer, scheduler)
     if args.with_tracking:
@@ -105,6 +118,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         f"{result_split}_accuracy": evaluate_accuracy(accelerator, model, eval_loaders[result_split]) if result_split else None,
         "trainable_parameters": trainable,
         "total_parameters": total,
+        "learning_rate": args.learning_rate,
+        "seed": args.seed,
+        "examples": {"train": len(data.train_images), **{k: len(v.dataset) for k, v in data.eval_loaders.items()}},
         "epochs": args.num_train_epochs,
         "train_seconds": round(time.time() - started, 1),
     }
@@ -112,4 +128,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_stop(main)

@@ -2,14 +2,16 @@
 
 Examples:
 
-    gated-vpt push out/cub-gated user/mae-cub-gated          # token from --token, HF_TOKEN or `hf auth login`
+    gated-vpt push out/cub-gated user/mae-cub-gated          # token from HF_TOKEN or `hf auth login`
     gated-vpt pull user/mae-cub-gated --revision v1 -o adapters/cub
     gated-vpt info user/mae-cub-gated --json
     gated-vpt predict user/mae-cub-gated --base facebook/vit-mae-base photos/ --top-k 3
     gated-vpt convert --help
+    gated-vpt data check data/vtab-1k/dtd --recipe hub_configs/mae-vtab-dtd.json
+    gated-vpt protocol --benchmark vtab1k --backbone mae --method gated --gpus 0,1,2,3
 
-Errors (a missing repo or revision, no network, an adapter made for another base, no token) are printed as one
-line, ``gated-vpt: error: ...``, with exit status 1.
+Errors (a missing repo or revision, no network, a bad or foreign adapter, an unreadable image, no token) are
+printed as one line, ``gated-vpt: error: ...``, with exit status 1; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .tokens import refuse_token_options
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-USER_ERRORS = (ValueError, OSError)  # OSError covers FileNotFoundError, PermissionError, ConnectionError
+# OSError covers FileNotFoundError, PermissionError, ConnectionError and PIL's unreadable-image errors.
+USER_ERRORS = (ValueError, OSError)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -30,12 +35,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv[:1] == ["convert"]:
         from . import convert
 
-        return convert.main(argv[1:]) or 0
+        return convert.main(argv[1:], prog="gated-vpt convert") or 0
+    if argv[:1] == ["protocol"]:
+        from .training import protocol
+
+        return protocol.main(argv[1:]) or 0
     args = _parser().parse_args(argv)
     try:
         return args.run(args) or 0
     except USER_ERRORS as error:
-        print(f"gated-vpt: error: {error}", file=sys.stderr)
+        if args.debug:
+            raise
+        print("gated-vpt: error: " + " ".join(str(error).split()), file=sys.stderr)
         return 1
 
 
@@ -43,12 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gated-vpt", description="Gated visual prompt tuning adapters: share them on the Hub, inspect and run them."
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     push = commands.add_parser("push", help="upload a local adapter directory to a Hub repo (with its model card)")
     push.add_argument("directory", help="adapter directory written by model.save_pretrained")
     push.add_argument("repo_id", help="target repo, e.g. user/mae-cub-gated (created when missing)")
-    push.add_argument("--token", help="Hub token with write access (default: HF_TOKEN or `hf auth login`); never printed")
+    refuse_token_options(push, "--token")
     push.add_argument("--private", action="store_true", default=None, help="create the repo as private")
     push.add_argument("--message", default="Upload gated_vpt adapter", help="commit message")
     push.set_defaults(run=_push)
@@ -74,26 +86,62 @@ def _parser() -> argparse.ArgumentParser:
     predict.set_defaults(run=_predict)
 
     commands.add_parser("convert", add_help=False, help="convert checkpoints (see `gated-vpt convert --help`)")
+
+    data = commands.add_parser("data", help="check a prepared benchmark folder (VTAB-1k, FGVC) before training")
+    actions = data.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check = actions.add_parser("check", help="split counts, class count against the recipe, every image decoded")
+    check.add_argument("folder", nargs="?", help="the prepared folder, e.g. data/vtab-1k/dtd (default: the recipe's data_dir)")
+    check.add_argument("--layout", choices=("vtab1k", "fgvc"), help="the folder's layout (default: detected)")
+    check.add_argument("--recipe", help="a recipe JSON: its num_labels is checked (its data_dir and data_layout are the defaults)")
+    check.add_argument("--no-decode", dest="decode", action="store_false",
+                       help="only check that the images exist (default: open and fully decode every image)")
+    check.set_defaults(run=_data_check)
+
+    commands.add_parser("protocol", add_help=False,
+                        help="run the paper's protocol (LR grid, 5 seeds, table; see `gated-vpt protocol --help`)")
     return parser
 
 
 def _add_source(parser: argparse.ArgumentParser, name: str, help: str) -> None:
     parser.add_argument(name, help=help)
     parser.add_argument("--revision", help="branch, tag or commit sha on the Hub (default: main)")
-    parser.add_argument("--token", help="Hub token for private repos (default: HF_TOKEN or `hf auth login`)")
+    refuse_token_options(parser, "--token")  # private repos: HF_TOKEN or `hf auth login`
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from .training.benchmark_data import check_data_folder
+
+    folder, layout, num_labels = args.folder, args.layout, None
+    if args.recipe:
+        from .recipes import CLASSIFICATION, load_recipe
+
+        recipe = load_recipe(args.recipe, task_type=CLASSIFICATION)
+        folder, layout, num_labels = folder or recipe.get("data_dir"), layout or recipe.get("data_layout"), recipe["num_labels"]
+    if not folder:
+        raise ValueError("Pass the folder to check, or --recipe with a data_dir.")
+    report = check_data_folder(folder, layout, num_labels, decode=args.decode)
+    print(report.format())
+    for problem in report.problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    if report.problems:
+        count = len(report.problems)
+        print(f"gated-vpt: error: {folder} is not ready ({count} problem{'s' if count > 1 else ''} above).", file=sys.stderr)
+        return 1
+    print("OK: ready to train.")
+    return 0
 
 
 def _push(args: argparse.Namespace) -> None:
     from .hub import push_adapter
 
-    sha = push_adapter(args.directory, args.repo_id, token=args.token, private=args.private, commit_message=args.message)
+    sha = push_adapter(args.directory, args.repo_id, private=args.private, commit_message=args.message)
     print(f"Pushed {args.directory} to {args.repo_id} (commit {sha}).")
 
 
 def _pull(args: argparse.Namespace) -> None:
     from .hub import pull_adapter
 
-    path = pull_adapter(args.repo_id, revision=args.revision, local_dir=args.output, token=args.token)
+    path = pull_adapter(args.repo_id, revision=args.revision, local_dir=args.output)
     print(path)
 
 
@@ -102,7 +150,7 @@ def _info(args: argparse.Namespace) -> None:
     from .introspection import gate_report
     from .loading import read_adapter_files
 
-    directory = fetch_adapter(args.adapter, revision=args.revision, token=args.token)
+    directory = fetch_adapter(args.adapter, revision=args.revision)
     config, state_dict = read_adapter_files(directory)
     report = gate_report(directory)
     files = {file.name: file.stat().st_size for file in sorted(directory.iterdir()) if file.is_file()}
@@ -128,7 +176,7 @@ def _predict(args: argparse.Namespace) -> None:
     import torch
 
     try:
-        from PIL import Image, UnidentifiedImageError
+        import PIL  # noqa: F401
     except ImportError as error:
         raise ValueError("predict reads images with Pillow: pip install pillow (or gated-vpt[train]).") from error
 
@@ -139,10 +187,7 @@ def _predict(args: argparse.Namespace) -> None:
     k = min(args.top_k, len(labels))
     for start in range(0, len(paths), args.batch_size):
         batch = paths[start : start + args.batch_size]
-        try:
-            images = [Image.open(path).convert("RGB") for path in batch]
-        except UnidentifiedImageError as error:
-            raise ValueError(f"Cannot read an image: {error}. Pass image files (PNG, JPEG, ...) or folders of them.") from error
+        images = [_read_image(path) for path in batch]
         with torch.no_grad():
             logits = model(pixel_values=processor(images=images, return_tensors="pt")["pixel_values"]).logits
         scores, indices = logits.softmax(dim=-1).topk(k, dim=-1)
@@ -152,6 +197,16 @@ def _predict(args: argparse.Namespace) -> None:
                 print(json.dumps({"image": str(path), "top": top}))
             else:
                 print(f"{path}: " + ", ".join(f"{t['label']} ({t['score']:.4f})" for t in top))
+
+
+def _read_image(path: Path):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, Image.DecompressionBombError) as error:  # UnidentifiedImageError is an OSError
+        raise ValueError(f"Cannot read an image: {path} ({error}). Pass image files (PNG, JPEG, ...) or folders of them.") from error
 
 
 def _load_classifier(args: argparse.Namespace):
@@ -165,7 +220,7 @@ def _load_classifier(args: argparse.Namespace):
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    directory = fetch_adapter(args.adapter, revision=args.revision, token=args.token)
+    directory = fetch_adapter(args.adapter, revision=args.revision)
     config, state_dict = read_adapter_files(directory)
     base_id = args.base or config.get("base_model_name_or_path")
     if not base_id:

@@ -20,6 +20,7 @@ from torch import nn
 from .card import is_gated_vpt_card, set_adapter_id, write_model_card
 from .loading import CONFIG_NAME, WEIGHTS_NAME, read_adapter_files, resolve_adapter_dir
 from .segmentation.model import HEAD_CONFIG_NAME, SegmentationHeadConfig
+from .tokens import TOKEN_SOURCES
 
 CARD_NAME = "README.md"
 # Beside the adapter's config and weights: the card, a segmentation adapter's head settings (class names, ignore
@@ -66,8 +67,8 @@ def push_adapter(
         token = token or get_token()
         if not token:
             raise PermissionError(
-                f"Pushing to {repo_id!r} needs a Hugging Face token with write access: pass --token / token=..., set "
-                "the HF_TOKEN environment variable, or run `hf auth login`."
+                f"Pushing to {repo_id!r} needs a Hugging Face token with write access: {TOKEN_SOURCES} (in Python "
+                "you may also pass token=...)."
             )
         api = HfApi(token=token)
         with _hub_errors(repo_id, write=True):

@@ -10,7 +10,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from .gate import effective_temperature, selection_weights
+from .gate import TEMPERATURE_RANGE, selection_weights
 from .layer import GatedPromptBlock
 
 _CANONICAL_KEY = re.compile(r"encoder\.layer\.(\d+)\.gvpt_(gate|temperature)$")
@@ -121,7 +121,7 @@ def _build(num_blocks: int, gates: dict[int, torch.Tensor], temperatures: dict[i
                     block=index,
                     gate=None if position is None else values[position].item(),
                     gate_logit=None if position is None else gates[index].item(),
-                    temperature=effective_temperature(temperatures[index].float()).item() if index in temperatures else None,
+                    temperature=temperatures[index].float().clamp(*TEMPERATURE_RANGE).item() if index in temperatures else None,
                     weight=None if position is None else weights[position].item(),
                     selection_ratio=None if position is None else (weights[position] / total).item(),
                 )

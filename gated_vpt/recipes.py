@@ -5,8 +5,8 @@ A recipe file (the repository ships them in ``hub_configs/``) looks like::
     {"task_type": "image-classification",            # or "semantic-segmentation"
      "description": "...", "backbone_source": "...", "data_source": "...",
      "paper": {"table": "Table 5", "reported_top1": 70.56},
-     "args": {"model_name_or_path": "facebook/vit-mae-base", "num_labels": 200, "learning_rate": 0.1, ...},
-     "tune_args": {"train_dir": "...", "validation_dir": "..."}}   # optional: the hyperparameter-search split
+     "args": {"model_name_or_path": "...", "data_dir": "data/fgvc/cub", "data_layout": "fgvc", "num_labels": 200, ...},
+     "tune_args": {...}}   # optional: arguments replaced for the hyperparameter search (stage "tune")
 
 ``args`` uses the training scripts' argument names; ``ARGS`` is the schema (type, allowed values, which task).
 ``load_recipe`` validates a file and returns its ``args`` mapping, so a script can use it as argparse defaults.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
@@ -60,6 +61,10 @@ ARGS: dict[str, Field] = {
     "model_name_or_path": _text("a Hub model id or a local directory (transformers format)", nullable=False),
     "dataset_name": _text("a Hub dataset id, or null to read the *_dir folders"),
     "dataset_config_name": _text("the Hub dataset's configuration name, or null"),
+    "data_dir": _text("a prepared benchmark folder (see data_layout), or null", task=CLASSIFICATION),
+    "data_layout": Field("str", "'vtab1k' (train800.txt, val200.txt, train800val200.txt, test.txt) or 'fgvc' (VPT's "
+                         "train.json, val.json, test.json), or null to detect it", lambda v: v in ("vtab1k", "fgvc"),
+                         nullable=True, task=CLASSIFICATION),
     "train_dir": _text("a local folder (imagefolder layout: <dir>/<class>/<image>), or null"),
     "validation_dir": _text("a local folder, or null"),
     "test_dir": _text("a local folder, or null"),
@@ -108,6 +113,17 @@ ARGS: dict[str, Field] = {
     "mask_column_name": _text("the mask column (local image/mask folders: 'annotation')", nullable=False,
                               task=SEGMENTATION),
     "scheduler": _choice("poly", "cosine", task=SEGMENTATION),
+    "poly_power": _positive("float", " (SETR: 0.9)", task=SEGMENTATION),
+    "decoder_channels": _positive("int", " (SETR-PUP: 512; 256 for a lighter head)", task=SEGMENTATION),
+    "decoder_lr_multiplier": _positive("float", " (SETR: 10, the heads' learning rate over the prompts')", task=SEGMENTATION),
+    "min_learning_rate": _at_least("float", 0, " (where the decay ends; SETR's ADE20K: 1e-4)"),
+    "image_normalization": _choice("imagenet", "backbone"),
+}
+# Command-line numbers that recipes do not set, checked like recipe values (``argument_problems``).
+RUN_ARGS: dict[str, Field] = {
+    "max_train_steps": _positive("int"),
+    "eval_every_epochs": _at_least("int", 0, " (0: never)", task=SEGMENTATION),
+    "eval_stride": _positive("int", task=SEGMENTATION),
 }
 
 REQUIRED_ARGS: dict[str, tuple[str, ...]] = {
@@ -136,11 +152,56 @@ TOP_LEVEL = {
     "description": "what the recipe trains",
     "paper": "the paper's table and reported numbers",
     "backbone_source": "how to obtain model_name_or_path",
+    "backbone": "the checkpoint behind model_name_or_path and the one command that prepares that folder",
     "data_source": "where the data comes from and its splits",
     "args": "the training script's arguments",
     "tune_args": "arguments that replace 'args' for the hyperparameter search (stage='tune')",
 }
 REQUIRED_TOP_LEVEL = ("task_type", "args")
+BACKBONE_FIELDS = {
+    "checkpoint": "which published weights the folder is made from, and where to get them",
+    "prepare": "the one command that writes the folder (its last word, args.model_name_or_path) from them",
+}
+
+
+@dataclass(frozen=True)
+class BackbonePreparation:
+    """A recipe's backbone: the local ``folder`` that the one command ``prepare`` writes (its last word; the
+    recipe's ``model_name_or_path``), and the ``checkpoint`` it is made from."""
+
+    folder: str
+    checkpoint: str
+    prepare: str
+
+    @property
+    def prepared(self) -> bool:
+        return (Path(self.folder) / "config.json").is_file()
+
+    def missing_message(self) -> str:
+        return (
+            f"The backbone folder {self.folder} does not exist (relative to {Path.cwd()}). This recipe uses "
+            f"{self.checkpoint}. Prepare the folder with:\n    {self.prepare}\nor pass --model_name_or_path."
+        )
+
+
+def recipe_backbone(path: Union[str, Path]) -> Optional[BackbonePreparation]:
+    """The backbone a recipe file names (``load_recipe`` has validated it), or None when it names no preparation
+    (e.g. a Hub model id that loads as it is). A run needs the folder when its ``model_name_or_path`` is
+    ``folder`` (a copied recipe pointed at another model does not).
+
+    Example:
+
+    ```py
+    >>> backbone = recipe_backbone(RECIPES_DIR / "mae-vtab-dtd.json")  # hub_configs/
+    >>> backbone.folder, backbone.prepared
+    ('backbones/mae-vit-b16', False)
+    ```
+    """
+    recipe = _read_json(Path(path))
+    backbone = recipe.get("backbone") if isinstance(recipe, dict) else None
+    if not backbone:
+        return None
+    return BackbonePreparation(backbone["prepare"].split()[-1], backbone["checkpoint"], backbone["prepare"])
 
 Stage = Literal["final", "tune"]
 
@@ -151,7 +212,8 @@ def load_recipe(
     """Read and validate a recipe; return its ``args`` ({argument name: value}).
 
     ``task_type`` is what the calling script trains: a recipe for another task is refused. ``stage='tune'``
-    applies the recipe's ``tune_args`` (the train/validation split used for the hyperparameter search).
+    applies the recipe's ``tune_args`` (arguments replaced for the hyperparameter search; a recipe with ``data_dir``
+    needs none, the training script picks that folder's tune splits itself).
     Raises ``ValueError`` naming the file, every invalid field and how to fix it.
 
     Example:
@@ -182,11 +244,37 @@ def load_recipe(
     tune_args = recipe.get("tune_args", {})
     problems += _args_problems(tune_args, recipe_task, "tune_args", required=False)
     problems += _paper_problems(recipe.get("paper", {}))
+    if "backbone" in recipe:
+        problems += _backbone_problems(recipe["backbone"])
     if not problems:
         problems += _cross_field_problems({**args, **tune_args} if stage == "tune" else args)
     if problems:
         _raise(path, problems)
     return dict({**args, **tune_args} if stage == "tune" else args)
+
+
+def argument_problems(values: dict[str, Any]) -> list[str]:
+    """Problems with the training scripts' argument values (from the command line or a recipe), each naming the flag
+    and the valid values: wrong types, non-finite numbers and out-of-range values of every argument in ``ARGS`` and
+    ``RUN_ARGS`` (None means "not set" and passes), and a warmup longer than the training.
+
+    Example:
+
+    ```py
+    >>> argument_problems({"learning_rate": float("nan"), "momentum": 0.9})
+    ["--learning_rate = NaN is not a finite number: use a number > 0 (the paper's grid: 0.05 to 5.0 for classification)"]
+    ```
+    """
+    problems = [
+        problem
+        for name, value in values.items()
+        if value is not None and (field := ARGS.get(name) or RUN_ARGS.get(name)) is not None
+        for problem in _value_problems(field, value, f"--{name}")
+    ]
+    warmup, epochs = values.get("warmup_epochs"), values.get("num_train_epochs")
+    if isinstance(warmup, int) and isinstance(epochs, int) and warmup > epochs:
+        problems.append(f"--warmup_epochs = {warmup} is larger than --num_train_epochs = {epochs}: shorten the warmup")
+    return problems
 
 
 def list_recipes(directory: Union[str, Path, None] = None) -> list[Path]:
@@ -241,9 +329,19 @@ def _top_level_problems(recipe: Any) -> list[str]:
     for key in ("description", "backbone_source", "data_source"):
         if key in recipe and not isinstance(recipe[key], str):
             problems.append(f"{key} must be a string ({TOP_LEVEL[key]})")
-    for key in ("args", "tune_args", "paper"):
+    for key in ("args", "tune_args", "paper", "backbone"):
         if key in recipe and not isinstance(recipe[key], dict):
             problems.append(f"{key} must be a JSON object ({TOP_LEVEL[key]})")
+    return problems
+
+
+def _backbone_problems(backbone: dict) -> list[str]:
+    problems = [_unknown(key, list(BACKBONE_FIELDS), "backbone.") for key in backbone if key not in BACKBONE_FIELDS]
+    problems += [
+        f"backbone.{key} must be a non-empty string ({hint})"
+        for key, hint in BACKBONE_FIELDS.items()
+        if not isinstance(backbone.get(key), str) or not backbone[key].strip()
+    ]
     return problems
 
 
@@ -280,6 +378,8 @@ def _value_problems(field: Field, value: Any, where: str) -> list[str]:
         return [] if field.nullable else [f"{where} is null: use {field.hint}"]
     if not _has_kind(value, field.kind):
         return [f"{where} = {json.dumps(value)} has the wrong type: use {field.hint}"]
+    if field.kind == "float" and not math.isfinite(value):
+        return [f"{where} = {json.dumps(value)} is not a finite number: use {field.hint}"]
     if not field.valid(value):
         return [f"{where} = {json.dumps(value)} is out of range: use {field.hint}"]
     return []
@@ -306,8 +406,16 @@ def _cross_field_problems(args: dict) -> list[str]:
             "args.gated = true with prompt_mode 'deep': deep prompts are replaced before every block, so a gate would "
             "never reach the output; set gated to false (the paper's VPT-deep) or prompt_mode to 'shallow'"
         )
-    if not args.get("dataset_name") and not args.get("train_dir"):
-        problems.append("no data: set args.dataset_name (a Hub dataset id) or args.train_dir (a local folder)")
+    sources = [name for name in ("dataset_name", "data_dir", "train_dir") if args.get(name)]
+    if not sources:
+        problems.append(
+            "no data: set args.data_dir (a prepared benchmark folder), args.dataset_name (a Hub dataset id) or "
+            "args.train_dir (a local image folder)"
+        )
+    elif len(sources) > 1:
+        problems.append(f"args sets {' and '.join(sources)}: keep one data source, set the others to null")
+    if args.get("data_layout") and not args.get("data_dir"):
+        problems.append("args.data_layout is set without args.data_dir: add the folder or drop the layout")
     if args.get("warmup_epochs", 0) > args.get("num_train_epochs", 0):
         problems.append("args.warmup_epochs is larger than args.num_train_epochs: shorten the warmup")
     return problems

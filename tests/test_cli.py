@@ -109,7 +109,7 @@ def test_predict_json_with_an_explicit_base(files, capsys):
         (["predict", "{adapter}", "{root}/images", "--base", "{root}/wider_base"], "another backbone"),
         (["info", "{root}/images"], "has no adapter_config.json"),
         (["pull", "{adapter}"], "pull takes a Hub repo id"),
-        (["push", "{root}/images", "someone/adapter", "--token", "unused"], "has no adapter_config.json"),
+        (["push", "{root}/images", "someone/adapter"], "has no adapter_config.json"),
     ],
 )
 def test_bad_input_is_one_clear_line(files, capsys, args, message):
@@ -134,8 +134,8 @@ def test_predict_without_a_known_base_asks_for_one(files, tmp_path, capsys):
 def test_convert_forwards_its_arguments_untouched(monkeypatch):
     received = []
     convert = types.ModuleType("gated_vpt.convert")
-    convert.main = lambda argv: received.append(argv) or 3
+    convert.main = lambda argv, prog: received.append((argv, prog)) or 3
     monkeypatch.setitem(sys.modules, "gated_vpt.convert", convert)
     monkeypatch.setattr(gated_vpt, "convert", convert, raising=False)
     assert main(["convert", "--help", "in.pth", "--out", "x"]) == 3
-    assert received == [["--help", "in.pth", "--out", "x"]]
+    assert received == [(["--help", "in.pth", "--out", "x"], "gated-vpt convert")]

@@ -6,6 +6,9 @@ slip in the generator shows up as a mismatch.
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,7 +55,11 @@ TASKS = {
     "CUB": ("fgvc-cub", 200), "Flowers (FGVC)": ("fgvc-flowers", 102), "Stanford Cars": ("fgvc-cars", 196),
     "Stanford Dogs": ("fgvc-dogs", 120), "NABirds": ("fgvc-nabirds", 555), "ADE20K": ("ade20k", 150),
 }
-BACKBONE_IDS = {"mae": "facebook/vit-mae-base", "mocov3": "checkpoints/mocov3-vit-b-300ep-linear"}
+BACKBONE_IDS = {"mae": "backbones/mae-vit-b16", "mocov3": "backbones/mocov3-vit-b16-linear"}
+# The paper's backbones (METHOD.md): MAE's pretraining weights (timm's Hub copy holds them as safetensors), MoCo v3's
+# linear-probe checkpoint.
+BACKBONE_CHECKPOINTS = {"mae": ("mae_pretrain_vit_base.pth", "timm/vit_base_patch16_224.mae"),
+                        "mocov3": ("linear-vit-b-300ep.pth.tar",)}
 
 
 # METHOD.md, "Results to reproduce": (backbone, method) -> the paper's numbers.
@@ -122,6 +129,11 @@ def test_gated_recipes_match_table5_and_class_counts():
         assert args["model_name_or_path"] == BACKBONE_IDS[backbone], name
         assert (args["prompt_mode"], args["gated"], args["learnable_temperature"]) == ("shallow", True, True), name
         assert (args["optimizer"], args["momentum"], args["weight_decay"]) == ("sgd", 0.9, 0.0), name
+        assert args["image_normalization"] == "imagenet", name
+        backbone_fields = read(name)["backbone"]
+        assert all(c in backbone_fields["checkpoint"] for c in BACKBONE_CHECKPOINTS[backbone]), name
+        assert backbone_fields["prepare"].startswith(f"gated-vpt convert --model-type {backbone} "), name
+        assert backbone_fields["prepare"].split()[-1] == BACKBONE_IDS[backbone], name
         if task == "ADE20K":
             continue
         assert args["transform"] == stem.split("-")[0] and args["image_size"] == 224, name
@@ -192,13 +204,32 @@ def test_spot_checks():
     assert read("mae-vtab-dtd.json")["paper"]["reported_group_mean_top1"] == 47.61
 
 
-def test_vtab_tune_and_final_splits():
+# The folder names of the widely shared preprocessed VTAB-1k archive, by recipe stem.
+VTAB_FOLDERS = {
+    "caltech101": "caltech101", "cifar100": "cifar", "dtd": "dtd", "flowers102": "oxford_flowers102",
+    "pets": "oxford_iiit_pet", "svhn": "svhn", "sun397": "sun397", "camelyon": "patch_camelyon", "eurosat": "eurosat",
+    "resisc45": "resisc45", "retinopathy": "diabetic_retinopathy", "clevr-count": "clevr_count",
+    "clevr-dist": "clevr_dist", "dmlab": "dmlab", "kitti-dist": "kitti", "dsprites-loc": "dsprites_loc",
+    "dsprites-ori": "dsprites_ori", "smallnorb-azim": "smallnorb_azi", "smallnorb-elev": "smallnorb_ele",
+}
+
+
+def test_benchmark_recipes_name_their_data_folder_and_layout():
+    """The stage picks the splits inside the folder (gated_vpt.training.benchmark_data), so tune and final args are
+    the same and no recipe needs tune_args."""
+    for backbone in ("mae", "mocov3"):
+        for stem, folder in VTAB_FOLDERS.items():
+            recipe = read(f"{backbone}-vtab-{stem}.json")
+            assert (recipe["args"]["data_dir"], recipe["args"]["data_layout"]) == (f"data/vtab-1k/{folder}", "vtab1k")
+        for task in ("cub", "flowers", "cars", "dogs", "nabirds"):
+            recipe = read(f"{backbone}-fgvc-{task}.json")
+            assert (recipe["args"]["data_dir"], recipe["args"]["data_layout"]) == (f"data/fgvc/{task}", "fgvc")
+    for path in list_recipes():
+        recipe = read(path.name)
+        assert "tune_args" not in recipe, path.name
+        assert not {"train_dir", "test_dir"} & set(recipe["args"]) or recipe["task_type"] == "semantic-segmentation"
     final = load_recipe(RECIPES_DIR / "mae-vtab-eurosat.json")
-    tune = load_recipe(RECIPES_DIR / "mae-vtab-eurosat.json", stage="tune")
-    assert final["train_dir"].endswith("/train800val200") and final["test_dir"].endswith("/test")
-    assert tune["train_dir"].endswith("/train800") and tune["validation_dir"].endswith("/val200")
-    assert tune["test_dir"] is None
-    assert {k: v for k, v in tune.items() if "_dir" not in k} == {k: v for k, v in final.items() if "_dir" not in k}
+    assert load_recipe(RECIPES_DIR / "mae-vtab-eurosat.json", stage="tune") == final
 
 
 def test_baseline_recipes():
@@ -228,6 +259,9 @@ def test_segmentation_recipes():
         args = load_recipe(path, task_type="semantic-segmentation")
         assert (args["decoder"], args["aux_blocks"], args["crop_size"], args["num_labels"]) == ("setr_pup", [5, 9], 512, 150)
         assert (args["scheduler"], args["ignore_index"], args["reduce_labels"]) == ("poly", 255, True)
+        # SETR-PUP's ADE20K settings: 10x learning rate on the heads, poly (power 0.9) down to 1e-4, 512 channels.
+        assert (args["decoder_lr_multiplier"], args["poly_power"], args["min_learning_rate"]) == (10.0, 0.9, 1e-4)
+        assert args["decoder_channels"] == 512 and args["image_normalization"] == "imagenet"
         paper = read(path.name)["paper"]
         assert (paper["reported_miou_single_scale"], paper["reported_miou_multi_scale"]) == (single, multi)
         with pytest.raises(ValueError, match="is a 'semantic-segmentation' recipe, but this script trains 'image-classification'"):
@@ -283,10 +317,14 @@ def write(tmp_path):
         (dict(args={"crop_size": 512}), r"args\.crop_size is a semantic-segmentation argument, not a image-classification one"),
         (dict(args={"model_name_or_path": None}), r"args\.model_name_or_path is null"),
         (dict(args={"prompt_mode": "deep"}), r"args\.gated = true with prompt_mode 'deep'"),
-        (dict(args={"train_dir": None}), r"no data: set args\.dataset_name"),
+        (dict(args={"data_dir": None}), r"no data: set args\.data_dir"),
+        (dict(args={"train_dir": "images"}), r"args sets data_dir and train_dir: keep one data source"),
+        (dict(args={"data_layout": "imagenet"}), r"args\.data_layout = \"imagenet\" is out of range: use 'vtab1k'"),
         (dict(args={"warmup_epochs": 200}), r"warmup_epochs is larger than args\.num_train_epochs"),
         (dict(task_type="detection"), r"task_type = 'detection' is invalid"),
         (dict(paper={"reported_top1": 170}), r"paper\.reported_top1 = 170 is out of range"),
+        (dict(args={"learning_rate": float("nan")}), r"args\.learning_rate = NaN is not a finite number"),
+        (dict(backbone={"checkpoint": "x"}), r"backbone\.prepare must be a non-empty string"),
     ],
 )
 def test_loader_errors_name_file_field_and_fix(write, change, message):
@@ -345,3 +383,49 @@ def test_recipes_load_into_the_training_script_arguments(script_name, task_type)
     example = "mae-fgvc-cub.json" if task_type == "image-classification" else "mae-ade20k.json"
     overridden = script.parse_args(["--config", str(RECIPES_DIR / example), "--learning_rate", "0.25"])
     assert overridden.learning_rate == 0.25 and overridden.num_prompt_tokens == 100
+
+
+def _stop_message(script, path, tmp_path, monkeypatch):
+    """Run the script's main on a recipe from an empty working directory; return the RunStopped message and the
+    seconds it took."""
+    import time
+
+    from gated_vpt.training.run import RunStopped
+
+    monkeypatch.chdir(tmp_path)
+    started = time.perf_counter()
+    with pytest.raises(RunStopped) as stop:
+        script.main(["--config", str(path)])
+    return str(stop.value), time.perf_counter() - started
+
+
+@pytest.mark.parametrize(
+    "script_name, task_type",
+    [("train_image_classification", "image-classification"), ("train_semantic_segmentation", "semantic-segmentation")],
+)
+def test_every_recipe_without_its_backbone_stops_at_once_saying_what_to_prepare(script_name, task_type, tmp_path, monkeypatch):
+    """No Hub lookup, no traceback: the recipe's checkpoint and its one prepare command, in well under 5 s."""
+    script = _script(script_name)
+    paths = [p for p in list_recipes() if json.loads(p.read_text())["task_type"] == task_type]
+    assert paths
+    for path in paths:
+        backbone = read(path.name)["backbone"]
+        message, seconds = _stop_message(script, path, tmp_path, monkeypatch)
+        folder = load_recipe(path)["model_name_or_path"]
+        assert f"The backbone folder {folder} does not exist" in message, path.name
+        assert backbone["checkpoint"] in message and backbone["prepare"] in message, path.name
+        assert seconds < 5, (path.name, seconds)
+        assert not (tmp_path / "outputs").exists()
+
+
+def test_an_unprepared_backbone_ends_the_script_with_status_1_and_no_traceback(tmp_path):
+    script = RECIPES_DIR.parent / "examples" / "train_image_classification.py"
+    process = subprocess.run(
+        [sys.executable, str(script), "--config", str(RECIPES_DIR / "mocov3-vtab-dtd.json")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(RECIPES_DIR.parent), "HF_HUB_OFFLINE": "1"},
+    )
+    assert process.returncode == 1
+    assert "Traceback" not in process.stderr
+    assert "error: The backbone folder backbones/mocov3-vit-b16-linear does not exist" in process.stderr
+    assert "gated-vpt convert --model-type mocov3 --trust-checkpoint --drop-head linear-vit-b-300ep.pth.tar" in process.stderr

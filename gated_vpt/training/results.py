@@ -16,6 +16,17 @@ from .plots import plot_gates, plot_learning_curve
 
 # A run's scores are the float metrics named after the split they were measured on (test_accuracy, validation_miou).
 SCORE_PREFIXES = ("test_", "validation_")
+# Left instead of metrics.json by a run that cannot finish as configured (a non-finite loss): rerunning it would
+# stop the same way, so the protocol runner counts it as settled, without a score.
+STOPPED_FILE = "stopped.json"
+
+
+def write_stopped(output_dir: Union[str, Path], reason: str) -> Path:
+    """Record in ``output_dir/stopped.json`` why a run stopped for good (the file is removed to retry the run)."""
+    path = Path(output_dir) / STOPPED_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"reason": reason}, indent=1) + "\n")
+    return path
 
 
 def run_scores(metrics: dict) -> dict[str, float]:
@@ -34,12 +45,12 @@ def write_results(
     dataset: Optional[str] = None,
     save_adapter: Optional[Callable[[PeftModel, Path], object]] = None,
     hub_model_id: Optional[str] = None,
-    hub_token: Optional[str] = None,
 ) -> Path:
     """Write ``output_dir/adapter`` (``save_adapter(model, directory)``, default ``model.save_pretrained``, then the
     model card for ``task`` with the run's scores), ``metrics.json`` (``metrics``, the gates and the per-epoch
     ``history``), ``gates.png`` (when the adapter has gates or temperatures) and ``learning_curve.png``; print the
-    scores and the gate table; push the adapter to ``hub_model_id`` when given. Returns the adapter directory.
+    scores and the gate table; push the adapter to ``hub_model_id`` when given (the token from ``HF_TOKEN`` or the
+    stored login). Returns the adapter directory.
 
     Example:
 
@@ -85,5 +96,5 @@ def write_results(
     if hub_model_id:
         from gated_vpt.hub import push_adapter
 
-        push_adapter(adapter_dir, hub_model_id, token=hub_token)
+        push_adapter(adapter_dir, hub_model_id)
     return adapter_dir
