@@ -40,6 +40,9 @@ def set_fast_path(enabled: bool) -> None:
     ```py
     >>> import gated_vpt
     >>> gated_vpt.set_fast_path(False)  # e.g. to compare against the plain path
+    >>> gated_vpt.fast_path_enabled()
+    False
+    >>> gated_vpt.set_fast_path(True)
     ```
     """
     _ENABLED[0] = bool(enabled)

@@ -325,6 +325,7 @@ def test_prompt_dropout_is_active_in_training_mode_only():
         assert torch.equal(model(x).logits, model(x).logits)
 
 
+@pytest.mark.usefixtures("plain_path")
 @pytest.mark.parametrize("mode", ["shallow", "deep"])
 def test_prompt_dropout_zeroes_prompt_rows_only_at_the_configured_rate_with_inverse_scaling(mode):
     """On entry to each block that inserts prompts, the CLS and patch rows are exactly what reached it (the
