@@ -137,7 +137,28 @@ def forward_block(
     """
     if keep_prompt_rows and (prompts is not None or prompt_keys_values is not None):
         raise ValueError("forward_block: insert the prompts into hidden_states to keep their rows.")
-    attend = parts.attention_function()
+    residual, attended = _attention_branch(
+        parts, hidden_states, num_special, num_prompts, prompts, prompt_keys_values, keep_prompt_rows, temperature
+    )
+    hidden_states = attended + residual
+    del residual, attended  # not needed by the MLP: free them before its (wider) activations exist
+    mlp = parts.mlp(parts.norm_after(hidden_states))
+    if parts.layer_scales:
+        mlp = parts.layer_scales[1](mlp)
+    return mlp + hidden_states
+
+
+def _attention_branch(
+    parts: BlockParts,
+    hidden_states: torch.Tensor,
+    num_special: int,
+    num_prompts: int,
+    prompts: Optional[torch.Tensor],
+    prompt_keys_values: Optional[tuple[torch.Tensor, torch.Tensor]],
+    keep_prompt_rows: bool,
+    temperature: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows ``forward_block`` computes and the attention branch's output for them (before the residual add)."""
     batch = hidden_states.shape[0]
     residual = hidden_states
     normed = parts.norm_before(hidden_states)
@@ -164,15 +185,15 @@ def forward_block(
         prompt_key, prompt_value = (t.expand(batch, -1, -1) for t in prompt_keys_values)
         key = insert_prompts(_linear(parts.key, normed), prompt_key, num_special)
         value = insert_prompts(_linear(parts.value, normed), prompt_value, num_special)
-    attended = attend(parts.attention, query, heads(key), heads(value), None, dropout=0.0, scaling=parts.scaling)[0]
+    del normed, keys_in
+    attended = parts.attention_function()(
+        parts.attention, query, heads(key), heads(value), None, dropout=0.0, scaling=parts.scaling
+    )[0]
+    del key, value
     attended = _linear(parts.output, attended.reshape(batch, query.shape[2], -1))
     if parts.layer_scales:
         attended = parts.layer_scales[0](attended)
-    hidden_states = attended + residual
-    mlp = parts.mlp(parts.norm_after(hidden_states))
-    if parts.layer_scales:
-        mlp = parts.layer_scales[1](mlp)
-    return mlp + hidden_states
+    return residual, attended
 
 
 def _linear(module: nn.Linear, rows: torch.Tensor) -> torch.Tensor:
