@@ -176,9 +176,10 @@ def _attention_branch(
     def heads(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.view(batch, tensor.shape[1], -1, head_dim).transpose(1, 2)
 
+    attend = parts.attention_function()
     query = heads(_linear(parts.query, normed))
     if temperature is not None:
-        query = divide_query(query, temperature)
+        query = divide_query(query, temperature, contiguous=attend is parts.eager)
     if keys_in is not None:
         key, value = _linear(parts.key, keys_in), _linear(parts.value, keys_in)
     else:
@@ -186,9 +187,7 @@ def _attention_branch(
         key = insert_prompts(_linear(parts.key, normed), prompt_key, num_special)
         value = insert_prompts(_linear(parts.value, normed), prompt_value, num_special)
     del normed, keys_in
-    attended = parts.attention_function()(
-        parts.attention, query, heads(key), heads(value), None, dropout=0.0, scaling=parts.scaling
-    )[0]
+    attended = attend(parts.attention, query, heads(key), heads(value), None, dropout=0.0, scaling=parts.scaling)[0]
     del key, value
     attended = _linear(parts.output, attended.reshape(batch, query.shape[2], -1))
     if parts.layer_scales:

@@ -65,22 +65,24 @@ class _GatePromptRows(torch.autograd.Function):
         return grad_output, grad_prompts, grad_logit, None, None
 
 
-def divide_query(query: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    """``query / temperature``, contiguous in ``query``'s dimension order, keeping only the result for the backward
-    pass, which the attention kernel keeps anyway: no extra activation per block (autograd's division would keep the
-    undivided query as well).
+def divide_query(query: torch.Tensor, temperature: torch.Tensor, contiguous: bool = False) -> torch.Tensor:
+    """``query / temperature``, keeping only the result for the backward pass, which the attention kernel keeps
+    anyway: no extra activation per block (autograd's division would keep the undivided query as well).
 
+    The result has ``query``'s memory layout, or is contiguous in its dimension order with ``contiguous=True`` (for a
+    kernel that would otherwise keep a contiguous copy of its own, as eager attention's matmul does).
     ``temperature`` is a scalar or holds one value per sample (any shape with the batch first and ones after).
     """
     if temperature.dim():
         temperature = temperature.reshape(temperature.shape[0], *(1,) * (query.dim() - 1))
-    return _DivideQuery.apply(query, temperature)
+    return _DivideQuery.apply(query, temperature, contiguous)
 
 
 class _DivideQuery(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, query, temperature):
-        out = torch.div(query, temperature, out=torch.empty(query.shape, dtype=query.dtype, device=query.device))
+    def forward(ctx, query, temperature, contiguous):
+        out = torch.empty(query.shape, dtype=query.dtype, device=query.device) if contiguous else torch.empty_like(query)
+        out = torch.div(query, temperature, out=out)
         ctx.save_for_backward(out, temperature)
         return out
 
@@ -92,7 +94,7 @@ class _DivideQuery(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             # d(q / t)/dt = -q / t**2 = -out / t
             grad_temperature = -(grad * out).sum_to_size(temperature.shape) / temperature
-        return grad_query, grad_temperature
+        return grad_query, grad_temperature, None
 
 
 def clamp_temperatures_(temperatures: Iterable[torch.Tensor]) -> None:
