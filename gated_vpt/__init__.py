@@ -4,16 +4,24 @@ Importing the package registers the method with peft, so ``peft.get_peft_model(m
 and ``PeftModel.from_pretrained(base, adapter_dir)`` work.
 """
 
-from .backbones import BACKBONES, supported_model_types
-from .config import GatedPromptConfig
-from .heads import init_classifier_
-from .introspection import BlockReport, GateReport, gate_report
-from .layer import GatedPromptBlock
-from .loading import load_adapter
-from .model import GatedPromptModel
-from .registration import register
+import sys
+from pathlib import Path
 
-register()
+__version__ = "0.1.0"
+
+# The gated-vpt command imports only what each subcommand needs (its --help answers in well under a second, before
+# torch, transformers and peft would be loaded); everywhere else importing the package registers the method.
+if Path((getattr(sys, "argv", None) or [""])[0]).name not in ("gated-vpt", "gated-vpt.exe"):
+    from .backbones import BACKBONES, supported_model_types
+    from .config import GatedPromptConfig
+    from .heads import init_classifier_
+    from .introspection import BlockReport, GateReport, gate_report
+    from .layer import GatedPromptBlock
+    from .loading import load_adapter
+    from .model import GatedPromptModel
+    from .registration import register
+
+    register()
 
 __all__ = [
     "BACKBONES",
@@ -27,4 +35,3 @@ __all__ = [
     "load_adapter",
     "supported_model_types",
 ]
-__version__ = "0.1.0"

@@ -2,6 +2,7 @@
 
 Examples:
 
+    gated-vpt info outputs/image-classification              # a training run's output folder (or its adapter/)
     gated-vpt push out/cub-gated user/mae-cub-gated          # token from --token, HF_TOKEN or `hf auth login`
     gated-vpt pull user/mae-cub-gated --revision v1 -o adapters/cub
     gated-vpt info user/mae-cub-gated --json
@@ -10,6 +11,9 @@ Examples:
 
 Errors (a missing repo or revision, no network, an adapter made for another base, no token) are printed as one
 line, ``gated-vpt: error: ...``, with exit status 1.
+
+Heavy libraries (torch, transformers, peft, huggingface_hub) are imported inside the commands that use them, so
+``--help`` answers at once and ``info`` of a local adapter loads only torch and safetensors.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv[:1] == ["convert"]:
         from . import convert
 
-        return convert.main(argv[1:]) or 0
+        return convert.main(argv[1:], prog="gated-vpt convert") or 0
     args = _parser().parse_args(argv)
     try:
         return args.run(args) or 0
@@ -46,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     push = commands.add_parser("push", help="upload a local adapter directory to a Hub repo (with its model card)")
-    push.add_argument("directory", help="adapter directory written by model.save_pretrained")
+    push.add_argument("directory", help="adapter directory written by model.save_pretrained, or a training run's output folder")
     push.add_argument("repo_id", help="target repo, e.g. user/mae-cub-gated (created when missing)")
     push.add_argument("--token", help="Hub token with write access (default: HF_TOKEN or `hf auth login`); never printed")
     push.add_argument("--private", action="store_true", default=None, help="create the repo as private")
@@ -59,16 +63,17 @@ def _parser() -> argparse.ArgumentParser:
     pull.set_defaults(run=_pull)
 
     info = commands.add_parser("info", help="show an adapter's config, per-block gates and temperatures, and file sizes")
-    _add_source(info, "adapter", "adapter directory or Hub repo id")
+    _add_source(info, "adapter", "adapter directory, training run output folder or Hub repo id")
     info.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     info.set_defaults(run=_info)
 
     predict = commands.add_parser("predict", help="classify images with a base model plus an adapter")
-    _add_source(predict, "adapter", "adapter directory or Hub repo id")
+    _add_source(predict, "adapter", "adapter directory, training run output folder or Hub repo id")
     predict.add_argument("images", nargs="+", help="image files or folders of images")
     predict.add_argument("--base", help="base model id or directory (default: the adapter config's base_model_name_or_path)")
     predict.add_argument("--top-k", type=int, default=5, help="labels printed per image (default 5)")
-    predict.add_argument("--labels", help="label names: a text file with one per line, or a JSON list or {index: name}")
+    predict.add_argument("--labels", help="label names: a text file with one per line, or a JSON list or {index: name} "
+                         "(default: the adapter's id2label.json, written by the training scripts)")
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--json", action="store_true", help="print one JSON object per image")
     predict.set_defaults(run=_predict)
@@ -97,12 +102,25 @@ def _pull(args: argparse.Namespace) -> None:
     print(path)
 
 
-def _info(args: argparse.Namespace) -> None:
+def _adapter_dir(args: argparse.Namespace) -> Path:
+    """The adapter's local directory, its files checked: a folder (an adapter, or a run's output folder holding
+    ``adapter/``) as it is, a Hub repo id through the Hub (or its cache)."""
+    from .loading import read_adapter_files, run_adapter_dir
+
+    if Path(args.adapter).is_dir():
+        directory = run_adapter_dir(args.adapter)
+        read_adapter_files(directory)
+        return directory
     from .hub import fetch_adapter
+
+    return fetch_adapter(args.adapter, revision=args.revision, token=args.token)
+
+
+def _info(args: argparse.Namespace) -> None:
     from .introspection import gate_report
     from .loading import read_adapter_files
 
-    directory = fetch_adapter(args.adapter, revision=args.revision, token=args.token)
+    directory = _adapter_dir(args)
     config, state_dict = read_adapter_files(directory)
     report = gate_report(directory)
     files = {file.name: file.stat().st_size for file in sorted(directory.iterdir()) if file.is_file()}
@@ -117,7 +135,8 @@ def _info(args: argparse.Namespace) -> None:
         return
     keys = ("base_model_name_or_path", "num_prompt_tokens", "prompt_mode", "prompt_start_block", "gated", "gate_init",
             "learnable_temperature", "prompt_dropout", "head_pooling", "modules_to_save", "backbone")
-    print(f"Adapter {args.adapter} ({directory})\n")
+    where = "" if Path(args.adapter) == directory else f" ({directory})"
+    print(f"Adapter {args.adapter}{where}\n")
     print("\n".join(f"  {key}: {config.get(key)}" for key in keys))
     print("\nParameters: " + ", ".join(f"{name} {count:,}" for name, count in parameters.items()))
     print(f"\n{report.format_table()}\n")
@@ -160,12 +179,11 @@ def _load_classifier(args: argparse.Namespace):
     from transformers import AutoImageProcessor, ViTImageProcessor
 
     from .card import BASE_CLASSES, DEFAULT_BASE_CLASS
-    from .hub import fetch_adapter
-    from .loading import load_adapter, read_adapter_files
+    from .loading import load_adapter, read_adapter_files, read_labels
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    directory = fetch_adapter(args.adapter, revision=args.revision, token=args.token)
+    directory = _adapter_dir(args)
     config, state_dict = read_adapter_files(directory)
     base_id = args.base or config.get("base_model_name_or_path")
     if not base_id:
@@ -178,15 +196,18 @@ def _load_classifier(args: argparse.Namespace):
     base = model_class.from_pretrained(base_id, num_labels=num_labels, ignore_mismatched_sizes=True)
     model = load_adapter(base, directory).eval()
     try:
-        processor = AutoImageProcessor.from_pretrained(base_id)
+        processor = AutoImageProcessor.from_pretrained(base_id, backend="pil")
     except OSError:
         size = base.config.image_size
         print(f"note: {base_id} has no image processor config; resizing to {size}x{size} with ViT defaults.", file=sys.stderr)
         processor = ViTImageProcessor(size={"height": size, "width": size})
-    return model, processor, _label_names(args.labels, base.config, num_labels)
+    return model, processor, _label_names(args.labels, read_labels(directory), base.config, num_labels)
 
 
-def _label_names(path: Optional[str], config, num_labels: int) -> list[str]:
+def _label_names(path: Optional[str], saved: Optional[list[str]], config, num_labels: int) -> list[str]:
+    """--labels, else the adapter's saved names, else the base model's config."""
+    if path is None and saved is not None and len(saved) == num_labels:
+        return saved
     if path is None:
         return [config.id2label.get(i, f"LABEL_{i}") for i in range(num_labels)]
     text = Path(path).read_text()

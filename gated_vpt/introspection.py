@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from .gate import effective_temperature, selection_weights
-from .layer import GatedPromptBlock
 
 _CANONICAL_KEY = re.compile(r"encoder\.layer\.(\d+)\.gvpt_(gate|temperature)$")
 
@@ -71,6 +70,8 @@ def gate_report(source: Union[nn.Module, str, Path], adapter_name: str = "defaul
 
 
 def _from_model(model: nn.Module, adapter_name: str) -> tuple[int, dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    from .layer import GatedPromptBlock  # imports peft; a saved adapter's report (``gated-vpt info``) needs only torch
+
     blocks = [m for m in model.modules() if isinstance(m, GatedPromptBlock)]
     if not blocks:
         raise ValueError("This model has no gated_vpt adapter; create one with get_peft_model(model, GatedPromptConfig()).")

@@ -3,6 +3,9 @@
 ``PeftModel.from_pretrained`` works once ``gated_vpt`` has been imported (peft has no plugin discovery, so a
 script that never imports it gets ``KeyError: 'GATED_VPT'``). ``load_adapter`` imports the method for you,
 checks the files before anything is loaded, and refuses pickled weights.
+
+peft and huggingface_hub are imported where they are used, so that reading an adapter's files (``gated-vpt
+info``) needs only torch and safetensors.
 """
 
 from __future__ import annotations
@@ -12,20 +15,16 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
-from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    LocalEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
-from peft import PeftModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+# A classification adapter's class names, {"0": name, ...} as in transformers' id2label.
+LABELS_NAME = "id2label.json"
+# A training run's output folder holds its adapter in this subfolder.
+RUN_ADAPTER_DIR = "adapter"
 PICKLED_WEIGHTS = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
 
 
@@ -41,7 +40,8 @@ def load_adapter(
 ) -> PeftModel:
     """Load a gated_vpt adapter onto ``base_model`` (a transformers model, or a ``PeftModel`` to add it to).
 
-    ``path_or_repo_id`` is a local adapter directory or a Hub repo id (``revision`` pins a branch, tag or commit).
+    ``path_or_repo_id`` is a local adapter directory (or a training run's output folder holding ``adapter/``) or a
+    Hub repo id (``revision`` pins a branch, tag or commit).
 
     Example:
 
@@ -52,12 +52,19 @@ def load_adapter(
     >>> model = load_adapter(base, "user/mae-cub-gated")
     ```
     """
+    from peft import PeftModel
+
+    from .quiet import peft_wrapping
+    from .registration import register
+
+    register()  # a no-op once the package is imported (the gated-vpt command imports only what it needs)
     directory = resolve_adapter_dir(path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir)
     read_adapter_files(directory)
     if isinstance(base_model, PeftModel):
         base_model.load_adapter(str(directory), adapter_name=adapter_name, is_trainable=is_trainable)
         return base_model
-    return PeftModel.from_pretrained(base_model, str(directory), adapter_name=adapter_name, is_trainable=is_trainable)
+    with peft_wrapping():
+        return PeftModel.from_pretrained(base_model, str(directory), adapter_name=adapter_name, is_trainable=is_trainable)
 
 
 def resolve_adapter_dir(
@@ -67,10 +74,19 @@ def resolve_adapter_dir(
     token: Optional[str] = None,
     cache_dir: Optional[str] = None,
 ) -> Path:
-    """A local directory holding the adapter's two files, downloading them from the Hub when given a repo id."""
+    """A local directory holding the adapter's two files (a training run's ``adapter/`` when given the run's output
+    folder), downloading them from the Hub when given a repo id."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
     path = Path(path_or_repo_id)
     if path.is_dir():
-        return path
+        return run_adapter_dir(path)
     if path.exists() or str(path_or_repo_id).startswith((".", "/", "~")) or str(path_or_repo_id).count("/") > 1:
         raise FileNotFoundError(f"{path_or_repo_id} is not an adapter directory (expected a folder with {CONFIG_NAME}).")
     repo_id = str(path_or_repo_id)
@@ -132,3 +148,33 @@ def read_adapter_files(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     if not any(".gvpt_" in key for key in state_dict):
         raise ValueError(f"{weights_path} holds no gated_vpt parameters (gvpt_prompt, gvpt_gate, ...); it is not this adapter's file.")
     return config, state_dict
+
+
+def run_adapter_dir(path: Union[str, Path]) -> Path:
+    """``path``, or its ``adapter/`` subfolder when ``path`` is a training run's output folder."""
+    path = Path(path)
+    inner = path / RUN_ADAPTER_DIR
+    if not (path / CONFIG_NAME).is_file() and (inner / CONFIG_NAME).is_file():
+        return inner
+    return path
+
+
+def write_labels(directory: Union[str, Path], model: nn.Module) -> Optional[Path]:
+    """Save a classifier's class names (its base model's ``config.id2label``) as ``id2label.json`` beside the
+    adapter; None when the model has no classifier of that size. ``gated-vpt predict`` prints these names."""
+    base = model.get_base_model()
+    id2label = getattr(getattr(base, "config", None), "id2label", None)
+    if not id2label or getattr(getattr(base, "classifier", None), "out_features", None) != len(id2label):
+        return None
+    path = Path(directory) / LABELS_NAME
+    path.write_text(json.dumps({str(i): str(name) for i, name in sorted(id2label.items())}, indent=1) + "\n")
+    return path
+
+
+def read_labels(directory: Union[str, Path]) -> Optional[list[str]]:
+    """The class names saved by ``write_labels``, in index order, or None when the adapter has none."""
+    path = Path(directory) / LABELS_NAME
+    if not path.is_file():
+        return None
+    names = json.loads(path.read_text())
+    return [names[str(i)] for i in range(len(names))]

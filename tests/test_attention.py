@@ -62,7 +62,7 @@ def test_flex_attention_works_or_is_refused_clearly(pixels):
 def _gradients(checkpointing: bool):
     base = make_backbone("vit_clf")
     if checkpointing:
-        base.gradient_checkpointing_enable()
+        base.activation_checkpointing_enable()
     model = randomize_adapter_(get_peft_model(base, GatedPromptConfig(num_prompt_tokens=3, prompt_dropout=0.0)))
     model.train()
     attention_calls = []

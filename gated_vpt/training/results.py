@@ -11,6 +11,8 @@ from peft import PeftModel
 
 from gated_vpt import gate_report
 from gated_vpt.card import write_model_card
+from gated_vpt.loading import write_labels
+from gated_vpt.recipes import CLASSIFICATION
 
 from .plots import plot_gates, plot_learning_curve
 
@@ -36,10 +38,11 @@ def write_results(
     hub_model_id: Optional[str] = None,
     hub_token: Optional[str] = None,
 ) -> Path:
-    """Write ``output_dir/adapter`` (``save_adapter(model, directory)``, default ``model.save_pretrained``, then the
-    model card for ``task`` with the run's scores), ``metrics.json`` (``metrics``, the gates and the per-epoch
-    ``history``), ``gates.png`` (when the adapter has gates or temperatures) and ``learning_curve.png``; print the
-    scores and the gate table; push the adapter to ``hub_model_id`` when given. Returns the adapter directory.
+    """Write ``output_dir/adapter`` (``save_adapter(model, directory)``, default ``model.save_pretrained``, the class
+    names and the model card for ``task`` with the run's scores), ``metrics.json`` (``metrics``, the gates and the
+    per-epoch ``history``), ``gates.png`` (when the adapter has gates or temperatures) and ``learning_curve.png``;
+    print the scores, the gate table, where everything went and the commands to run next; push the adapter to
+    ``hub_model_id`` when given. Returns the adapter directory.
 
     Example:
 
@@ -54,6 +57,7 @@ def write_results(
         model.save_pretrained(adapter_dir)
     else:
         save_adapter(model, adapter_dir)
+    write_labels(adapter_dir, model)
     report = gate_report(model)
     gates_png = None
     if any(b.gate is not None or b.temperature is not None for b in report.blocks):
@@ -64,10 +68,18 @@ def write_results(
     )
     scores = run_scores(metrics)
     write_model_card(adapter_dir, model, metrics=scores, gates_image=gates_png, dataset=dataset, task=task)
-    print(", ".join(f"{k} {v:.4f}" for k, v in scores.items()) + f"; adapter and results in {output}")
-    print(report.format_table())
+    print(f"\n{report.format_table()}\n")
+    print(", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    written = [f"{adapter_dir}/ (adapter and model card)", "metrics.json", *(p.name for p in (gates_png,) if p), "learning_curve.png"]
+    print(f"Wrote {', '.join(written)} in {output}")
     if hub_model_id:
         from gated_vpt.hub import push_adapter
 
         push_adapter(adapter_dir, hub_model_id, token=hub_token)
+        print(f"Pushed the adapter to {hub_model_id}")
+    print(f"Next: gated-vpt info {output}")
+    if task == CLASSIFICATION:
+        print(f"      gated-vpt predict {output} <image files or folders>")
+    if not hub_model_id:
+        print(f"      gated-vpt push {output} <user>/<repo>")
     return adapter_dir
