@@ -44,7 +44,8 @@ def _int_list(text: str) -> list[int]:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(description="Gated visual prompt tuning for semantic segmentation (SETR-PUP).")
+    parser = argparse.ArgumentParser(description="Gated visual prompt tuning for semantic segmentation (SETR-PUP).",
+                                     formatter_class=cli.HelpFormatter)
     cli.add_config_args(parser)
     parser.add_argument("--quick", action="store_true",
                         help="Offline: synthetic shapes, a tiny random ViT, 3 epochs (flags still override).")

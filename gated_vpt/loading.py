@@ -161,10 +161,13 @@ def run_adapter_dir(path: Union[str, Path]) -> Path:
 
 def write_labels(directory: Union[str, Path], model: nn.Module) -> Optional[Path]:
     """Save a classifier's class names (its base model's ``config.id2label``) as ``id2label.json`` beside the
-    adapter; None when the model has no classifier of that size. ``gated-vpt predict`` prints these names."""
+    adapter; None when the model has no classifier of that size or only placeholder names. ``gated-vpt predict``
+    prints these names."""
     base = model.get_base_model()
     id2label = getattr(getattr(base, "config", None), "id2label", None)
     if not id2label or getattr(getattr(base, "classifier", None), "out_features", None) != len(id2label):
+        return None
+    if all(name == f"LABEL_{i}" for i, name in id2label.items()):  # transformers' placeholders name nothing
         return None
     path = Path(directory) / LABELS_NAME
     path.write_text(json.dumps({str(i): str(name) for i, name in sorted(id2label.items())}, indent=1) + "\n")

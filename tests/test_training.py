@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import ViTImageProcessor, ViTMAEConfig, ViTMAEModel
@@ -114,8 +115,34 @@ def test_run_writes_adapter_metrics_plots_and_card(uninterrupted):
     assert gates[-1] is None and all(g != pytest.approx(torch.sigmoid(torch.tensor(-2.0)).item()) for g in gates[:-1])
     # 16 images x 3 classes, batches of 4 with 2-step accumulation: 6 updates per epoch.
     assert json.loads((output / "epoch_2" / "state.json").read_text())["state"]["completed_steps"] == 18
+    # --save_total_limit 2 (the default): the two newest checkpoints are kept (updates 16 and 18).
+    assert sorted(p.name for p in output.iterdir() if p.is_dir() and p.name != "adapter") == ["epoch_2", "step_16"]
     card = (output / "adapter" / "README.md").read_text()  # written by gated_vpt.card
     assert "gated-vpt" in card and "| test_accuracy |" in card and (output / "adapter" / "gates.png").is_file()
+    assert json.loads((output / "adapter" / "id2label.json").read_text()) == {str(i): c for i, c in enumerate(CLASSES)}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {f.name: f.stat().st_mode & 0o777 for f in (output / "adapter").iterdir()} == {
+        f.name: 0o666 & ~umask for f in (output / "adapter").iterdir()}
+    assert {f.stat().st_mode & 0o777 for f in (output / "epoch_2").iterdir()} == {0o666 & ~umask}
+
+
+def test_card_of_a_run_names_its_data_and_base_without_local_paths(uninterrupted, assets):
+    output, _ = uninterrupted
+    card = (output / "adapter" / "README.md").read_text()
+    assert str(assets) not in card and str(output) not in card and "/tmp" not in card
+    assert "`mae` (a local model folder, not on the Hub)" in card and "trained on `train (a local image folder)`" in card
+    assert ModelCard(card).data.model_name == output.name and "pip install -e ." in card
+
+
+def test_help_shows_defaults_in_groups(capsys):
+    with pytest.raises(SystemExit):
+        script.parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert [g for g in ("\nmodel:", "\ndata ", "\nmethod ", "\noptimisation ", "\nrun:") if g not in text] == []
+    for shown in ("(default: 0.5)", "(default: 40)", "(default: 64)", "(default: 0)", "(default:\n", "outputs/image-classification"):
+        assert shown in text, shown
+    assert script.parse_args(["--checkpointing_steps", "none", "--save_total_limit", "none"]).checkpointing_steps is None
 
 
 def test_saved_adapter_reproduces_the_reported_accuracy(uninterrupted, assets):
@@ -141,11 +168,14 @@ def test_saved_adapter_reproduces_the_reported_accuracy(uninterrupted, assets):
 def test_interrupted_run_resumes_to_the_same_adapter(uninterrupted, assets, tmp_path):
     output, _ = uninterrupted
     interrupted = tmp_path / "interrupted"
-    # Killed after 5 updates in the first epoch: the last checkpoint is step_4, the fifth update is lost.
-    assert script.main(_argv(assets, interrupted, max_train_steps=5)) == {}
+    # Killed after 5 updates in the first epoch: the last checkpoint is step_4 (step_2 is pruned: keep 1), the fifth
+    # update is lost.
+    assert script.main(_argv(assets, interrupted, max_train_steps=5, save_total_limit=1)) == {}
     assert not (interrupted / "adapter").exists()
-    assert sorted(p.name for p in interrupted.glob("step_*")) == ["step_2", "step_4"]
-    script.main(_argv(assets, interrupted, resume_from_checkpoint="latest"))
+    assert sorted(p.name for p in interrupted.iterdir()) == ["step_4"]
+    script.main(_argv(assets, interrupted, resume_from_checkpoint="latest", save_total_limit=1))
+    # The newest checkpoint is kept, and the one the run resumed from is never deleted.
+    assert sorted(p.name for p in interrupted.iterdir() if p.is_dir() and p.name != "adapter") == ["epoch_2", "step_4"]
     expected, resumed = _adapter(output), _adapter(interrupted)
     assert expected.keys() == resumed.keys()
     for key in expected:
@@ -274,7 +304,8 @@ def test_bundled_accuracy_metric_loads_offline():
 def test_two_processes_match_one_process_with_the_same_global_batch(assets, tmp_path):
     overrides = dict(prompt_dropout=0.0, checkpointing_steps=1000, gradient_accumulation_steps=1, num_train_epochs=2)
     single = tmp_path / "single"
-    script.main(_argv(assets, single, per_device_train_batch_size=8, **overrides))
+    script.main(_argv(assets, single, per_device_train_batch_size=8, **{**overrides, "checkpointing_steps": "none"}))
+    assert not list(single.glob("epoch_*")) and not list(single.glob("step_*"))
     double = tmp_path / "double"
     # `accelerate launch --cpu --num_processes 2` starts ONE process unless MPI is set up; torchrun-style CPU
     # processes come from --multi_gpu with ACCELERATE_USE_CPU=1 (gloo backend).

@@ -10,7 +10,9 @@ the run's configuration, which a resume must match).
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -61,6 +63,7 @@ def save_checkpoint(
         _write_json(path / "optimizer.json", rest)
         _write_json(path / "scheduler.json", scheduler.state_dict())
         _write_json(path / STATE_FILE, {"state": asdict(state), "run_config": run_config})
+    follow_umask(path)
     return path
 
 
@@ -110,14 +113,40 @@ def check_run_config(path: Union[str, Path], run_config: dict) -> None:
         )
 
 
-def latest_checkpoint(output_dir: Union[str, Path]) -> Optional[Path]:
-    """The checkpoint in ``output_dir`` furthest into training (by optimizer updates, then position), or None."""
+def checkpoints_by_progress(output_dir: Union[str, Path]) -> list[Path]:
+    """The checkpoints in ``output_dir``, oldest first (by optimizer updates, then position)."""
     found = []
     for candidate in Path(output_dir).glob("*"):
         if candidate.name.startswith(CHECKPOINT_PREFIXES) and (candidate / STATE_FILE).is_file():
             state = _read_json(candidate / STATE_FILE)["state"]
             found.append(((state["completed_steps"], state["epoch"], state["batches_in_epoch"]), candidate))
-    return max(found)[1] if found else None
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(output_dir: Union[str, Path]) -> Optional[Path]:
+    """The checkpoint in ``output_dir`` furthest into training (by optimizer updates, then position), or None."""
+    found = checkpoints_by_progress(output_dir)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(output_dir: Union[str, Path], keep: int, protected: Optional[Path] = None) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints in ``output_dir``, never ``protected`` (the checkpoint a run
+    resumed from); returns the deleted ones."""
+    old = checkpoints_by_progress(output_dir)[:-keep]
+    deleted = [path for path in old if protected is None or path.resolve() != Path(protected).resolve()]
+    for path in deleted:
+        shutil.rmtree(path)
+    return deleted
+
+
+def follow_umask(directory: Union[str, Path]) -> None:
+    """Give the files in ``directory`` the mode the umask gives new files (usually 0644): safetensors writes its
+    files with 0600, unlike the JSON beside them."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for file in Path(directory).iterdir():
+        if file.is_file():
+            file.chmod(0o666 & ~umask)
 
 
 def resolve_resume_path(resume_from_checkpoint: str, output_dir: Union[str, Path]) -> Path:

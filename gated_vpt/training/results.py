@@ -14,6 +14,7 @@ from gated_vpt.card import write_model_card
 from gated_vpt.loading import write_labels
 from gated_vpt.recipes import CLASSIFICATION
 
+from .checkpointing import follow_umask
 from .plots import plot_gates, plot_learning_curve
 
 # A run's scores are the float metrics named after the split they were measured on (test_accuracy, validation_miou).
@@ -68,6 +69,7 @@ def write_results(
     )
     scores = run_scores(metrics)
     write_model_card(adapter_dir, model, metrics=scores, gates_image=gates_png, dataset=dataset, task=task)
+    follow_umask(adapter_dir)
     print(f"\n{report.format_table()}\n")
     print(", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     written = [f"{adapter_dir}/ (adapter and model card)", "metrics.json", *(p.name for p in (gates_png,) if p), "learning_curve.png"]
