@@ -353,6 +353,46 @@ def test_learning_curve_plots_each_task_s_scores(tmp_path):
         assert Image.open(path).size == (600, 500)
 
 
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the plot functions save, kept open for inspection."""
+    from gated_vpt.training import plots
+
+    kept = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path: kept.append(figure) or Path(path))
+    yield kept
+    for figure in kept:
+        plots.plt.close(figure)
+
+
+def test_learning_curve_legend_sits_above_the_curves_and_epochs_are_whole(figures, tmp_path):
+    from gated_vpt.training.plots import plot_learning_curve
+
+    history = [{"epoch": e, "train_loss": 2.0 - e, "lr": 0.01, "validation_miou": 0.3 * e} for e in range(3)]
+    plot_learning_curve(history, tmp_path / "curve.png")
+    [figure] = figures
+    figure.canvas.draw()
+    top, bottom = figure.axes[0], figure.axes[1]
+    [legend] = [axis.get_legend() for axis in figure.axes if axis.get_legend() and axis.bbox.height > bottom.bbox.height]
+    assert legend.get_window_extent().y0 >= top.bbox.y1 - 1  # outside the plotting area
+    assert [t.get_text() for t in legend.get_texts()] == ["train loss", "validation_miou"]
+    ticks = [tick for tick in bottom.get_xticks() if 0 <= tick <= 2]
+    assert ticks == [0, 1, 2]
+
+
+def test_gate_plot_marks_the_initial_gate_and_the_blocks_without_one(figures, tmp_path):
+    from gated_vpt.introspection import BlockReport, GateReport
+    from gated_vpt.training.plots import plot_gates
+
+    blocks = [BlockReport(i, g, None if g is None else -1.0, 1.0 + i / 10, g, g) for i, g in enumerate([0.01, 0.002, None])]
+    plot_gates(GateReport(tuple(blocks), 0.5), tmp_path / "gates.png", gate_init=5.0)
+    [figure] = figures
+    gate_axis = figure.axes[0]
+    [line] = gate_axis.get_lines()
+    assert line.get_ydata()[0] == pytest.approx(torch.sigmoid(torch.tensor(-5.0)).item())
+    assert [(t.get_text(), t.get_position()[0]) for t in gate_axis.texts] == [("no gate", 2)]
+
+
 @pytest.mark.parametrize("warmup, total, power", [(0, 12, 0.9), (3, 12, 0.9), (0, 5, 1.0), (2, 6, 2.0)])
 def test_poly_schedule_matches_setr_formula(warmup, total, power):
     from gated_vpt.training.optim import PolyDecay

@@ -62,7 +62,7 @@ def write_results(
     report = gate_report(model)
     gates_png = None
     if any(b.gate is not None or b.temperature is not None for b in report.blocks):
-        gates_png = plot_gates(report, output / "gates.png", title=title)
+        gates_png = plot_gates(report, output / "gates.png", title=title, gate_init=_gate_init(model))
     plot_learning_curve(history, output / "learning_curve.png")
     (output / "metrics.json").write_text(
         json.dumps({**metrics, "gates": report.to_dict(), "history": list(history)}, indent=1) + "\n"
@@ -85,3 +85,8 @@ def write_results(
     if not hub_model_id:
         print(f"      gated-vpt push {output} <user>/<repo>")
     return adapter_dir
+
+
+def _gate_init(model: PeftModel) -> Optional[float]:
+    config = model.peft_config[model.active_adapter]
+    return config.gate_init if config.gated else None
