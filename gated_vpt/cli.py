@@ -176,7 +176,7 @@ def _predict(args: argparse.Namespace) -> None:
 def _load_classifier(args: argparse.Namespace):
     """The base model with the adapter loaded, its image processor and the label names."""
     import transformers
-    from transformers import AutoImageProcessor, ViTImageProcessor
+    from transformers import AutoImageProcessor
 
     from .card import BASE_CLASSES, DEFAULT_BASE_CLASS
     from .loading import load_adapter, read_adapter_files, read_labels
@@ -200,7 +200,9 @@ def _load_classifier(args: argparse.Namespace):
     except OSError:
         size = base.config.image_size
         print(f"note: {base_id} has no image processor config; resizing to {size}x{size} with ViT defaults.", file=sys.stderr)
-        processor = ViTImageProcessor(size={"height": size, "width": size})
+        # The Pillow backend by name: transformers warns when ViTImageProcessor falls back to it without torchvision.
+        processor_class = getattr(transformers, "ViTImageProcessorPil", None) or transformers.ViTImageProcessor
+        processor = processor_class(size={"height": size, "width": size})
     return model, processor, _label_names(args.labels, read_labels(directory), base.config, num_labels)
 
 
