@@ -3,7 +3,9 @@
 Every configuration is built from the same random backbone (same seed), so they differ only in what is trained
 and how. ``ideal`` is prompt tuning written by hand on the same transformers model: embeddings, prompts
 concatenated after CLS, the model's own blocks in a loop, final LayerNorm on CLS, classifier; only the prompts and
-the classifier train. It is the floor the gated_vpt configurations are compared against.
+the classifier train. It is the floor the gated_vpt configurations are compared against. ``clip_gated_temp`` is
+``gated_temp`` on a ``CLIPForImageClassification`` vision tower of the same size (pre-encoder LayerNorm, quick-GELU,
+mean-pooling head), the one non-ViT family measured.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
-from transformers import ViTConfig, ViTForImageClassification
+from transformers import CLIPConfig, CLIPForImageClassification, PreTrainedModel, ViTConfig, ViTForImageClassification
 
 import gated_vpt
 from gated_vpt.prompts import new_prompts, prompt_init_bound
@@ -28,7 +30,7 @@ SIZES: dict[str, dict] = {
     "vit-s16": dict(image_size=224, patch_size=16, hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
     "vit-b16": dict(image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
 }
-CONFIGS = ("ideal", "full_ft", "linear_probe", "lora", "vpt_shallow", "vpt_deep", "gated", "gated_temp")
+CONFIGS = ("ideal", "full_ft", "linear_probe", "lora", "vpt_shallow", "vpt_deep", "gated", "gated_temp", "clip_gated_temp")
 PROMPT_DROPOUT = 0.1
 
 
@@ -38,7 +40,7 @@ class Setup:
 
     name: str
     model: nn.Module
-    backbone: ViTForImageClassification
+    backbone: PreTrainedModel
 
     def trainable(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -57,7 +59,8 @@ class Setup:
             return os.path.getsize(path)
 
     def set_attention(self, implementation: str) -> None:
-        self.backbone.config._attn_implementation = implementation
+        config = self.backbone.config
+        (getattr(config, "vision_config", None) or config)._attn_implementation = implementation  # CLIP: its tower's
 
 
 class IdealPromptTuning(nn.Module):
@@ -101,6 +104,11 @@ def build_backbone(size: str, num_labels: int = 100, seed: int = 0) -> ViTForIma
     return ViTForImageClassification(ViTConfig(**SIZES[size], num_labels=num_labels))
 
 
+def build_clip_backbone(size: str, num_labels: int = 100, seed: int = 0) -> CLIPForImageClassification:
+    torch.manual_seed(seed)
+    return CLIPForImageClassification(CLIPConfig(vision_config=SIZES[size], text_config={}, num_labels=num_labels))
+
+
 def gated_config(name: str, num_prompts: int) -> gated_vpt.GatedPromptConfig:
     """The GatedPromptConfig of a gated_vpt configuration name (``vpt_shallow``, ``vpt_deep``, ``gated``, ``gated_temp``)."""
     options = {
@@ -130,13 +138,15 @@ BUILDERS: dict[str, Callable[[ViTForImageClassification, int], nn.Module]] = {
     **{name: (lambda backbone, num_prompts, name=name: get_peft_model(backbone, gated_config(name, num_prompts)))
        for name in ("vpt_shallow", "vpt_deep", "gated", "gated_temp")},
 }
+BUILDERS["clip_gated_temp"] = BUILDERS["gated_temp"]  # the same adapter, on the CLIP backbone of BACKBONE_BUILDERS
+BACKBONE_BUILDERS: dict[str, Callable[..., PreTrainedModel]] = {"clip_gated_temp": build_clip_backbone}
 
 
 def build(name: str, size: str, num_prompts: int, device: torch.device, seed: int = 0) -> Setup:
     """Configuration ``name`` (one of ``CONFIGS``) on a fresh random ``size`` backbone, moved to ``device``."""
     if name not in BUILDERS:
         raise ValueError(f"Unknown configuration {name!r}; choose from {', '.join(CONFIGS)}.")
-    backbone = build_backbone(size, seed=seed)
+    backbone = BACKBONE_BUILDERS.get(name, build_backbone)(size, seed=seed)
     model = BUILDERS[name](backbone, num_prompts).to(device)
     return Setup(name=name, model=model, backbone=backbone)
 

@@ -44,7 +44,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                      formatter_class=cli.HelpFormatter)
     cli.add_config_args(parser)
     cli.add_model_args(parser, default_model=EMBEDDED_MODEL)
-    data = cli.add_data_args(parser)
+    data = cli.add_data_args(parser, layouts=True)
     data.add_argument("--transform", choices=("fgvc", "vtab"), default="vtab",
                       help="'fgvc': resize, random crop, flip (VPT's FGVC); 'vtab': resize only (VTAB-1k).")
     data.add_argument("--image_size", type=int, default=None, help="Input size (default: the backbone's).")
@@ -108,6 +108,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         f"{result_split}_accuracy": evaluate_accuracy(accelerator, model, eval_loaders[result_split]) if result_split else None,
         "trainable_parameters": trainable,
         "total_parameters": total,
+        "learning_rate": args.learning_rate,
+        "seed": args.seed,
+        "examples": {"train": len(data.train_images), **{k: len(v.dataset) for k, v in data.eval_loaders.items()}},
         "epochs": args.num_train_epochs,
         "train_seconds": round(time.time() - started, 1),
     }

@@ -1,8 +1,10 @@
 """The per-backbone table: everything that differs between the supported transformers models.
 
-Each entry says where the encoder blocks hang (the attribute path below the base model; transformers moved the
-blocks from ``encoder.layer`` to ``layers`` in 5.9, so both are tried), where the query projection sits in a
-block, how many special tokens precede the patches, and which head pooling the paper uses for that family.
+Each entry says where the query projection sits in a block, how many special tokens precede the patches, which head
+pooling the paper uses for that family and what the model's own head reads from the final sequence. The blocks are
+found below the vision tower (the base model, or its ``vision_model`` for the CLIP and SigLIP classification
+classes) at ``layers``, ``encoder.layer`` or ``encoder.layers``: transformers moved ViT's blocks from
+``encoder.layer`` to ``layers`` in 5.9, and CLIP and SigLIP keep theirs at ``encoder.layers``.
 """
 
 from __future__ import annotations
@@ -12,16 +14,25 @@ from typing import Callable, Literal
 
 from torch import nn
 
-BLOCK_CONTAINERS = ("layers", "encoder.layer")
+BLOCK_CONTAINERS = ("layers", "encoder.layer", "encoder.layers")
+HeadReads = Literal["cls", "probe", "mean"]
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """How gated prompts reach one model family."""
+    """How gated prompts reach one model family.
+
+    ``head`` is what the model's own head reads from the final sequence: ``"cls"`` row 0 (after the final
+    LayerNorm), ``"probe"`` every row through an attention-pooling probe (SigLIP), ``"mean"`` the mean of the
+    non-special rows. It decides how ``heads.head_input`` realises the head pooling. ``classes`` limits a model type
+    to the classes whose head ``head`` describes (empty: every class of the type).
+    """
 
     special_tokens: Callable[[object], int]
     pooling: Literal["cls", "mean"] = "cls"
     query: str = "attention.q_proj"
+    head: HeadReads = "cls"
+    classes: tuple[str, ...] = ()
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -31,12 +42,24 @@ BACKBONES: dict[str, BackboneSpec] = {
     "deit": BackboneSpec(special_tokens=lambda config: 2),
     "dinov2": BackboneSpec(special_tokens=lambda config: 1),
     "dinov2_with_registers": BackboneSpec(special_tokens=lambda config: 1 + config.num_register_tokens),
+    "clip_vision_model": BackboneSpec(special_tokens=lambda config: 1, query="self_attn.q_proj"),
+    "clip": BackboneSpec(
+        special_tokens=lambda config: 1, pooling="mean", query="self_attn.q_proj", head="mean",
+        classes=("CLIPForImageClassification",),
+    ),
+    "siglip_vision_model": BackboneSpec(special_tokens=lambda config: 0, query="self_attn.q_proj", head="probe"),
+    "siglip": BackboneSpec(
+        special_tokens=lambda config: 0, pooling="mean", query="self_attn.q_proj", head="mean",
+        classes=("SiglipForImageClassification",),
+    ),
+    "ijepa": BackboneSpec(special_tokens=lambda config: 0, pooling="mean", head="mean"),
 }
 
 
 @dataclass(frozen=True)
 class Backbone:
-    """A supported model, resolved: its spec plus the located blocks."""
+    """A supported model, resolved: its spec, its vision tower (``encoder``: the module holding the embeddings and
+    the blocks) and the blocks' names in the model."""
 
     model_type: str
     spec: BackboneSpec
@@ -72,22 +95,25 @@ def resolve_backbone(model: nn.Module) -> Backbone:
     """
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
-    if model_type not in BACKBONES:
+    spec = BACKBONES.get(model_type)
+    if spec is None or (spec.classes and type(model).__name__ not in spec.classes):
         raise ValueError(
             f"gated_vpt does not support {type(model).__name__} (model_type={model_type!r}). Supported model types: "
             f"{', '.join(supported_model_types())} (e.g. ViTModel, ViTForImageClassification, ViTMAEModel, DeiTModel, "
-            "Dinov2Model, Dinov2WithRegistersModel, ViTMSNModel and their image-classification heads)."
+            "Dinov2Model, Dinov2WithRegistersModel, ViTMSNModel and their image-classification heads; CLIPVisionModel, "
+            "SiglipVisionModel, IJepaModel and their *ForImageClassification classes)."
         )
-    spec = BACKBONES[model_type]
-    encoder = getattr(model, "base_model", model)
+    base = getattr(model, "base_model", model)
+    encoder = getattr(base, "vision_model", base)
+    config = getattr(config, "vision_config", None) or config
     for container in BLOCK_CONTAINERS:
         blocks = encoder.get_submodule(container) if _has_submodule(encoder, container) else None
         if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
             break
     else:
         raise ValueError(
-            f"Could not find the encoder blocks of {type(model).__name__} (looked for {' and '.join(BLOCK_CONTAINERS)} "
-            "below the base model). This transformers version may have moved them; please report it."
+            f"Could not find the encoder blocks of {type(model).__name__} (looked for {', '.join(BLOCK_CONTAINERS)} "
+            "below the vision tower). This transformers version may have moved them; please report it."
         )
     names = {id(module): name for name, module in model.named_modules()}
     patch = config.patch_size

@@ -41,8 +41,15 @@ CITATION = """@inproceedings{yoo2023improving,
   volume    = {202},
   year      = {2023}
 }"""
-# transformers has no AutoModelForImageClassification entry for vit_mae: MAE weights load into ViT's head.
-BASE_CLASSES = {"vit": "ViTForImageClassification", "vit_mae": "ViTForImageClassification"}
+# transformers has no AutoModelForImageClassification entry for vit_mae (MAE weights load into ViT's head), nor for the
+# bare CLIP and SigLIP vision towers, whose adapters are image feature extractors (pooler_output) for a head of one's own.
+BASE_CLASSES = {
+    "vit": "ViTForImageClassification",
+    "vit_mae": "ViTForImageClassification",
+    "clip_vision_model": "CLIPVisionModel",
+    "siglip_vision_model": "SiglipVisionModel",
+}
+FEATURE_EXTRACTORS = ("clip_vision_model", "siglip_vision_model")
 DEFAULT_BASE_CLASS = "AutoModelForImageClassification"
 NON_COMMERCIAL_BASES = ("facebook/vit-mae-",)
 _ADAPTER_LINE = re.compile(r'^adapter_id = "(?P<id>[^"]*)"$', re.MULTILINE)
@@ -94,7 +101,8 @@ def write_model_card(
     output_dir.mkdir(parents=True, exist_ok=True)
     settings = _adapter_config(output_dir, model, config, adapter_name)
     task = _task(task, settings)
-    tags = (*CARD_TAGS, task, TASKS[task][0])
+    pipeline_tag = _pipeline_tag(task, settings)
+    tags = (*CARD_TAGS, task, pipeline_tag)
     base_model = base_model or settings.get("base_model_name_or_path") or _name_or_path(model)
     hub_base = base_model if _is_hub_id(base_model) else None
     local_base = bool(base_model) and hub_base is None
@@ -108,7 +116,7 @@ def write_model_card(
         library_name="peft",
         base_model=hub_base,
         license=license,
-        pipeline_tag=TASKS[task][0],
+        pipeline_tag=pipeline_tag,
         tags=sorted({*tags, "transformers", *([f"base_model:adapter:{hub_base}"] if hub_base else [])}),
         datasets=[dataset] if _is_hub_id(dataset) else None,
         metrics=sorted({_metric_id(name) for name in metrics if _is_quality_metric(name)}) or None,
@@ -159,6 +167,12 @@ def _task(task: Optional[str], settings: dict) -> str:
     if task not in TASKS:
         raise ValueError(f"task={task!r} is not supported: use one of {list(TASKS)} (or leave it unset).")
     return task
+
+
+def _pipeline_tag(task: str, settings: dict) -> str:
+    if task == CLASSIFICATION and (settings.get("backbone") or {}).get("model_type") in FEATURE_EXTRACTORS:
+        return "image-feature-extraction"
+    return TASKS[task][0]
 
 
 def _adapter_config(output_dir: Path, model: Optional[nn.Module], config: Any, adapter_name: str) -> dict:

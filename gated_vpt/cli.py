@@ -8,6 +8,8 @@ Examples:
     gated-vpt info user/mae-cub-gated --json
     gated-vpt predict user/mae-cub-gated --base facebook/vit-mae-base photos/ --top-k 3
     gated-vpt convert --help
+    gated-vpt data check data/vtab-1k/dtd --recipe hub_configs/mae-vtab-dtd.json
+    gated-vpt protocol --benchmark vtab1k --backbone mae --method gated --gpus 0,1,2,3
 
 Errors (a missing repo or revision, no network, an adapter made for another base, no token) are printed as one
 line, ``gated-vpt: error: ...``, with exit status 1.
@@ -35,6 +37,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from . import convert
 
         return convert.main(argv[1:], prog="gated-vpt convert") or 0
+    if argv[:1] == ["protocol"]:
+        from .training import protocol
+
+        return protocol.main(argv[1:]) or 0
     args = _parser().parse_args(argv)
     try:
         return args.run(args) or 0
@@ -79,6 +85,19 @@ def _parser() -> argparse.ArgumentParser:
     predict.set_defaults(run=_predict)
 
     commands.add_parser("convert", add_help=False, help="convert checkpoints (see `gated-vpt convert --help`)")
+
+    data = commands.add_parser("data", help="check a prepared benchmark folder (VTAB-1k, FGVC) before training")
+    actions = data.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check = actions.add_parser("check", help="split counts, class count against the recipe, every image decoded")
+    check.add_argument("folder", nargs="?", help="the prepared folder, e.g. data/vtab-1k/dtd (default: the recipe's data_dir)")
+    check.add_argument("--layout", choices=("vtab1k", "fgvc"), help="the folder's layout (default: detected)")
+    check.add_argument("--recipe", help="a recipe JSON: its num_labels is checked (its data_dir and data_layout are the defaults)")
+    check.add_argument("--no-decode", dest="decode", action="store_false",
+                       help="only check that the images exist (default: open and fully decode every image)")
+    check.set_defaults(run=_data_check)
+
+    commands.add_parser("protocol", add_help=False,
+                        help="run the paper's protocol (LR grid, 5 seeds, table; see `gated-vpt protocol --help`)")
     return parser
 
 
@@ -86,6 +105,29 @@ def _add_source(parser: argparse.ArgumentParser, name: str, help: str) -> None:
     parser.add_argument(name, help=help)
     parser.add_argument("--revision", help="branch, tag or commit sha on the Hub (default: main)")
     parser.add_argument("--token", help="Hub token for private repos (default: HF_TOKEN or `hf auth login`)")
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from .training.benchmark_data import check_data_folder
+
+    folder, layout, num_labels = args.folder, args.layout, None
+    if args.recipe:
+        from .recipes import CLASSIFICATION, load_recipe
+
+        recipe = load_recipe(args.recipe, task_type=CLASSIFICATION)
+        folder, layout, num_labels = folder or recipe.get("data_dir"), layout or recipe.get("data_layout"), recipe["num_labels"]
+    if not folder:
+        raise ValueError("Pass the folder to check, or --recipe with a data_dir.")
+    report = check_data_folder(folder, layout, num_labels, decode=args.decode)
+    print(report.format())
+    for problem in report.problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    if report.problems:
+        count = len(report.problems)
+        print(f"gated-vpt: error: {folder} is not ready ({count} problem{'s' if count > 1 else ''} above).", file=sys.stderr)
+        return 1
+    print("OK: ready to train.")
+    return 0
 
 
 def _push(args: argparse.Namespace) -> None:

@@ -61,10 +61,11 @@ class GatedPromptConfig(PeftConfig):
     )
     head_pooling: HeadPooling = field(
         default="auto",
-        metadata={"help": "'cls': the head reads the CLS token (MoCo v3, supervised ViT). 'mean': the CLS row of the "
-                  "last block's output is replaced by the mean of all other tokens, prompts included, so the model's "
-                  "final LayerNorm and CLS head compute the paper's MAE head. 'auto': 'mean' for vit_mae checkpoints, "
-                  "'cls' otherwise."},
+        metadata={"help": "'cls': the prompts are removed after the last block and the model's readout sees the usual "
+                  "sequence (the CLS token after the final LayerNorm: MoCo v3, supervised ViT, CLIP; SigLIP's "
+                  "attention-pooling probe). 'mean': the head's feature is the mean of the non-special tokens, prompts "
+                  "included: written into the CLS row where the head reads it (the paper's MAE head), kept in the "
+                  "sequence where the head averages the tokens itself. 'auto': the paper's head per backbone (README)."},
     )
     target_modules: Optional[Union[list[str], str]] = field(
         default=None,

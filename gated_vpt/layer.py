@@ -2,7 +2,8 @@
 
 For each adapter, the block at ``prompt_start_block`` inserts the prompts (deep mode: every later block swaps in a
 fresh set), every prompted block runs under its temperature and gates its prompt rows (all but the last), and the
-last block removes the prompts so the final LayerNorm and head see the usual sequence.
+last block hands the sequence to the head as ``heads.head_input`` says (usually: prompts removed, so the final
+LayerNorm and head see the usual sequence).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from torch.nn import functional as F
 
+from .backbones import HeadReads
 from .config import GatedPromptConfig
 from .gate import effective_temperature, gate_prompts
-from .heads import pool_into_cls
-from .prompts import insert_prompts, new_prompts, prompt_rows, remove_prompts, replace_prompts
+from .heads import head_input
+from .prompts import insert_prompts, new_prompts, prompt_rows, replace_prompts
 
 
 class GatedPromptBlock(nn.Module, BaseTunerLayer):
@@ -44,6 +46,7 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         num_special_tokens: int,
         hidden_size: int,
         prompt_bound: float,
+        head: HeadReads,
     ) -> None:
         super().__init__()
         self.base_layer = base_layer
@@ -52,6 +55,7 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         self.num_special_tokens = num_special_tokens
         self.hidden_size = hidden_size
         self.prompt_bound = prompt_bound
+        self.head = head
         self.gvpt_prompt = nn.ParameterDict()
         self.gvpt_gate = nn.ParameterDict()
         self.gvpt_temperature = nn.ParameterDict()
@@ -167,9 +171,7 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         if gate_logit is not None:
             output = gate_prompts(output, prompts_in, gate_logit.to(output.dtype), num_special)
         if self.is_last:
-            if config.head_pooling == "mean":
-                output = pool_into_cls(output)
-            output = remove_prompts(output, num_special, config.num_prompt_tokens)
+            output = head_input(output, config.head_pooling, self.head, num_special, config.num_prompt_tokens)
         return output
 
     def train(self, mode: bool = True) -> "GatedPromptBlock":

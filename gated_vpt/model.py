@@ -15,12 +15,15 @@ from torch import nn
 
 from .backbones import Backbone, resolve_backbone
 from .config import GatedPromptConfig
+from .heads import check_pooling
 from .layer import GatedPromptBlock
 from .prompts import prompt_init_bound
 from .registration import PREFIX
 
-# Adapter files name blocks as checkpoints on disk do (``encoder.layer.N``), whatever layout transformers uses.
-_BLOCK_KEY = re.compile(r"(^|\.)(?:layers|encoder\.layer)\.(\d+)\.(?=" + PREFIX + ")")
+# Adapter files name block N of the vision tower ``encoder.layer.N`` (as ViT checkpoints on disk do), whatever layout
+# transformers uses: ``layers.N`` (ViT since 5.9), ``encoder.layers.N`` (CLIP, SigLIP) and a ``vision_model.`` wrapper
+# (the CLIP and SigLIP classification classes; CLIPVisionModel before 5.x) all fold into it.
+_BLOCK_KEY = re.compile(r"(^|\.)(?:vision_model\.)?(?:layers|encoder\.layers?)\.(\d+)\.(?=" + PREFIX + ")")
 
 
 class GatedPromptModel(BaseTuner):
@@ -56,9 +59,10 @@ class GatedPromptModel(BaseTuner):
             )
         if _shuffles_patches(backbone):
             _require_no_masking(self.model)
+        pooling = backbone.spec.pooling if peft_config.head_pooling == "auto" else peft_config.head_pooling
+        check_pooling(pooling, backbone.spec.head, type(self.model).__name__)
+        peft_config.head_pooling = pooling
         peft_config.backbone = backbone.signature()
-        if peft_config.head_pooling == "auto":
-            peft_config.head_pooling = backbone.spec.pooling
         # Always derived from the model, so an adapter saved under another transformers layout still matches.
         peft_config.target_modules = "|".join(re.escape(name) for name in backbone.block_names)
         if peft_config.modules_to_save is None and isinstance(getattr(self.model, "classifier", None), nn.Module):
@@ -87,6 +91,7 @@ class GatedPromptModel(BaseTuner):
             num_special_tokens=backbone.num_special_tokens,
             hidden_size=backbone.hidden_size,
             prompt_bound=prompt_init_bound(backbone.patch_size, backbone.num_channels, backbone.hidden_size),
+            head=backbone.spec.head,
         )
         block.update_layer(adapter_name, peft_config)
         if adapter_name not in self.active_adapters:

@@ -5,8 +5,8 @@ A recipe file (the repository ships them in ``hub_configs/``) looks like::
     {"task_type": "image-classification",            # or "semantic-segmentation"
      "description": "...", "backbone_source": "...", "data_source": "...",
      "paper": {"table": "Table 5", "reported_top1": 70.56},
-     "args": {"model_name_or_path": "facebook/vit-mae-base", "num_labels": 200, "learning_rate": 0.1, ...},
-     "tune_args": {"train_dir": "...", "validation_dir": "..."}}   # optional: the hyperparameter-search split
+     "args": {"model_name_or_path": "...", "data_dir": "data/fgvc/cub", "data_layout": "fgvc", "num_labels": 200, ...},
+     "tune_args": {...}}   # optional: arguments replaced for the hyperparameter search (stage "tune")
 
 ``args`` uses the training scripts' argument names; ``ARGS`` is the schema (type, allowed values, which task).
 ``load_recipe`` validates a file and returns its ``args`` mapping, so a script can use it as argparse defaults.
@@ -60,6 +60,10 @@ ARGS: dict[str, Field] = {
     "model_name_or_path": _text("a Hub model id or a local directory (transformers format)", nullable=False),
     "dataset_name": _text("a Hub dataset id, or null to read the *_dir folders"),
     "dataset_config_name": _text("the Hub dataset's configuration name, or null"),
+    "data_dir": _text("a prepared benchmark folder (see data_layout), or null", task=CLASSIFICATION),
+    "data_layout": Field("str", "'vtab1k' (train800.txt, val200.txt, train800val200.txt, test.txt) or 'fgvc' (VPT's "
+                         "train.json, val.json, test.json), or null to detect it", lambda v: v in ("vtab1k", "fgvc"),
+                         nullable=True, task=CLASSIFICATION),
     "train_dir": _text("a local folder (imagefolder layout: <dir>/<class>/<image>), or null"),
     "validation_dir": _text("a local folder, or null"),
     "test_dir": _text("a local folder, or null"),
@@ -151,7 +155,8 @@ def load_recipe(
     """Read and validate a recipe; return its ``args`` ({argument name: value}).
 
     ``task_type`` is what the calling script trains: a recipe for another task is refused. ``stage='tune'``
-    applies the recipe's ``tune_args`` (the train/validation split used for the hyperparameter search).
+    applies the recipe's ``tune_args`` (arguments replaced for the hyperparameter search; a recipe with ``data_dir``
+    needs none, the training script picks that folder's tune splits itself).
     Raises ``ValueError`` naming the file, every invalid field and how to fix it.
 
     Example:
@@ -306,8 +311,16 @@ def _cross_field_problems(args: dict) -> list[str]:
             "args.gated = true with prompt_mode 'deep': deep prompts are replaced before every block, so a gate would "
             "never reach the output; set gated to false (the paper's VPT-deep) or prompt_mode to 'shallow'"
         )
-    if not args.get("dataset_name") and not args.get("train_dir"):
-        problems.append("no data: set args.dataset_name (a Hub dataset id) or args.train_dir (a local folder)")
+    sources = [name for name in ("dataset_name", "data_dir", "train_dir") if args.get(name)]
+    if not sources:
+        problems.append(
+            "no data: set args.data_dir (a prepared benchmark folder), args.dataset_name (a Hub dataset id) or "
+            "args.train_dir (a local image folder)"
+        )
+    elif len(sources) > 1:
+        problems.append(f"args sets {' and '.join(sources)}: keep one data source, set the others to null")
+    if args.get("data_layout") and not args.get("data_dir"):
+        problems.append("args.data_layout is set without args.data_dir: add the folder or drop the layout")
     if args.get("warmup_epochs", 0) > args.get("num_train_epochs", 0):
         problems.append("args.warmup_epochs is larger than args.num_train_epochs: shorten the warmup")
     return problems

@@ -16,6 +16,20 @@ from pathlib import Path
 from typing import Any, Optional
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # the tasks and the paper's numbers come from the package in this checkout
+
+from gated_vpt.training.paper_benchmarks import (  # noqa: E402
+    DEEP_PROMPTS_PER_BLOCK,
+    FGVC_TASKS,
+    METHODS,
+    PAPER_FGVC,
+    PAPER_VTAB1K,
+    VTAB1K_TASKS,
+    VTAB_GROUPS,
+    BenchmarkTask,
+    method_args,
+)
+
 MOCOV3_DIR = "checkpoints/mocov3-vit-b-300ep-linear"
 MOCOV3_URL = "https://dl.fbaipublicfiles.com/moco-v3/vit-b-300ep/linear-vit-b-300ep.pth.tar"
 
@@ -48,37 +62,6 @@ BACKBONES: dict[str, dict[str, str]] = {
     },
 }
 
-# (file slug, name, VTAB group, classes) in VTAB-1k's order.
-VTAB_TASKS = [
-    ("caltech101", "Caltech101", "Natural", 102),
-    ("cifar100", "CIFAR-100", "Natural", 100),
-    ("dtd", "DTD", "Natural", 47),
-    ("flowers102", "Flowers102", "Natural", 102),
-    ("pets", "Oxford-IIIT Pets", "Natural", 37),
-    ("svhn", "SVHN", "Natural", 10),
-    ("sun397", "SUN397", "Natural", 397),
-    ("camelyon", "Patch Camelyon", "Specialized", 2),
-    ("eurosat", "EuroSAT", "Specialized", 10),
-    ("resisc45", "Resisc45", "Specialized", 45),
-    ("retinopathy", "Diabetic Retinopathy", "Specialized", 5),
-    ("clevr-count", "Clevr/count", "Structured", 8),
-    ("clevr-dist", "Clevr/distance", "Structured", 6),
-    ("dmlab", "DMLab", "Structured", 6),
-    ("kitti-dist", "KITTI/distance", "Structured", 4),
-    ("dsprites-loc", "dSprites/location", "Structured", 16),
-    ("dsprites-ori", "dSprites/orientation", "Structured", 16),
-    ("smallnorb-azim", "SmallNORB/azimuth", "Structured", 18),
-    ("smallnorb-elev", "SmallNORB/elevation", "Structured", 9),
-]
-# (file slug, name, classes)
-FGVC_TASKS = [
-    ("cub", "CUB-200-2011", 200),
-    ("flowers", "Oxford Flowers", 102),
-    ("cars", "Stanford Cars", 196),
-    ("dogs", "Stanford Dogs", 120),
-    ("nabirds", "NABirds", 555),
-]
-
 # Paper Table 5: slug -> backbone -> (batch size, prompt tokens, learning rate, gate_init).
 TABLE5: dict[str, dict[str, tuple[int, int, float, float]]] = {
     "caltech101": {"mae": (128, 1, 0.5, 5), "mocov3": (128, 10, 2.5, 4)},
@@ -108,34 +91,6 @@ TABLE5: dict[str, dict[str, tuple[int, int, float, float]]] = {
     "ade20k": {"mae": (16, 100, 0.001, 10), "mocov3": (16, 100, 0.001, 10)},
 }
 
-METHODS = ("gated", "vpt-shallow", "vpt-deep")
-DEEP_PROMPTS_PER_BLOCK = 10
-# Paper results (ViT-B/16): FGVC top-1, VTAB-1k group means, ADE20K mIoU (single-scale, multi-scale).
-FGVC_TOP1 = {
-    "mae": {
-        "vpt-shallow": (42.15, 69.15, 43.38, 77.07, 57.43),
-        "vpt-deep": (68.33, 80.05, 67.67, 78.83, 65.22),
-        "gated": (70.56, 78.55, 71.70, 78.90, 67.26),
-    },
-    "mocov3": {
-        "vpt-shallow": (79.05, 90.47, 71.91, 81.97, 72.92),
-        "vpt-deep": (82.67, 94.41, 79.18, 83.33, 75.99),
-        "gated": (82.86, 93.71, 79.02, 83.37, 76.02),
-    },
-}
-VTAB_GROUP_MEANS = {
-    "mae": {
-        "vpt-shallow": (39.96, 69.65, 27.50),
-        "vpt-deep": (36.02, 60.61, 26.57),
-        "gated": (47.61, 76.86, 36.80),
-    },
-    "mocov3": {
-        "vpt-shallow": (67.34, 82.26, 37.55),
-        "vpt-deep": (70.27, 83.04, 42.38),
-        "gated": (74.84, 83.38, 49.10),
-    },
-}
-VTAB_GROUPS = ("Natural", "Specialized", "Structured")
 ADE20K_MIOU = {
     "mae": {"vpt-shallow": (34.20, 35.23), "vpt-deep": (37.76, 38.80), "gated": (38.44, 39.81)},
     "mocov3": {"vpt-shallow": (34.55, 36.18), "vpt-deep": (35.50, 37.15), "gated": (36.81, 38.55)},
@@ -154,17 +109,6 @@ PAPER_RECIPE = {
 }
 ADE20K_TRAIN_IMAGES = 20210
 SETR_ITERATIONS = 160_000
-
-
-def method_args(method: str, prompts: int, gate_init: float) -> dict[str, Any]:
-    """The adapter arguments of a method: the paper's gated prompts, or a VPT baseline."""
-    if method == "gated":
-        return {"num_prompt_tokens": prompts, "prompt_mode": "shallow", "gated": True, "gate_init": gate_init,
-                "learnable_temperature": True}
-    if method == "vpt-shallow":
-        return {"num_prompt_tokens": prompts, "prompt_mode": "shallow", "gated": False, "learnable_temperature": False}
-    return {"num_prompt_tokens": DEEP_PROMPTS_PER_BLOCK, "prompt_mode": "deep", "gated": False,
-            "learnable_temperature": False}
 
 
 METHOD_TITLES = {
@@ -190,47 +134,50 @@ def recipe_name(backbone: str, family: str, task: str, method: str) -> str:
     return stem if method == "gated" else f"{stem}-{method}"
 
 
-def classification_recipe(backbone: str, family: str, task: tuple, method: str) -> tuple[str, dict[str, Any]]:
-    slug, title, classes = task[0], task[1], task[-1]
-    batch, prompts, lr, gate_init = TABLE5[slug][backbone]
-    name = recipe_name(backbone, family, slug, method)
+def classification_recipe(backbone: str, family: str, task: BenchmarkTask, method: str) -> tuple[str, dict[str, Any]]:
+    batch, prompts, lr, gate_init = TABLE5[task.slug][backbone]
+    name = recipe_name(backbone, family, task.slug, method)
     spec = BACKBONES[backbone]
+    title, classes = task.title, task.classes
     if family == "vtab":
-        group = task[2]
-        root = f"data/vtab-1k/{slug}"
-        dirs = {"train_dir": f"{root}/train800val200", "validation_dir": f"{root}/val200", "test_dir": f"{root}/test"}
-        tune = {"train_dir": f"{root}/train800", "validation_dir": f"{root}/val200", "test_dir": None}
+        root = f"data/vtab-1k/{task.folder}"
+        data_args = {"data_dir": root, "data_layout": "vtab1k"}
         data = (
-            f"VTAB-1k {title} ({classes} classes) as local image folders {root}/<split>/<class name>/<image> with the "
-            "splits train800, val200, train800val200 and test, made from the TFDS VTAB-1k split definitions (VPT's "
-            "VTAB setup). VPT's protocol: tune on train800 / val200 (load_recipe(..., stage='tune')), then retrain on "
-            "train800val200 (these args; val200 is inside the training data then, a sanity check only) and report "
-            "the last epoch's top-1 on test, averaged over 5 seeds."
+            f"VTAB-1k {title} ({classes} classes) in the widely shared preprocessed layout: {root} holds train800.txt, "
+            "val200.txt, train800val200.txt and test.txt, one '<relative/image/path> <label>' per line (the folder "
+            "names of the shared vtab-1k archive; it can also be made from TFDS with VTAB-1k's split definitions). "
+            "VPT's protocol (gated-vpt protocol runs it): --recipe_stage tune trains on train800 and compares "
+            "learning rates on val200; the final runs (these args) train on train800val200 and report the last "
+            f"epoch's top-1 on test, averaged over 5 seeds. Check the folder first: gated-vpt data check {root} "
+            f"--recipe hub_configs/{name}.json"
         )
-        index = VTAB_GROUPS.index(group)
+        index = VTAB_GROUPS.index(task.group)
         paper = {
             "table": "Table 5 (hyperparameters); VTAB-1k results table (per-task top-1 not transcribed here)",
             "reported_top1": None,
-            "vtab_group": group,
-            "reported_group_mean_top1": VTAB_GROUP_MEANS[backbone][method][index],
+            "vtab_group": task.group,
+            "reported_group_mean_top1": PAPER_VTAB1K[backbone][method][index],
         }
     else:
-        root = f"data/fgvc/{slug}"
-        dirs = {"train_dir": f"{root}/train", "validation_dir": f"{root}/val", "test_dir": f"{root}/test"}
-        tune = None
+        root = f"data/fgvc/{task.folder}"
+        data_args = {"data_dir": root, "data_layout": "fgvc"}
         data = (
-            f"{title} ({classes} classes) as local image folders {root}/<split>/<class name>/<image>: train and val "
-            "split from the official training set (VPT's FGVC split holds out 10% of it as val), test = the official "
-            "test set. Tune on val, report the last epoch's top-1 on test, averaged over 5 seeds."
+            f"{title} ({classes} classes) in VPT's FGVC layout: {root} holds VPT's split files train.json, val.json "
+            "and test.json ({\"<image path>\": <class id>}) and the official images, the paths relative to the "
+            "folder or to its images/ or Images/ subfolder. train and val split the official training set (VPT holds "
+            "out 10% as val; Flowers: the official 1020/1020 train/val), test = the official test set. As in VPT's "
+            "code both stages train on train: tune compares learning rates on val, the final runs report the last "
+            f"epoch's top-1 on test, averaged over 5 seeds. Check the folder first: gated-vpt data check {root} "
+            f"--recipe hub_configs/{name}.json"
         )
-        index = [t[0] for t in FGVC_TASKS].index(slug)
+        index = FGVC_TASKS.index(task)
         paper = {
             "table": "Table 5 (hyperparameters); FGVC results table (top-1)",
-            "reported_top1": FGVC_TOP1[backbone][method][index],
+            "reported_top1": PAPER_FGVC[backbone][method][index],
         }
     args: dict[str, Any] = {
         "model_name_or_path": spec["model_name_or_path"],
-        **dirs,
+        **data_args,
         "image_column_name": "image",
         "label_column_name": "label",
         "num_labels": classes,
@@ -254,15 +201,13 @@ def classification_recipe(backbone: str, family: str, task: tuple, method: str) 
             f"{METHOD_TITLES[method]} on {title} ({'VTAB-1k' if family == 'vtab' else 'FGVC'}) with "
             f"{spec['name']}. SGD momentum 0.9, no weight decay, learning rate as given (no batch scaling), 10 "
             "warmup epochs then cosine to 0 at epoch 100, stepped per epoch; the batch size is the global one "
-            "(divide it over processes)." + baseline_note(method, backbone, slug)
+            "(divide it over processes)." + baseline_note(method, backbone, task.slug)
         ),
         "paper": paper,
         "backbone_source": spec["source"],
         "data_source": data,
         "args": args,
     }
-    if tune:
-        recipe["tune_args"] = tune
     return name, recipe
 
 
@@ -328,8 +273,8 @@ def all_recipes() -> dict[str, dict[str, Any]]:
     for backbone in BACKBONES:
         for method in METHODS:
             baseline = method != "gated"
-            for task in VTAB_TASKS:
-                if not baseline or task[0] in BASELINE_VTAB_TASKS:
+            for task in VTAB1K_TASKS:
+                if not baseline or task.slug in BASELINE_VTAB_TASKS:
                     name, recipe = classification_recipe(backbone, "vtab", task, method)
                     recipes[f"{name}.json"] = recipe
             for task in FGVC_TASKS:

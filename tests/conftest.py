@@ -15,11 +15,16 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 import torch
 from torch import nn
 from transformers import (
+    CLIPConfig,
+    CLIPForImageClassification,
+    CLIPVisionConfig,
+    CLIPVisionModel,
     DeiTConfig,
     DeiTForImageClassification,
     DeiTModel,
@@ -27,7 +32,14 @@ from transformers import (
     Dinov2Model,
     Dinov2WithRegistersConfig,
     Dinov2WithRegistersModel,
+    IJepaConfig,
+    IJepaForImageClassification,
+    IJepaModel,
     PreTrainedModel,
+    SiglipConfig,
+    SiglipForImageClassification,
+    SiglipVisionConfig,
+    SiglipVisionModel,
     ViTConfig,
     ViTForImageClassification,
     ViTMAEConfig,
@@ -44,6 +56,17 @@ TINY = dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hid
 IMAGE_SHAPE = (3, 16, 16)
 NUM_LABELS = 3
 
+_TINY_TEXT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+
+
+def _vision_in(composite_config_cls):
+    """A composite (vision + text) config class's constructor taking the vision settings as keywords; ``num_labels``
+    goes to the composite config."""
+    def build(num_labels: int = NUM_LABELS, **vision):
+        return composite_config_cls(vision_config=vision, text_config=_TINY_TEXT, num_labels=num_labels)
+    return build
+
+
 # name -> (model class, config class, extra config); "mae_clf" is MAE weights loaded into ViTForImageClassification.
 _FAMILIES = {
     "vit": (ViTModel, ViTConfig, dict(intermediate_size=64)),
@@ -55,6 +78,12 @@ _FAMILIES = {
     "dinov2": (Dinov2Model, Dinov2Config, dict(mlp_ratio=2)),
     "dinov2_reg": (Dinov2WithRegistersModel, Dinov2WithRegistersConfig, dict(mlp_ratio=2, num_register_tokens=2)),
     "vit_msn": (ViTMSNModel, ViTMSNConfig, dict(intermediate_size=64)),
+    "clip": (CLIPVisionModel, CLIPVisionConfig, dict(intermediate_size=64)),
+    "clip_clf": (CLIPForImageClassification, _vision_in(CLIPConfig), dict(intermediate_size=64)),
+    "siglip": (SiglipVisionModel, SiglipVisionConfig, dict(intermediate_size=64)),
+    "siglip_clf": (SiglipForImageClassification, _vision_in(SiglipConfig), dict(intermediate_size=64)),
+    "ijepa": (IJepaModel, IJepaConfig, dict(intermediate_size=64)),
+    "ijepa_clf": (IJepaForImageClassification, IJepaConfig, dict(intermediate_size=64, num_labels=NUM_LABELS)),
 }
 BACKBONE_NAMES = tuple(_FAMILIES)
 
@@ -188,3 +217,31 @@ def fresh_process(tmp_path_factory) -> dict:
                              timeout=300)
     assert process.returncode == 0, process.stderr[-3000:]
     return json.loads(process.stdout.splitlines()[-1])
+
+
+def write_vtab1k_task(folder: Path, classes: Sequence[int], sizes: tuple[int, int, int] = (24, 8, 16), seed: int = 0) -> dict:
+    """A VTAB-1k-layout task folder from scikit-learn's digits of ``classes`` (label = position in ``classes``):
+    8x8 grayscale PNGs in ``folder/images`` and the four split lists, ``sizes`` = (train800, val200, test) images.
+    Returns {split name: [(relative path, label), ...]}."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    rows = rng.permutation(np.flatnonzero(np.isin(digits.target, list(classes))))
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    lists, start = {}, 0
+    for name, count in zip(("train800", "val200", "test"), sizes):
+        entries = []
+        for row in rows[start : start + count]:
+            relative = f"images/{name}_{row}.png"
+            pixels = np.round(digits.images[row] * 255 / 16).astype(np.uint8)
+            Image.fromarray(pixels, mode="L").save(folder / relative)
+            entries.append((relative, list(classes).index(int(digits.target[row]))))
+        lists[name] = entries
+        start += count
+    lists["train800val200"] = lists["train800"] + lists["val200"]
+    for name, entries in lists.items():
+        (folder / f"{name}.txt").write_text("".join(f"{path} {label}\n" for path, label in entries))
+    return lists

@@ -2,9 +2,10 @@
 
 Nothing here goes through gated_vpt's code: the embeddings come from the frozen model's own embeddings module,
 every encoder block is recomputed by hand from its weights (layer norms, q/k/v projections, attention logits
-divided by ``sqrt(d_head) * tau``, softmax, output projection, MLP, residuals, Dinov2's layer scales), and the
-prompts, gates, temperatures and heads follow METHOD.md's equations. The adapter's values are read from a
-PeftModel by parameter name only (``read_adapter``).
+divided by ``sqrt(d_head) * tau``, softmax, output projection, MLP, residuals, Dinov2's layer scales), and so are the
+final norms and heads (CLIP's pre-encoder LayerNorm, SigLIP's attention-pooling head, the classifiers); the prompts,
+gates, temperatures and head pooling follow METHOD.md's equations and the README's per-backbone rules. The
+adapter's values are read from a PeftModel by parameter name only (``read_adapter``).
 """
 
 from __future__ import annotations
@@ -60,23 +61,37 @@ def read_adapter(peft_model: nn.Module, name: str = "default", **settings: objec
     )
 
 
+NO_CLS = ("siglip_vision_model", "siglip", "ijepa")
+
+
 def num_special_tokens(config) -> int:
-    """CLS, plus DeiT's distillation token, plus Dinov2's registers."""
+    """CLS, plus DeiT's distillation token, plus Dinov2's registers; none for SigLIP and I-JEPA."""
+    if config.model_type in NO_CLS:
+        return 0
     return 1 + (config.model_type == "deit") + getattr(config, "num_register_tokens", 0)
 
 
 def reference_forward(base: nn.Module, pixel_values: torch.Tensor, adapter: Optional[Adapter] = None) -> torch.Tensor:
-    """Logits (models with a ``classifier``) or the final-LayerNorm sequence (bare models) of ``base`` with
-    ``adapter`` applied as METHOD.md defines it (eval mode: no prompt dropout). ``adapter=None``: the plain model."""
-    inner = getattr(base, "base_model", base)
-    config = base.config
-    blocks = _blocks(inner)
+    """Logits (models with a ``classifier``) or the last hidden state (bare models) of ``base`` with ``adapter``
+    applied as METHOD.md defines it (eval mode: no prompt dropout). ``adapter=None``: the plain model."""
+    outputs = reference_outputs(base, pixel_values, adapter)
+    return outputs["logits"] if "logits" in outputs else outputs["last_hidden_state"]
+
+
+def reference_outputs(base: nn.Module, pixel_values: torch.Tensor, adapter: Optional[Adapter] = None) -> dict:
+    """``logits`` (models with a ``classifier``), or ``last_hidden_state`` and, where the model has one,
+    ``pooler_output`` (bare models), as ``reference_forward`` defines them."""
+    tower = _tower(base)
+    config = getattr(base.config, "vision_config", None) or base.config
+    blocks = _blocks(tower)
     num_blocks = len(blocks)
-    special = num_special_tokens(config)
+    special = num_special_tokens(base.config)
     if adapter is not None:
         _check_layout(adapter, num_blocks)
 
-    z = _embed(inner, pixel_values)
+    z = _embed(tower, pixel_values)
+    if hasattr(tower, "pre_layrnorm"):  # CLIP: before the blocks, so prompts inserted at a block never pass it
+        z = _layer_norm(tower.pre_layrnorm, z)
     batch = z.shape[0]
     for index, block in enumerate(blocks):
         prompted = adapter is not None and index >= adapter.start
@@ -97,16 +112,54 @@ def reference_forward(base: nn.Module, pixel_values: torch.Tensor, adapter: Opti
             out = torch.cat((out[:, :special], g * p_out + (1 - g) * p_in, out[:, special + adapter.num_prompts :]), dim=1)
         z = out
 
-    if adapter is not None:
-        if adapter.pooling == "mean":  # MAE head: mean of every non-CLS row, prompts included, then the norm
-            z = torch.cat((z[:, 1:].mean(dim=1, keepdim=True), z[:, 1:]), dim=1)
+    # Mean pooling (README): a head that reads the CLS row gets the mean of the non-special rows, prompts included,
+    # in that row; where no head reads a CLS row (no CLS; CLIP's classifier averages rows 1:) the prompts stay in.
+    reads_cls_row = special > 0 and type(base).__name__ != "CLIPForImageClassification"
+    if adapter is not None and (adapter.pooling == "cls" or reads_cls_row):
+        if adapter.pooling == "mean":
+            z = torch.cat((z[:, special:].mean(dim=1, keepdim=True), z[:, 1:]), dim=1)
         z = torch.cat((z[:, :special], z[:, special + adapter.num_prompts :]), dim=1)
-    final_norm = inner.layernorm
-    sequence = F.layer_norm(z, final_norm.normalized_shape, final_norm.weight, final_norm.bias, final_norm.eps)
-    if not hasattr(base, "classifier"):
-        return sequence
-    weight, bias = adapter.classifier if adapter is not None and adapter.classifier else (base.classifier.weight, base.classifier.bias)
-    return sequence[:, 0] @ weight.T + bias
+    classifier = None
+    if hasattr(base, "classifier"):
+        classifier = adapter.classifier if adapter is not None and adapter.classifier else (base.classifier.weight, base.classifier.bias)
+    return _head(base, tower, z, special, classifier, config)
+
+
+def _head(base: nn.Module, tower: nn.Module, z: torch.Tensor, special: int, classifier, config) -> dict:
+    """Each model's own final norm and head on the final sequence ``z``."""
+    name = type(base).__name__
+    if name.startswith("CLIP"):  # no norm on the sequence; pooler: post_layernorm on CLS; classifier: mean of rows 1:
+        if classifier is not None:
+            return {"logits": _linear_weights(classifier, z[:, 1:].mean(dim=1))}
+        return {"last_hidden_state": z, "pooler_output": _layer_norm(tower.post_layernorm, z[:, 0])}
+    final_norm = tower.post_layernorm if name.startswith("Siglip") else tower.layernorm
+    sequence = _layer_norm(final_norm, z)
+    if classifier is not None:  # SigLIP and I-JEPA average all (normed) rows, the ViT family reads row 0
+        feature = sequence.mean(dim=1) if special == 0 else sequence[:, 0]
+        return {"logits": _linear_weights(classifier, feature)}
+    if name.startswith("Siglip"):
+        return {"last_hidden_state": sequence, "pooler_output": _attention_pooling(tower.head, sequence, config)}
+    return {"last_hidden_state": sequence}
+
+
+def _attention_pooling(head: nn.Module, x: torch.Tensor, config) -> torch.Tensor:
+    """SigLIP's head: a learned probe attends over ``x`` (torch's MultiheadAttention weights), then a residual MLP."""
+    batch, length, width = x.shape
+    num_heads = config.num_attention_heads
+    w_q, w_k, w_v = head.attention.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = head.attention.in_proj_bias.chunk(3)
+    q = (head.probe.expand(batch, 1, width) @ w_q.T + b_q).view(batch, 1, num_heads, -1).transpose(1, 2)
+    k = (x @ w_k.T + b_k).view(batch, length, num_heads, -1).transpose(1, 2)
+    v = (x @ w_v.T + b_v).view(batch, length, num_heads, -1).transpose(1, 2)
+    weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+    pooled = _linear(head.attention.out_proj, (weights @ v).transpose(1, 2).reshape(batch, 1, width))
+    pooled = pooled + _mlp(head.mlp, _layer_norm(head.layernorm, pooled), config.hidden_act)
+    return pooled[:, 0]
+
+
+def _linear_weights(weight_and_bias: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    weight, bias = weight_and_bias
+    return x @ weight.T + bias
 
 
 def _check_layout(adapter: Adapter, num_blocks: int) -> None:
@@ -119,15 +172,21 @@ def _check_layout(adapter: Adapter, num_blocks: int) -> None:
     assert set(adapter.temperatures) == (set(prompted) if adapter.learnable_temperature else set()), sorted(adapter.temperatures)
 
 
-def _blocks(inner: nn.Module) -> list[nn.Module]:
-    found = getattr(inner, "layers", None)
+def _tower(base: nn.Module) -> nn.Module:
+    """The module holding the embeddings and the blocks."""
+    inner = getattr(base, "base_model", base)
+    return getattr(inner, "vision_model", inner)
+
+
+def _blocks(tower: nn.Module) -> list[nn.Module]:
+    found = getattr(tower, "layers", None)
     if found is None:
-        found = inner.encoder.layer
+        found = getattr(tower.encoder, "layers", None) or tower.encoder.layer
     return list(found)
 
 
-def _embed(inner: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    embeddings = inner.embeddings
+def _embed(tower: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    embeddings = tower.embeddings
     if hasattr(embeddings, "random_masking"):  # ViTMAE: keep every patch in its order
         num_patches = embeddings.patch_embeddings.num_patches
         noise = torch.arange(num_patches, dtype=torch.float32).expand(pixel_values.shape[0], -1)
@@ -144,8 +203,16 @@ def _linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def _activation(name: str, x: torch.Tensor) -> torch.Tensor:
-    assert name == "gelu", f"the reference knows only exact gelu, not {name!r}"
-    return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
+    if name == "gelu":
+        return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
+    if name == "quick_gelu":  # CLIP
+        return x * torch.sigmoid(1.702 * x)
+    assert name == "gelu_pytorch_tanh", f"the reference does not know the activation {name!r}"  # SigLIP
+    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def _mlp(mlp: nn.Module, x: torch.Tensor, activation: str) -> torch.Tensor:
+    return _linear(mlp.fc2, _activation(activation, _linear(mlp.fc1, x)))
 
 
 def _attention(attention: nn.Module, x: torch.Tensor, tau, num_heads: int) -> torch.Tensor:
@@ -159,15 +226,16 @@ def _attention(attention: nn.Module, x: torch.Tensor, tau, num_heads: int) -> to
     logits = q @ k.transpose(-1, -2) / (math.sqrt(d_head) * tau)
     weights = torch.softmax(logits, dim=-1)
     mixed = (weights @ v).transpose(1, 2).reshape(batch, length, -1)
-    return _linear(attention.o_proj, mixed)
+    return _linear(getattr(attention, "o_proj", None) or attention.out_proj, mixed)
 
 
 def _block(block: nn.Module, x: torch.Tensor, tau, config) -> torch.Tensor:
-    heads = config.num_attention_heads
+    heads, act = config.num_attention_heads, config.hidden_act
     if hasattr(block, "layer_scale1"):  # Dinov2: norm1/norm2 and per-channel layer scales
         x = x + _attention(block.attention, _layer_norm(block.norm1, x), tau, heads) * block.layer_scale1.lambda1
-        h = _linear(block.mlp.fc2, _activation(config.hidden_act, _linear(block.mlp.fc1, _layer_norm(block.norm2, x))))
-        return x + h * block.layer_scale2.lambda1
+        return x + _mlp(block.mlp, _layer_norm(block.norm2, x), act) * block.layer_scale2.lambda1
+    if hasattr(block, "self_attn"):  # CLIP and SigLIP: layer_norm1/layer_norm2, self_attn with out_proj
+        x = x + _attention(block.self_attn, _layer_norm(block.layer_norm1, x), tau, heads)
+        return x + _mlp(block.mlp, _layer_norm(block.layer_norm2, x), act)
     x = x + _attention(block.attention, _layer_norm(block.layernorm_before, x), tau, heads)
-    h = _linear(block.mlp.fc2, _activation(config.hidden_act, _linear(block.mlp.fc1, _layer_norm(block.layernorm_after, x))))
-    return x + h
+    return x + _mlp(block.mlp, _layer_norm(block.layernorm_after, x), act)

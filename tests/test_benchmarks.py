@@ -56,6 +56,7 @@ EXPECTED_TRAINABLE = {
     "vpt_deep": L * P * D + HEAD,
     "gated": P * D + (L - 1) + HEAD,
     "gated_temp": P * D + (L - 1) + L + HEAD,
+    "clip_gated_temp": P * D + (L - 1) + L + HEAD,
 }
 
 

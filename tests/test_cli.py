@@ -200,7 +200,7 @@ def _modules_loaded_by(tmp_path: Path, *argvs: list[str]) -> set[str]:
 
 
 def test_help_of_every_command_loads_no_heavy_library(tmp_path):
-    argvs = [["--help"], *([command, "--help"] for command in (*COMMANDS, "convert"))]
+    argvs = [["--help"], *([command, "--help"] for command in (*COMMANDS, "convert", "protocol")), ["data", "check", "--help"]]
     assert not {"torch", "transformers", "peft", "huggingface_hub"} & _modules_loaded_by(tmp_path, *argvs)
 
 

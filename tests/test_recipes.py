@@ -114,13 +114,32 @@ def test_spot_checks():
     assert read("mae-vtab-dtd.json")["paper"]["reported_group_mean_top1"] == 47.61
 
 
-def test_vtab_tune_and_final_splits():
+# The folder names of the widely shared preprocessed VTAB-1k archive, by recipe stem.
+VTAB_FOLDERS = {
+    "caltech101": "caltech101", "cifar100": "cifar", "dtd": "dtd", "flowers102": "oxford_flowers102",
+    "pets": "oxford_iiit_pet", "svhn": "svhn", "sun397": "sun397", "camelyon": "patch_camelyon", "eurosat": "eurosat",
+    "resisc45": "resisc45", "retinopathy": "diabetic_retinopathy", "clevr-count": "clevr_count",
+    "clevr-dist": "clevr_dist", "dmlab": "dmlab", "kitti-dist": "kitti", "dsprites-loc": "dsprites_loc",
+    "dsprites-ori": "dsprites_ori", "smallnorb-azim": "smallnorb_azi", "smallnorb-elev": "smallnorb_ele",
+}
+
+
+def test_benchmark_recipes_name_their_data_folder_and_layout():
+    """The stage picks the splits inside the folder (gated_vpt.training.benchmark_data), so tune and final args are
+    the same and no recipe needs tune_args."""
+    for backbone in ("mae", "mocov3"):
+        for stem, folder in VTAB_FOLDERS.items():
+            recipe = read(f"{backbone}-vtab-{stem}.json")
+            assert (recipe["args"]["data_dir"], recipe["args"]["data_layout"]) == (f"data/vtab-1k/{folder}", "vtab1k")
+        for task in ("cub", "flowers", "cars", "dogs", "nabirds"):
+            recipe = read(f"{backbone}-fgvc-{task}.json")
+            assert (recipe["args"]["data_dir"], recipe["args"]["data_layout"]) == (f"data/fgvc/{task}", "fgvc")
+    for path in list_recipes():
+        recipe = read(path.name)
+        assert "tune_args" not in recipe, path.name
+        assert not {"train_dir", "test_dir"} & set(recipe["args"]) or recipe["task_type"] == "semantic-segmentation"
     final = load_recipe(RECIPES_DIR / "mae-vtab-eurosat.json")
-    tune = load_recipe(RECIPES_DIR / "mae-vtab-eurosat.json", stage="tune")
-    assert final["train_dir"].endswith("/train800val200") and final["test_dir"].endswith("/test")
-    assert tune["train_dir"].endswith("/train800") and tune["validation_dir"].endswith("/val200")
-    assert tune["test_dir"] is None
-    assert {k: v for k, v in tune.items() if "_dir" not in k} == {k: v for k, v in final.items() if "_dir" not in k}
+    assert load_recipe(RECIPES_DIR / "mae-vtab-eurosat.json", stage="tune") == final
 
 
 def test_baseline_recipes():
@@ -205,7 +224,9 @@ def write(tmp_path):
         (dict(args={"crop_size": 512}), r"args\.crop_size is a semantic-segmentation argument, not a image-classification one"),
         (dict(args={"model_name_or_path": None}), r"args\.model_name_or_path is null"),
         (dict(args={"prompt_mode": "deep"}), r"args\.gated = true with prompt_mode 'deep'"),
-        (dict(args={"train_dir": None}), r"no data: set args\.dataset_name"),
+        (dict(args={"data_dir": None}), r"no data: set args\.data_dir"),
+        (dict(args={"train_dir": "images"}), r"args sets data_dir and train_dir: keep one data source"),
+        (dict(args={"data_layout": "imagenet"}), r"args\.data_layout = \"imagenet\" is out of range: use 'vtab1k'"),
         (dict(args={"warmup_epochs": 200}), r"warmup_epochs is larger than args\.num_train_epochs"),
         (dict(task_type="detection"), r"task_type = 'detection' is invalid"),
         (dict(paper={"reported_top1": 170}), r"paper\.reported_top1 = 170 is out of range"),

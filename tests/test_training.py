@@ -202,7 +202,7 @@ def test_resuming_with_another_config_is_refused_before_anything_changes(uninter
         ({"image_column_name": "label"}, r"Column 'label' holds ClassLabel.*not images"),
         ({"num_labels": 5}, r"--num_labels=5 but the data set has 3 classes"),
         ({"per_device_train_batch_size": 64}, r"fewer than one batch of 64"),
-        ({"dataset_name": "user/data"}, r"either --dataset_name or --train_dir"),
+        ({"dataset_name": "user/data"}, r"Give one data source, not --dataset_name and --train_dir"),
         ({"resume_from_checkpoint": "latest"}, r"no checkpoint in"),
         ({"gate_init": -1}, r"gate_init=-1.0 is invalid"),
         ({"push_to_hub": True}, r"--push_to_hub needs --hub_model_id"),

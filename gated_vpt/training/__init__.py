@@ -2,6 +2,11 @@
 
 - ``args``: the scripts' command-line arguments (their names are the recipe keys) and ``--config`` recipes.
 - ``data``: image data sets (Hub, image folders, the embedded digits), checks and the paper's transforms.
+- ``benchmark_data``: the paper's data in the shared layouts (VTAB-1k split lists, VPT's FGVC json), the splits
+  of each protocol stage, and ``gated-vpt data check``.
+- ``paper_benchmarks``: the VTAB-1k and FGVC tasks and the paper's reported numbers, as data.
+- ``protocol``, ``protocol_report``: ``gated-vpt protocol`` (learning-rate grid, seeds, resuming, GPUs, job
+  lists) and its table in the paper's form.
 - ``optim``: SGD/AdamW with an optional gate learning rate; warmup + cosine or SETR's polynomial decay, per epoch
   or per update.
 - ``checkpointing``: pickle-free, resumable checkpoints.

@@ -13,8 +13,7 @@ from typing import Optional, Sequence, Union
 SECRET_ARGS = ("hub_token",)
 # Settings that do not change what a run computes; everything else must match to resume a checkpoint.
 NON_SEMANTIC_ARGS = (
-    "config", "recipe_stage", "output_dir", "resume_from_checkpoint", "checkpointing_steps", "save_total_limit",
-    "max_train_steps",
+    "config", "output_dir", "resume_from_checkpoint", "checkpointing_steps", "save_total_limit", "max_train_steps",
     "with_tracking", "report_to", "push_to_hub", "hub_model_id", "hub_token", "per_device_eval_batch_size",
     "gradient_checkpointing", "torch_compile",
 )
@@ -67,9 +66,16 @@ def add_model_args(parser: argparse.ArgumentParser, default_model: Optional[str]
                        help="A Hub model id or a local directory in transformers format (default: the embedded tiny MAE).")
 
 
-def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """The data source flags; returns the group, for a script's own data flags."""
+def add_data_args(parser: argparse.ArgumentParser, layouts: bool = False) -> argparse._ArgumentGroup:
+    """The data source flags; ``layouts`` adds ``--data_dir`` / ``--data_layout`` (the paper's benchmark folders).
+    Returns the group, for a script's own data flags."""
     group = parser.add_argument_group("data (default: the embedded digits, split 800/200/797)")
+    if layouts:
+        group.add_argument("--data_dir", default=None,
+                           help="A prepared benchmark folder, e.g. data/vtab-1k/dtd; --recipe_stage picks its splits "
+                                "(tune: train800/val200 or train/val; final: train800val200/test or train/val/test).")
+        group.add_argument("--data_layout", choices=("vtab1k", "fgvc"), default=None,
+                           help="Layout of --data_dir (default: detected from its split files). See docs/RECIPES.md.")
     group.add_argument("--dataset_name", default=None, help="A Hub data set id.")
     group.add_argument("--dataset_config_name", default=None, help="The Hub data set's configuration.")
     group.add_argument("--train_dir", default=None, help="A local image folder (<dir>/<class>/<image>) for training.")
@@ -98,7 +104,8 @@ def add_prompt_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--prompt_dropout", type=float, default=0.1, help="Dropout on the prompts only.")
     group.add_argument("--prompt_start_block", type=int, default=0, help="Block where the prompts are inserted.")
     group.add_argument("--head_pooling", choices=("auto", "cls", "mean"), default="auto",
-                       help="'auto': mean pooling for MAE backbones, CLS otherwise (the paper's heads).")
+                       help="'auto': the paper's head per backbone (README's backbone table: mean pooling for MAE, I-JEPA "
+                       "and heads that average the tokens, CLS otherwise).")
 
 
 def add_optimization_args(parser: argparse.ArgumentParser, learning_rate: float, batch_size: int, epochs: int) -> None:
@@ -147,7 +154,8 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("recipe")
     group.add_argument("--config", default=None, help="A recipe JSON (e.g. hub_configs/<recipe>.json); flags override it.")
     group.add_argument("--recipe_stage", choices=("final", "tune"), default="final",
-                       help="'tune' applies the recipe's tune_args (the hyperparameter-search split).")
+                       help="'tune': the hyperparameter-search split (--data_dir: train800/val200 for VTAB-1k, "
+                            "train/val for FGVC; a recipe's tune_args apply too); 'final': the reported run.")
 
 
 def parse_args_with_recipe(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], task_type: str) -> argparse.Namespace:

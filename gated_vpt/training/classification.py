@@ -55,6 +55,9 @@ def load_classification_data(args: argparse.Namespace, num_channels: int) -> Cla
         args.validation_dir,
         args.test_dir,
         splits={"train": args.train_split, "validation": args.validation_split, "test": args.test_split},
+        data_dir=getattr(args, "data_dir", None),
+        data_layout=getattr(args, "data_layout", None),
+        stage=getattr(args, "recipe_stage", "final"),
     )
     train = datasets["train"]
     image_column = find_column(train, args.image_column_name, IMAGE_COLUMN_GUESSES, "image", "--image_column_name")

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Literal, Optional
 
 import numpy as np
@@ -65,17 +66,34 @@ def load_image_datasets(
     validation_dir: Optional[str] = None,
     test_dir: Optional[str] = None,
     splits: Optional[dict[str, Optional[str]]] = None,
+    data_dir: Optional[str] = None,
+    data_layout: Optional[str] = None,
+    stage: str = "final",
 ) -> DatasetDict:
-    """Load ``train`` / ``validation`` / ``test`` splits from a Hub data set, local image folders, or (with neither
-    given) the embedded digits. ``splits`` maps those roles to the source's split names (None: role absent)."""
-    if dataset_name and (train_dir or validation_dir or test_dir):
-        raise ValueError("Give either --dataset_name or --train_dir/--validation_dir/--test_dir, not both.")
+    """Load ``train`` / ``validation`` / ``test`` splits from a Hub data set, local image folders, a benchmark folder
+    (``data_dir`` in ``data_layout``, see ``benchmark_data``; ``stage`` picks its splits; the layout is ignored
+    without a folder), or (with none given) the embedded digits. ``splits`` maps those roles to the source's split names (None: role absent)."""
+    sources = [flag for flag, given in (("--dataset_name", dataset_name), ("--data_dir", data_dir),
+                                        ("--train_dir/--validation_dir/--test_dir", train_dir or validation_dir or test_dir)) if given]
+    if len(sources) > 1:
+        raise ValueError(f"Give one data source, not {' and '.join(sources)}.")
+    if data_dir:
+        from .benchmark_data import load_layout_datasets
+
+        return load_layout_datasets(data_dir, data_layout, stage)
     if dataset_name:
         source = load_dataset(dataset_name, dataset_config_name)
     elif train_dir or validation_dir or test_dir:
         files = {role: f"{path}/**" for role, path in (("train", train_dir), ("validation", validation_dir), ("test", test_dir)) if path}
         if "train" not in files:
             raise ValueError("--validation_dir/--test_dir need a --train_dir as well.")
+        for role, path in (("train", train_dir), ("validation", validation_dir), ("test", test_dir)):
+            if path and not (Path(path).is_dir() and any(p.is_file() for p in Path(path).rglob("*"))):
+                raise ValueError(
+                    f"No images in the {role} folder {path} (--{role}_dir): expected an image folder "
+                    f"{path}/<class name>/<image>. For the paper's benchmarks use --data_dir with --data_layout "
+                    "vtab1k or fgvc (docs/RECIPES.md)."
+                )
         source = load_dataset("imagefolder", data_files=files)
         splits = {role: role for role in files}
     else:

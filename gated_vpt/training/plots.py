@@ -1,4 +1,4 @@
-"""PNG figures of a run: the per-block gates and selection ratio, and the learning curve."""
+"""PNG figures: a run's per-block gates and selection ratio and its learning curve, and a benchmark's results."""
 
 from __future__ import annotations
 
@@ -98,6 +98,36 @@ def score_keys(history: Sequence[dict]) -> list[str]:
 
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
+
+
+def plot_benchmark(
+    tasks: Sequence[tuple[str, Optional[float], Optional[float], Optional[float]]],
+    means: Sequence[tuple[str, Optional[float], Optional[float]]],
+    path: Union[str, Path],
+    title: str = "",
+) -> Path:
+    """Horizontal bars of a benchmark's test top-1 %: one per task ``(name, mean, std, paper)`` with the spread over
+    seeds, then one per mean over tasks ``(name, mean, paper)`` (VTAB groups, overall); the paper's numbers as black
+    marks. Rows without a result yet stay empty."""
+    rows = [(name, mean, std, paper, "tab:blue") for name, mean, std, paper in tasks]
+    rows += [(name, mean, None, paper, "tab:orange") for name, mean, paper in means]
+    positions = list(range(len(rows)))[::-1]
+    figure, axis = plt.subplots(figsize=(7, 1.4 + 0.32 * len(rows)))
+    axis.barh(positions, [m or 0.0 for _, m, _, _, _ in rows], xerr=[s or 0.0 for _, _, s, _, _ in rows],
+              color=[c for *_, c in rows])
+    paper = [(y, p) for y, (_, _, _, p, _) in zip(positions, rows) if p is not None]
+    if paper:
+        axis.scatter([p for _, p in paper], [y for y, _ in paper], marker="|", s=200, color="black", zorder=3,
+                     label="paper")
+        axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35 / (1 + 0.1 * len(rows))), fontsize="small")
+    axis.set_yticks(positions)
+    axis.set_yticklabels([name for name, *_ in rows])
+    axis.set_xlabel("test top-1 % (task: mean ± std over seeds; orange: means over tasks)")
+    axis.set_xlim(0, 100)
+    if title:
+        axis.set_title(title)
+    figure.tight_layout()
+    return _save(figure, path)
 
 
 def _save(figure, path: Union[str, Path]) -> Path:

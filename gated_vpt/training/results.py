@@ -19,6 +19,17 @@ from .plots import plot_gates, plot_learning_curve
 
 # A run's scores are the float metrics named after the split they were measured on (test_accuracy, validation_miou).
 SCORE_PREFIXES = ("test_", "validation_")
+# Left instead of metrics.json by a run that cannot finish as configured (a non-finite loss): rerunning it would
+# stop the same way, so the protocol runner counts it as settled, without a score.
+STOPPED_FILE = "stopped.json"
+
+
+def write_stopped(output_dir: Union[str, Path], reason: str) -> Path:
+    """Record in ``output_dir/stopped.json`` why a run stopped for good (the file is removed to retry the run)."""
+    path = Path(output_dir) / STOPPED_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"reason": reason}, indent=1) + "\n")
+    return path
 
 
 def run_scores(metrics: dict) -> dict[str, float]:
@@ -72,7 +83,8 @@ def write_results(
     follow_umask(adapter_dir)
     print(f"\n{report.format_table()}\n")
     print(", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-    written = [f"{adapter_dir}/ (adapter and model card)", "metrics.json", *(p.name for p in (gates_png,) if p), "learning_curve.png"]
+    written = [f"{adapter_dir}/ (adapter and model card)", "metrics.json", *(p.name for p in (gates_png,) if p),
+               "learning_curve.png"]
     print(f"Wrote {', '.join(written)} in {output}")
     if hub_model_id:
         from gated_vpt.hub import push_adapter

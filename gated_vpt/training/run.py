@@ -105,6 +105,8 @@ def _dataset_name(args: argparse.Namespace) -> str:
     """The run's data as its card names it: a Hub id, a local folder's name, or the data built into the scripts."""
     if args.dataset_name:
         return args.dataset_name
+    if getattr(args, "data_dir", None):
+        return f"{Path(args.data_dir).name} (a local {args.data_layout or 'benchmark'} folder)"
     if args.train_dir:
         return f"{Path(args.train_dir).name} (a local image folder)"
     if getattr(args, "quick", False):

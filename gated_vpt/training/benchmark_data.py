@@ -1,0 +1,340 @@
+"""The paper's data in the layouts its community shares, read without TFDS, with the exact splits of the protocol.
+
+- ``vtab1k``: a folder per VTAB-1k task holding ``train800.txt``, ``val200.txt``, ``train800val200.txt`` and
+  ``test.txt``, one ``<relative/image/path> <label>`` per line (paths relative to the task folder; labels are class
+  indices).
+- ``fgvc``: a folder per data set in VPT's layout holding ``train.json``, ``val.json`` and ``test.json``, each one
+  JSON object ``{"<image path>": <class id>, ...}``; as in VPT, paths are relative to the data set's image folder,
+  which is the folder itself or its ``images/`` or ``Images/`` subfolder (found from the first entry).
+
+The protocol stage picks the splits (``STAGE_SPLITS``): VTAB-1k tunes on train800 / val200 and trains the final runs
+on train800val200, tested on test; FGVC trains on train in both stages (VPT's code uses train + val only for VTAB),
+validates on val and tests on test. ``load_layout_datasets`` returns ``datasets.Dataset`` splits with ``image`` and
+``label`` columns for the training scripts; ``check_data_folder`` verifies a prepared folder image by image.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+LAYOUTS = ("vtab1k", "fgvc")
+LAYOUT_FILES = {
+    "vtab1k": ("train800", "val200", "train800val200", "test"),
+    "fgvc": ("train", "val", "test"),
+}
+LAYOUT_SUFFIX = {"vtab1k": ".txt", "fgvc": ".json"}
+# stage -> role in the training scripts (train / validation / test) -> split file
+STAGE_SPLITS = {
+    "vtab1k": {
+        "tune": {"train": "train800", "validation": "val200"},
+        "final": {"train": "train800val200", "test": "test"},
+    },
+    "fgvc": {
+        "tune": {"train": "train", "validation": "val"},
+        "final": {"train": "train", "validation": "val", "test": "test"},
+    },
+}
+LAYOUT_DESCRIPTIONS = {
+    "vtab1k": (
+        "a VTAB-1k task folder holding train800.txt, val200.txt, train800val200.txt and test.txt, one "
+        "'<relative/image/path> <label>' per line, paths relative to the folder"
+    ),
+    "fgvc": (
+        "an FGVC folder in VPT's layout holding train.json, val.json and test.json, each mapping image path to class "
+        "id, paths relative to the folder or to its images/ or Images/ subfolder"
+    ),
+}
+FGVC_IMAGE_FOLDERS = (".", "images", "Images")
+PREPARE_HINT = "See docs/RECIPES.md for where the data comes from, and check a folder with `gated-vpt data check <folder>`."
+MAX_LISTED_PROBLEMS = 10
+
+
+class DataLayoutError(ValueError):
+    """A benchmark folder that is missing, empty or malformed; the message names the folder and the expected layout."""
+
+
+@dataclass
+class SplitFile:
+    """One split file of a prepared folder: the images it lists (resolved paths), their raw labels, and what is
+    wrong with it (malformed lines, missing images), one message per problem."""
+
+    name: str
+    path: Path
+    images: list[Path] = field(default_factory=list)
+    labels: list = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def detect_layout(folder: Union[str, Path]) -> str:
+    """``vtab1k`` or ``fgvc``, from the split files present in ``folder``; raises ``DataLayoutError`` when the folder
+    is missing or holds neither layout."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataLayoutError(
+            f"No data folder {folder}. Expected {LAYOUT_DESCRIPTIONS['vtab1k']}, or {LAYOUT_DESCRIPTIONS['fgvc']}. "
+            + PREPARE_HINT
+        )
+    found = [layout for layout in LAYOUTS if any(_split_path(folder, layout, n).is_file() for n in LAYOUT_FILES[layout])]
+    if len(found) != 1:
+        what = "split files of both layouts" if found else "no split files"
+        raise DataLayoutError(
+            f"{folder} holds {what}. Expected {LAYOUT_DESCRIPTIONS['vtab1k']}, or {LAYOUT_DESCRIPTIONS['fgvc']}; "
+            "pass the layout explicitly (--data_layout / --layout) if the folder is right. " + PREPARE_HINT
+        )
+    return found[0]
+
+
+def read_split(folder: Union[str, Path], layout: str, name: str) -> SplitFile:
+    """Parse split ``name`` of ``folder`` in ``layout``, collecting every malformed line and missing image."""
+    folder = Path(folder)
+    split = SplitFile(name, _split_path(folder, layout, name))
+    if not split.path.is_file():
+        split.problems.append(f"missing split file {split.path}")
+        return split
+    entries = _read_vtab1k_lines(split) if layout == "vtab1k" else _read_fgvc_json(split)
+    if not entries and not split.problems:
+        split.problems.append(f"{split.path} lists no images")
+    if not entries:
+        return split
+    bases = [folder, folder.parent] if layout == "vtab1k" else [folder / sub for sub in FGVC_IMAGE_FOLDERS]
+    first = entries[0][0]
+    base = next((b for b in bases if (b / first).is_file()), bases[0])
+    for relative, label in entries:
+        path = (base / relative) if not Path(relative).is_absolute() else Path(relative)
+        if not path.is_file():
+            split.problems.append(f"{split.path}: image {relative} not found (looked in {base})")
+        split.images.append(path)
+        split.labels.append(label)
+    return split
+
+
+def read_layout(folder: Union[str, Path], layout: Optional[str] = None) -> tuple[str, dict[str, SplitFile]]:
+    """The layout (detected when None) and every split file of ``folder``."""
+    layout = detect_layout(folder) if layout is None else _checked_layout(layout)
+    if not Path(folder).is_dir():
+        raise DataLayoutError(f"No data folder {folder}. Expected {LAYOUT_DESCRIPTIONS[layout]}. " + PREPARE_HINT)
+    return layout, {name: read_split(folder, layout, name) for name in LAYOUT_FILES[layout]}
+
+
+def class_names(layout: str, splits: dict[str, SplitFile]) -> list[str]:
+    """The class names, index = class: VTAB-1k labels are indices (``"0" .. str(K-1)``, K = the largest label in any
+    split + 1); FGVC class ids of all splits, sorted, as text (VPT maps sorted ids to 0..K-1 the same way)."""
+    values = set().union(*(set(s.labels) for s in splits.values()))
+    if not values:
+        return []
+    if layout == "vtab1k":
+        return [str(i) for i in range(max(values) + 1)]
+    return [str(v) for v in sorted(values, key=lambda v: (isinstance(v, str), v))]
+
+
+def load_layout_datasets(
+    folder: Union[str, Path], layout: Optional[str] = None, stage: str = "final"
+):
+    """The ``train`` / ``validation`` / ``test`` splits of a prepared folder for protocol ``stage`` (``tune`` or
+    ``final``, see ``STAGE_SPLITS``) as a ``datasets.DatasetDict`` with ``image`` (decoded lazily from the files) and
+    ``label`` (``ClassLabel``) columns. Raises ``DataLayoutError`` naming the folder, the expected layout and the
+    first problems when the folder is missing, empty or malformed.
+
+    Example:
+
+    ```py
+    >>> splits = load_layout_datasets("data/vtab-1k/dtd", "vtab1k", stage="tune")
+    >>> {role: len(split) for role, split in splits.items()}
+    {'train': 800, 'validation': 200}
+    ```
+    """
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+
+    if stage not in ("tune", "final"):
+        raise ValueError(f"stage={stage!r} is invalid: use 'tune' or 'final'.")
+    layout, splits = read_layout(folder, layout)
+    problems = [p for s in splits.values() for p in s.problems] + _label_problems(layout, splits)
+    if problems:
+        raise DataLayoutError(_problems_message(folder, layout, problems))
+    names = class_names(layout, splits)
+    index = {value: i for i, value in enumerate(names)}
+    features = Features({"image": Image(), "label": ClassLabel(names=names)})
+    chosen = {}
+    for role, name in STAGE_SPLITS[layout][stage].items():
+        split = splits[name]
+        labels = split.labels if layout == "vtab1k" else [index[str(v)] for v in split.labels]
+        chosen[role] = Dataset.from_dict({"image": [str(p) for p in split.images], "label": labels}, features=features)
+    return DatasetDict(chosen)
+
+
+@dataclass
+class DataCheck:
+    """What ``check_data_folder`` found: images and classes per split, the class count, how many images were
+    decoded, and one message per problem (empty when the folder is ready)."""
+
+    folder: Path
+    layout: str
+    counts: dict[str, tuple[int, int]]
+    num_classes: int
+    num_labels: Optional[int]
+    decoded: int
+    problems: list[str]
+
+    def format(self) -> str:
+        """A short report: the split table, the class count against the recipe's, and the decoded images."""
+        width = max(len(name) for name in self.counts)
+        lines = [f"{self.folder} ({self.layout} layout)", f"  {'split':<{width}}  images  classes"]
+        lines += [f"  {name:<{width}}  {n:>6}  {k:>7}" for name, (n, k) in self.counts.items()]
+        expected = f" (recipe num_labels {self.num_labels})" if self.num_labels is not None else ""
+        lines.append(f"  classes: {self.num_classes}{expected}")
+        if self.decoded:
+            lines.append(f"  images decoded: {self.decoded} (every file listed, each opened and fully decoded)")
+        return "\n".join(lines)
+
+
+def check_data_folder(
+    folder: Union[str, Path],
+    layout: Optional[str] = None,
+    num_labels: Optional[int] = None,
+    decode: bool = True,
+    workers: int = 8,
+) -> DataCheck:
+    """Verify a prepared folder before training: every split file present and well formed, every listed image
+    present and (``decode``) fully decodable by Pillow, the splits as the protocol needs them (VTAB-1k:
+    train800val200 = train800 + val200, disjoint from test; FGVC: disjoint splits, every val/test class in train),
+    and the class count equal to ``num_labels`` when given. Problems are collected, not raised; a folder that is
+    missing or holds no known layout raises ``DataLayoutError``.
+
+    Example:
+
+    ```py
+    >>> report = check_data_folder("data/vtab-1k/dtd", num_labels=47)
+    >>> print(report.format()); report.problems
+    []
+    ```
+    """
+    layout, splits = read_layout(folder, layout)
+    problems = [p for s in splits.values() for p in s.problems] + _label_problems(layout, splits)
+    problems += _split_problems(layout, splits)
+    names = class_names(layout, splits)
+    if num_labels is not None and names and len(names) != num_labels:
+        problems.append(
+            f"the splits hold {len(names)} classes but the recipe's num_labels is {num_labels}: fix the data or the recipe"
+        )
+    decoded = 0
+    if decode:
+        existing = sorted({p for s in splits.values() for p in s.images if p.is_file()})
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            problems += [p for p in pool.map(_decode_problem, existing) if p]
+        decoded = len(existing)
+    counts = {name: (len(s.images), len(set(s.labels))) for name, s in splits.items()}
+    return DataCheck(Path(folder), layout, counts, len(names), num_labels, decoded, problems)
+
+
+def _checked_layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"Unknown data layout {layout!r}: use one of {list(LAYOUTS)}.")
+    return layout
+
+
+def _split_path(folder: Path, layout: str, name: str) -> Path:
+    return folder / f"{name}{LAYOUT_SUFFIX[layout]}"
+
+
+def _read_vtab1k_lines(split: SplitFile) -> list[tuple[str, int]]:
+    """``<path> <label>`` lines (any whitespace; the label is the last field, so paths may hold spaces; blank lines
+    and Windows line ends are fine)."""
+    entries = []
+    with open(split.path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            text = line.strip()
+            if not text:
+                continue
+            parts = text.rsplit(None, 1)
+            label = parts[1] if len(parts) == 2 else ""
+            if not (label.isdigit() and parts[0]):
+                split.problems.append(
+                    f"{split.path}:{number}: expected '<relative/image/path> <class index>', got {text[:80]!r}"
+                )
+                continue
+            entries.append((parts[0], int(label)))
+    return entries
+
+
+def _read_fgvc_json(split: SplitFile) -> list[tuple[str, object]]:
+    try:
+        mapping = json.loads(split.path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        split.problems.append(f"{split.path}: not valid JSON ({error})")
+        return []
+    if not isinstance(mapping, dict):
+        split.problems.append(f"{split.path}: expected a JSON object {{\"<image path>\": <class id>, ...}}")
+        return []
+    entries = []
+    for path, label in mapping.items():
+        if isinstance(label, bool) or not isinstance(label, (int, str)) or (isinstance(label, int) and label < 0):
+            split.problems.append(f"{split.path}: {path!r} maps to {label!r}, not a class id (an integer or a name)")
+            continue
+        entries.append((path, label))
+    return entries
+
+
+def _label_problems(layout: str, splits: dict[str, SplitFile]) -> list[str]:
+    kinds = {type(label) for s in splits.values() for label in s.labels}
+    if len(kinds) > 1:
+        return [f"the {layout} split files mix integer and text class ids: use one kind"]
+    return []
+
+
+def _split_problems(layout: str, splits: dict[str, SplitFile]) -> list[str]:
+    """The protocol's split relations (only between split files that parsed cleanly)."""
+    clean = {name: s for name, s in splits.items() if not s.problems and s.images}
+    pairs = {name: set(zip(s.images, s.labels)) for name, s in clean.items()}
+    problems = []
+    if layout == "vtab1k":
+        if {"train800", "val200", "train800val200"} <= set(pairs):
+            if pairs["train800"] & pairs["val200"]:
+                problems.append(f"train800.txt and val200.txt share {len(pairs['train800'] & pairs['val200'])} images")
+            union = pairs["train800"] | pairs["val200"]
+            if pairs["train800val200"] != union:
+                differ = len(pairs["train800val200"] ^ union)
+                problems.append(f"train800val200.txt is not train800.txt + val200.txt ({differ} entries differ)")
+        if {"train800val200", "test"} <= set(pairs):
+            shared = {p for p, _ in pairs["train800val200"]} & {p for p, _ in pairs["test"]}
+            if shared:
+                problems.append(f"test.txt shares {len(shared)} images with train800val200.txt")
+        return problems
+    names = list(pairs)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            shared = {p for p, _ in pairs[first]} & {p for p, _ in pairs[second]}
+            if shared:
+                problems.append(f"{first}.json and {second}.json share {len(shared)} images")
+    if "train" in clean:
+        trained = set(clean["train"].labels)
+        for name in ("val", "test"):
+            if name in clean:
+                unseen = set(clean[name].labels) - trained
+                if unseen:
+                    problems.append(f"{name}.json has {len(unseen)} classes that train.json lacks, e.g. {sorted(map(str, unseen))[:3]}")
+    return problems
+
+
+def _decode_problem(path: Path) -> Optional[str]:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Exception as error:  # Pillow raises many kinds (OSError, SyntaxError, ValueError, ...) on bad files
+        return f"{path}: cannot decode the image ({type(error).__name__}: {error})"
+    return None
+
+
+def _problems_message(folder: Union[str, Path], layout: str, problems: list[str]) -> str:
+    shown = "\n".join(f"  - {p}" for p in problems[:MAX_LISTED_PROBLEMS])
+    more = len(problems) - MAX_LISTED_PROBLEMS
+    tail = f"\n  ... and {more} more" if more > 0 else ""
+    return (
+        f"The {layout} data in {folder} is not ready ({len(problems)} problem{'s' if len(problems) != 1 else ''}):\n"
+        f"{shown}{tail}\nExpected {LAYOUT_DESCRIPTIONS[layout]}. {PREPARE_HINT}"
+    )
