@@ -11,11 +11,13 @@
 - ```bash blocks are checked line by line (``&&`` splits a line, ``# comments`` and ``VAR=value`` prefixes are
   dropped): ``gated-vpt`` runs for ``--help``, ``info`` and ``pull``; its other commands and the example scripts
   (``accelerate launch [its options] examples/<script>.py ...``, ``python examples/<script>.py ...``) are parsed
-  by their own argument parsers, from the repository root (nothing trains or uploads). A command with a ``<placeholder>`` or ``...`` only has
-  its option names checked against its ``--help``. ``pip install`` and ``python -m pytest`` are what CI runs, and
+  by their own argument parsers, from the repository root (nothing trains or uploads). ``gated-vpt convert`` and
+  ``gated-vpt protocol``, and any command with a ``<placeholder>`` or ``...``, only have their option names checked
+  against their ``--help``. ``pip install`` and ``python -m pytest`` are what CI runs, and
   are skipped.
-- A block right after a line ``<!-- docs-test: skip (why) -->`` is only compiled (python) or has its option names
-  checked (bash). Other fences (json, bibtex, text) are not code.
+- A block right after a line ``<!-- docs-test: skip (why) -->`` is only compiled (python) or has the option names
+  of its gated-vpt and example-script commands checked (bash; other commands, e.g. downloads or shell loops, are
+  left alone). Other fences (json, bibtex, text) are not code.
 """
 
 from __future__ import annotations
@@ -95,11 +97,12 @@ DRIVER = textwrap.dedent(
                 "pixel_values": torch.randn(4, 3, 16, 16), "masks": torch.randint(0, 150, (4, 16, 16)),
                 "pred": generator.integers(0, 150, (16, 16)), "mask": generator.integers(0, 150, (16, 16))}
 
-    def help_text(program, command):
+    def help_text(program, args):
         out = io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
-            if program == "gated-vpt":
-                cli.main([*command[:1], "--help"])
+            if program == "gated-vpt":  # the help of the (sub)command: the words before the first option
+                words = [a for a in args[: next((i for i, a in enumerate(args) if a.startswith("-")), len(args))]]
+                cli.main([*words, "--help"])
             else:
                 load_example(program).parse_args(["--help"])
         return out.getvalue()
@@ -113,6 +116,8 @@ DRIVER = textwrap.dedent(
             program, args = "gated-vpt", words[1:]
         else:
             scripts = [i for i, w in enumerate(words) if w.startswith("examples/") and w.endswith(".py")]
+            if (words[0] not in ("accelerate", "python") or not scripts) and skip:
+                return "not checked (marked skip)"
             if words[0] not in ("accelerate", "python") or not scripts:
                 raise ValueError(f"no rule for the command {words[0]!r}: mark the block <!-- docs-test: skip (why) -->")
             program, args = Path(words[scripts[0]]).stem, words[scripts[0] + 1:]
@@ -120,7 +125,8 @@ DRIVER = textwrap.dedent(
         if "--help" in args:
             assert help_text(program, args), "no help"
             return "ran"
-        if skip or "..." in args or any("<" in a for a in args):
+        own_parser = program == "gated-vpt" and args[:1] in (["convert"], ["protocol"])  # parsed only when run
+        if skip or own_parser or "..." in args or any("<" in a for a in args):
             text = help_text(program, args)
             unknown = [a.split("=")[0] for a in args if a.startswith("--") and a.split("=")[0] not in text]
             assert not unknown, f"options {unknown} are not in `{program} --help`"
