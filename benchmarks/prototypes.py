@@ -12,7 +12,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gated_vpt.gate import effective_temperature
 from gated_vpt.layer import GatedPromptBlock
 
 
@@ -59,7 +58,7 @@ def temperature_in_weight(model: nn.Module) -> None:
                 out = F.linear(x, query.weight, query.bias)
                 scaled = block._scale_query(query, (x,), out)
                 return out if scaled is None else scaled
-            scale = 1 / effective_temperature(block.gvpt_temperature[name])
+            scale = 1 / block.gvpt_temperature[name]  # clamped in place before the forward (GatedPromptModel)
             return _ScaledLinear.apply(x, query.weight, query.bias, scale)
 
         query.forward = forward

@@ -25,6 +25,7 @@ from gated_vpt.training import args as cli
 from gated_vpt.training.checkpointing import checked_resume_path
 from gated_vpt.training.classification import (
     count_parameters,
+    dry_run_report,
     evaluate_accuracy,
     final_split,
     load_classification_data,
@@ -33,7 +34,14 @@ from gated_vpt.training.classification import (
 )
 from gated_vpt.training.loop import LoopSettings, train, updates_per_epoch
 from gated_vpt.training.optim import build_optimizer, build_scheduler
-from gated_vpt.training.run import finish_run, initial_state, prepare, start_accelerator
+from gated_vpt.training.run import (
+    exit_on_stop,
+    finish_run,
+    initial_state,
+    prepare,
+    require_prepared_backbone,
+    start_accelerator,
+)
 
 logger = get_logger(__name__)
 EMBEDDED_MODEL = str(Path(__file__).resolve().parent.parent / "assets" / "mae-tiny")
@@ -56,6 +64,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
+    if args.dry_run:
+        print(dry_run_report(args))
+        return {}
+    require_prepared_backbone(args)
     accelerator = start_accelerator(args)
     started = time.time()
 
@@ -85,6 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         args.warmup_epochs,
         updates_per_epoch(len(train_loader), args.gradient_accumulation_steps),
         args.scheduler_step,
+        min_learning_rate=args.min_learning_rate,
     )
     state = initial_state(accelerator, resume_path, model, optimizer, scheduler)
     if args.with_tracking:
@@ -118,4 +131,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_stop(main)

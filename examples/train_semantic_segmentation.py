@@ -22,15 +22,28 @@ from accelerate.logging import get_logger
 
 from gated_vpt.recipes import SEGMENTATION
 from gated_vpt.segmentation.inference import evaluate_segmentation
-from gated_vpt.segmentation.model import save_segmentation_adapter
+from gated_vpt.segmentation.model import HEAD_MODULES, save_segmentation_adapter
 from gated_vpt.segmentation.synthetic import SHAPES_LABELS
-from gated_vpt.segmentation.training import QUICK, build_segmentation_model, inference_settings, load_segmentation_data
+from gated_vpt.segmentation.training import (
+    QUICK,
+    build_segmentation_model,
+    dry_run_report,
+    inference_settings,
+    load_segmentation_data,
+)
 from gated_vpt.training import args as cli
 from gated_vpt.training.checkpointing import checked_resume_path
 from gated_vpt.training.classification import count_parameters
 from gated_vpt.training.loop import LoopSettings, train, updates_per_epoch
 from gated_vpt.training.optim import build_optimizer, build_scheduler
-from gated_vpt.training.run import finish_run, initial_state, prepare, start_accelerator
+from gated_vpt.training.run import (
+    exit_on_stop,
+    finish_run,
+    initial_state,
+    prepare,
+    require_prepared_backbone,
+    start_accelerator,
+)
 
 logger = get_logger(__name__)
 
@@ -58,7 +71,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     group.add_argument("--ignore_index", type=int, default=255, help="Mask value that does not count in loss or metrics.")
     group.add_argument("--crop_size", type=int, default=512, help="Training crop (and test rescale) size; SETR: 512.")
     group.add_argument("--decoder", choices=("setr_pup",), default="setr_pup")
-    group.add_argument("--decoder_channels", type=int, default=256)
+    group.add_argument("--decoder_channels", type=int, default=512,
+                       help="Channels of the decode and auxiliary heads' stages: 512 (SETR-PUP), or 256 for a lighter head.")
+    group.add_argument("--decoder_lr_multiplier", type=float, default=10.0,
+                       help="Learning rate of the decode and auxiliary heads = --learning_rate x this (SETR: 10).")
     group.add_argument("--decoder_norm", choices=("batch", "group"), default="batch",
                        help="Norm in the decoder stages: 'batch' (SETR) or 'group' (small per-device batches).")
     group.add_argument("--aux_blocks", type=_int_list, default=[],
@@ -75,7 +91,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                        help="Also report multi-scale + flip mIoU at the end (ratios 0.5..1.75).")
     cli.add_prompt_args(parser)
     cli.add_optimization_args(parser, learning_rate=0.001, batch_size=16, epochs=127)
-    parser.set_defaults(warmup_epochs=0, scheduler_step="step", per_device_eval_batch_size=1)
+    parser.set_defaults(warmup_epochs=0, scheduler_step="step", per_device_eval_batch_size=1, min_learning_rate=1e-4)
     cli.add_run_args(parser, default_output_dir="outputs/semantic-segmentation")
     if "--quick" in argv:
         if "--config" in argv:
@@ -91,6 +107,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
+    if args.dry_run:
+        print(dry_run_report(args))
+        return {}
+    require_prepared_backbone(args)
     accelerator = start_accelerator(args)
     started = time.time()
 
@@ -108,12 +128,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     logger.info(f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
 
     optimizer = build_optimizer(
-        model, args.optimizer, args.learning_rate, args.momentum, args.weight_decay, args.gate_learning_rate
+        model, args.optimizer, args.learning_rate, args.momentum, args.weight_decay, args.gate_learning_rate,
+        head_modules=HEAD_MODULES, head_lr_multiplier=args.decoder_lr_multiplier,
     )
     model, optimizer, train_loader, eval_loaders = prepare(accelerator, model, optimizer, data.train_loader, data.eval_loaders)
     steps = updates_per_epoch(len(train_loader), args.gradient_accumulation_steps)
     scheduler = build_scheduler(
-        optimizer, args.num_train_epochs, args.warmup_epochs, steps, args.scheduler_step, args.scheduler, args.poly_power
+        optimizer, args.num_train_epochs, args.warmup_epochs, steps, args.scheduler_step, args.scheduler, args.poly_power,
+        args.min_learning_rate,
     )
     state = initial_state(accelerator, resume_path, model, optimizer, scheduler)
     if args.with_tracking:
@@ -166,4 +188,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_stop(main)

@@ -3,7 +3,7 @@
 Examples:
 
     gated-vpt info outputs/image-classification              # a training run's output folder (or its adapter/)
-    gated-vpt push out/cub-gated user/mae-cub-gated          # token from --token, HF_TOKEN or `hf auth login`
+    gated-vpt push out/cub-gated user/mae-cub-gated          # token from HF_TOKEN or `hf auth login`
     gated-vpt pull user/mae-cub-gated --revision v1 -o adapters/cub
     gated-vpt info user/mae-cub-gated --json
     gated-vpt predict user/mae-cub-gated --base facebook/vit-mae-base photos/ --top-k 3
@@ -11,11 +11,11 @@ Examples:
     gated-vpt data check data/vtab-1k/dtd --recipe hub_configs/mae-vtab-dtd.json
     gated-vpt protocol --benchmark vtab1k --backbone mae --method gated --gpus 0,1,2,3
 
-Errors (a missing repo or revision, no network, an adapter made for another base, no token) are printed as one
-line, ``gated-vpt: error: ...``, with exit status 1.
+Errors (a missing repo or revision, no network, a bad or foreign adapter, an unreadable image, no token) are
+printed as one line, ``gated-vpt: error: ...``, with exit status 1; ``--debug`` shows the traceback instead.
 
 Heavy libraries (torch, transformers, peft, huggingface_hub) are imported inside the commands that use them, so
-``--help`` answers at once and ``info`` of a local adapter loads only torch and safetensors.
+``--help`` answers at once.
 """
 
 from __future__ import annotations
@@ -26,8 +26,11 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .tokens import refuse_token_options
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-USER_ERRORS = (ValueError, OSError)  # OSError covers FileNotFoundError, PermissionError, ConnectionError
+# OSError covers FileNotFoundError, PermissionError, ConnectionError and PIL's unreadable-image errors.
+USER_ERRORS = (ValueError, OSError)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -45,7 +48,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.run(args) or 0
     except USER_ERRORS as error:
-        print(f"gated-vpt: error: {error}", file=sys.stderr)
+        if args.debug:
+            raise
+        print("gated-vpt: error: " + " ".join(str(error).split()), file=sys.stderr)
         return 1
 
 
@@ -53,12 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gated-vpt", description="Gated visual prompt tuning adapters: share them on the Hub, inspect and run them."
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     push = commands.add_parser("push", help="upload a local adapter directory to a Hub repo (with its model card)")
     push.add_argument("directory", help="adapter directory written by model.save_pretrained, or a training run's output folder")
     push.add_argument("repo_id", help="target repo, e.g. user/mae-cub-gated (created when missing)")
-    push.add_argument("--token", help="Hub token with write access (default: HF_TOKEN or `hf auth login`); never printed")
+    refuse_token_options(push, "--token")
     push.add_argument("--private", action="store_true", default=None, help="create the repo as private")
     push.add_argument("--message", default="Upload gated_vpt adapter", help="commit message")
     push.set_defaults(run=_push)
@@ -104,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
 def _add_source(parser: argparse.ArgumentParser, name: str, help: str) -> None:
     parser.add_argument(name, help=help)
     parser.add_argument("--revision", help="branch, tag or commit sha on the Hub (default: main)")
-    parser.add_argument("--token", help="Hub token for private repos (default: HF_TOKEN or `hf auth login`)")
+    refuse_token_options(parser, "--token")  # private repos: HF_TOKEN or `hf auth login`
 
 
 def _data_check(args: argparse.Namespace) -> int:
@@ -133,14 +139,14 @@ def _data_check(args: argparse.Namespace) -> int:
 def _push(args: argparse.Namespace) -> None:
     from .hub import push_adapter
 
-    sha = push_adapter(args.directory, args.repo_id, token=args.token, private=args.private, commit_message=args.message)
+    sha = push_adapter(args.directory, args.repo_id, private=args.private, commit_message=args.message)
     print(f"Pushed {args.directory} to {args.repo_id} (commit {sha}).")
 
 
 def _pull(args: argparse.Namespace) -> None:
     from .hub import pull_adapter
 
-    path = pull_adapter(args.repo_id, revision=args.revision, local_dir=args.output, token=args.token)
+    path = pull_adapter(args.repo_id, revision=args.revision, local_dir=args.output)
     print(path)
 
 
@@ -155,7 +161,7 @@ def _adapter_dir(args: argparse.Namespace) -> Path:
         return directory
     from .hub import fetch_adapter
 
-    return fetch_adapter(args.adapter, revision=args.revision, token=args.token)
+    return fetch_adapter(args.adapter, revision=args.revision)
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -189,7 +195,7 @@ def _predict(args: argparse.Namespace) -> None:
     import torch
 
     try:
-        from PIL import Image, UnidentifiedImageError
+        import PIL  # noqa: F401
     except ImportError as error:
         raise ValueError("predict reads images with Pillow: pip install pillow (or gated-vpt[train]).") from error
 
@@ -200,10 +206,7 @@ def _predict(args: argparse.Namespace) -> None:
     k = min(args.top_k, len(labels))
     for start in range(0, len(paths), args.batch_size):
         batch = paths[start : start + args.batch_size]
-        try:
-            images = [Image.open(path).convert("RGB") for path in batch]
-        except UnidentifiedImageError as error:
-            raise ValueError(f"Cannot read an image: {error}. Pass image files (PNG, JPEG, ...) or folders of them.") from error
+        images = [_read_image(path) for path in batch]
         with torch.no_grad():
             logits = model(pixel_values=processor(images=images, return_tensors="pt")["pixel_values"]).logits
         scores, indices = logits.softmax(dim=-1).topk(k, dim=-1)
@@ -213,6 +216,16 @@ def _predict(args: argparse.Namespace) -> None:
                 print(json.dumps({"image": str(path), "top": top}))
             else:
                 print(f"{path}: " + ", ".join(f"{t['label']} ({t['score']:.4f})" for t in top))
+
+
+def _read_image(path: Path):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, Image.DecompressionBombError) as error:  # UnidentifiedImageError is an OSError
+        raise ValueError(f"Cannot read an image: {path} ({error}). Pass image files (PNG, JPEG, ...) or folders of them.") from error
 
 
 def _load_classifier(args: argparse.Namespace):

@@ -11,6 +11,10 @@ from .registration import METHOD_NAME, _extend_peft_type
 
 PromptMode = Literal["shallow", "deep"]
 HeadPooling = Literal["auto", "cls", "mean"]
+# Attention costs grow with (patches + prompts)^2: ViT-B/16 at 224 px has 196 patches, the paper uses at most 100
+# prompts, and 1024 already makes a block about 40 times as costly; more is a mistake or a hostile file.
+MAX_PROMPT_TOKENS = 1024
+BACKBONE_RECORD = {"model_type": str, "hidden_size": int, "num_hidden_layers": int, "num_special_tokens": int}
 
 
 @dataclass
@@ -82,6 +86,15 @@ class GatedPromptConfig(PeftConfig):
                   "loading onto a different backbone is refused before any weight changes."},
     )
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs) -> "GatedPromptConfig":
+        """peft's loader, which also notes where the adapter lives: peft reads the weights only after it has
+        changed the model, so ``GatedPromptModel`` reads and checks them from this source first."""
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        download = {key: kwargs.get(key) for key in ("revision", "token", "cache_dir")}
+        config._source = dict(path_or_repo_id=pretrained_model_name_or_path, subfolder=subfolder, **download)
+        return config
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = _extend_peft_type(METHOD_NAME)
@@ -97,6 +110,12 @@ class GatedPromptConfig(PeftConfig):
 
         if isinstance(self.num_prompt_tokens, bool) or not isinstance(self.num_prompt_tokens, int) or self.num_prompt_tokens < 1:
             fail("num_prompt_tokens", "use a positive integer (the paper uses 1 to 100)")
+        if self.num_prompt_tokens > MAX_PROMPT_TOKENS:
+            fail(
+                "num_prompt_tokens",
+                f"use at most {MAX_PROMPT_TOKENS} (the paper uses 1 to 100); attention cost grows with the square of "
+                "patches plus prompts, so more prompts would make every forward pass impractically slow",
+            )
         if self.prompt_mode not in ("shallow", "deep"):
             fail("prompt_mode", "use 'shallow' or 'deep'")
         for name in ("gated", "learnable_temperature"):
@@ -118,3 +137,18 @@ class GatedPromptConfig(PeftConfig):
             )
         if isinstance(self.modules_to_save, str):
             self.modules_to_save = [self.modules_to_save]
+        if self.modules_to_save is not None and (
+            not isinstance(self.modules_to_save, list) or not all(isinstance(m, str) and m for m in self.modules_to_save)
+        ):
+            fail("modules_to_save", "use a list of module names (e.g. ['classifier']), [] or leave it unset")
+        if self.backbone is not None and not (
+            isinstance(self.backbone, dict)
+            and all(isinstance(self.backbone.get(k), t) and not isinstance(self.backbone.get(k), bool) for k, t in BACKBONE_RECORD.items())
+            and all(self.backbone[k] > 0 for k in ("hidden_size", "num_hidden_layers")) and self.backbone["num_special_tokens"] >= 0
+        ):
+            fail("backbone", "it is filled in when the adapter is created: a JSON object with " + ", ".join(BACKBONE_RECORD))
+        for name in ("base_model_name_or_path", "revision"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                fail(name, "use a string or leave it unset")
+        if self.task_type is not None:
+            fail("task_type", "leave it unset: gated_vpt adapters are not tied to a peft task type (the head goes in modules_to_save)")

@@ -1,13 +1,15 @@
 """Convert official MoCo v3 and MAE ViT checkpoints (timm-style names) to transformers' ViT format.
 
 The official releases are PyTorch pickles whose weights use timm's names (``blocks.N.attn.qkv.weight``,
-``norm1``, ``patch_embed.proj``...). ``convert_timm_vit_state_dict`` maps such a state dict onto
-``ViTForImageClassification`` (the fused ``qkv`` projection is split into query, key and value) and checks the
-result by a strict load; ``convert_checkpoint`` reads a file and writes a directory that
-``ViTForImageClassification.from_pretrained`` loads. Command line::
+``norm1``, ``patch_embed.proj``...); timm's Hub copies hold the same weights, under the same names, as
+safetensors (e.g. ``timm/vit_base_patch16_224.mae``, MAE's pretraining checkpoint). ``convert_timm_vit_state_dict``
+maps such a state dict onto ``ViTForImageClassification`` (the fused ``qkv`` projection is split into query, key
+and value) and checks the result by a strict load; ``convert_checkpoint`` reads a file or a Hub repo and writes a
+directory that ``ViTForImageClassification.from_pretrained`` loads. Command line::
 
-    python -m gated_vpt.convert --model-type mocov3 --trust-checkpoint --drop-head \\
-        linear-vit-b-300ep.pth.tar checkpoints/mocov3-vit-b-300ep-linear
+    gated-vpt convert --model-type mae timm/vit_base_patch16_224.mae backbones/mae-vit-b16
+    gated-vpt convert --model-type mocov3 --trust-checkpoint --drop-head \\
+        linear-vit-b-300ep.pth.tar backbones/mocov3-vit-b16-linear
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ LAYER_NORM_EPS = 1e-6
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+_HUB_REPO = re.compile(r"[\w.-]+/[\w.-]+")
+HUB_WEIGHTS = "model.safetensors"
 _BLOCK_PARTS = {
     "norm1": "layernorm_before",
     "attn.proj": "attention.o_proj",
@@ -91,31 +95,34 @@ def convert_checkpoint(
     drop_head: bool = False,
     num_attention_heads: Optional[int] = None,
     overwrite: bool = False,
+    revision: Optional[str] = None,
 ) -> Path:
-    """Convert an official checkpoint file into a transformers ViT directory (model.safetensors, config.json,
-    preprocessor_config.json) and return its path.
+    """Convert an official checkpoint into a transformers ViT directory (model.safetensors, config.json,
+    preprocessor_config.json, conversion.json) and return its path.
 
-    ``.safetensors`` files are read directly. ``.pth``/``.tar``/``.pt``/``.bin`` files are pickles: they are read
-    only with ``trust_checkpoint=True`` and then with ``torch.load(weights_only=True)``, which rebuilds tensors and
-    plain containers (dicts, lists, numbers, strings, argparse namespaces) and refuses any other object.
+    ``path`` is a local file or a Hub repo id that holds the weights as ``model.safetensors`` under timm's names
+    (e.g. ``timm/vit_base_patch16_224.mae``, at ``revision``). ``.safetensors`` files are read directly.
+    ``.pth``/``.tar``/``.pt``/``.bin`` files are pickles: they are read only with ``trust_checkpoint=True`` and then
+    with ``torch.load(weights_only=True)``, which rebuilds tensors and plain containers (dicts, lists, numbers,
+    strings, argparse namespaces) and refuses any other object.
 
     Example:
 
     ```py
-    >>> convert_checkpoint("linear-vit-b-300ep.pth.tar", "checkpoints/mocov3-vit-b-300ep-linear", "mocov3",
+    >>> convert_checkpoint("timm/vit_base_patch16_224.mae", "backbones/mae-vit-b16", "mae")
+    >>> convert_checkpoint("linear-vit-b-300ep.pth.tar", "backbones/mocov3-vit-b16-linear", "mocov3",
     ...                    trust_checkpoint=True, drop_head=True)
-    >>> model = ViTForImageClassification.from_pretrained("checkpoints/mocov3-vit-b-300ep-linear", num_labels=200)
+    >>> model = ViTForImageClassification.from_pretrained("backbones/mocov3-vit-b16-linear", num_labels=200)
     ```
     """
     from transformers import ViTForImageClassification, ViTModel
 
-    path, output_dir = Path(path), Path(output_dir)
+    output_dir = Path(output_dir)
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model_type={model_type!r} is not supported: use one of {MODEL_TYPES}.")
-    if not path.is_file():
-        raise ValueError(f"Checkpoint {path} does not exist: pass the path of the downloaded file.")
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise ValueError(f"{output_dir} exists and is not empty: choose a new directory or pass overwrite=True (--overwrite).")
+    path, source = _checkpoint_file(path, revision)
     state_dict = _weights_in(read_checkpoint(path, trust_checkpoint), model_type, path)
     config, weights, dropped = _convert(state_dict, model_type, num_attention_heads, drop_head)
     if "classifier.weight" in weights:
@@ -128,13 +135,37 @@ def convert_checkpoint(
     model.save_pretrained(output_dir)
     (output_dir / "preprocessor_config.json").write_text(json.dumps(_preprocessor(config), indent=2) + "\n")
     (output_dir / "conversion.json").write_text(json.dumps({
-        "source": path.name,
+        **source,
         "sha256": _sha256(path),
         "model_type": model_type,
         "classifier": "classifier.weight" in weights,
         "dropped_pretraining_weights": len(dropped),
     }, indent=2) + "\n")
     return output_dir
+
+
+def _checkpoint_file(source: Union[str, Path], revision: Optional[str]) -> tuple[Path, dict]:
+    """The local file to read, and what ``conversion.json`` records about where it came from."""
+    path = Path(source)
+    if path.is_file():
+        return path, {"source": path.name}
+    if path.exists() or not _HUB_REPO.fullmatch(str(source)):
+        raise ValueError(
+            f"Checkpoint {source} does not exist: pass the path of the downloaded file, or a Hub repo id that holds "
+            "timm-named weights as model.safetensors (e.g. timm/vit_base_patch16_224.mae)."
+        )
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        file = Path(hf_hub_download(str(source), HUB_WEIGHTS, revision=revision))
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as error:
+        raise ValueError(
+            f"Could not get {HUB_WEIGHTS} from the Hub repo {source}"
+            f"{'' if revision is None else f' at revision {revision}'}: {str(error).splitlines()[0]} Check the repo id "
+            "(it is read as a Hub id because no local file has that name)."
+        ) from error
+    return file, {"source": str(source), "revision": file.parent.name}
 
 
 def read_checkpoint(path: Union[str, Path], trust_checkpoint: bool = False) -> dict:
@@ -170,17 +201,25 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m gated_vpt.
         prog=prog,
         description="Convert an official MoCo v3 or MAE ViT checkpoint (timm-style weight names) into a\n"
         "transformers ViT directory that ViTForImageClassification.from_pretrained(OUTPUT_DIR) loads.",
-        epilog="examples:\n"
-        "  # MoCo v3 ViT-B/16 linear-probe checkpoint (the one the paper's recipes use)\n"
+        epilog="examples (the paper's recipes expect these folders):\n"
+        "  # MAE ViT-B/16 pretraining weights from timm's Hub copy (safetensors, no pickle)\n"
+        f"  {prog} --model-type mae timm/vit_base_patch16_224.mae backbones/mae-vit-b16\n"
+        "  # the same weights from the official file (the decoder is dropped)\n"
+        f"  {prog} --model-type mae --trust-checkpoint mae_pretrain_vit_base.pth backbones/mae-vit-b16\n"
+        "  # MoCo v3 ViT-B/16 linear-probe checkpoint\n"
         f"  {prog} --model-type mocov3 --trust-checkpoint --drop-head \\\n"
-        "      linear-vit-b-300ep.pth.tar checkpoints/mocov3-vit-b-300ep-linear\n"
-        "  # MAE ViT-B/16 pretraining checkpoint (the decoder is dropped)\n"
-        f"  {prog} --model-type mae --trust-checkpoint mae_pretrain_vit_base.pth checkpoints/mae-vit-b\n"
+        "      linear-vit-b-300ep.pth.tar backbones/mocov3-vit-b16-linear\n"
         "\nPickled checkpoints (.pth, .tar) are read only with --trust-checkpoint, and then with\n"
-        "torch.load(weights_only=True): tensors and plain containers only. .safetensors files need no flag.",
+        "torch.load(weights_only=True): tensors and plain containers only. .safetensors files and Hub\n"
+        "repos (model.safetensors) need no flag.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("checkpoint", type=Path, help="the official checkpoint file (.pth, .pth.tar or .safetensors)")
+    parser.add_argument(
+        "checkpoint",
+        help="the official checkpoint file (.pth, .pth.tar or .safetensors), or a Hub repo id holding timm-named "
+        "weights as model.safetensors (e.g. timm/vit_base_patch16_224.mae)",
+    )
+    parser.add_argument("--revision", default=None, help="the Hub repo's revision (branch, tag or commit sha)")
     parser.add_argument("output_dir", type=Path, help="directory to write model.safetensors and config.json into")
     parser.add_argument("--model-type", required=True, choices=MODEL_TYPES, help="which release the file comes from")
     parser.add_argument(
@@ -201,8 +240,9 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m gated_vpt.
         output = convert_checkpoint(
             args.checkpoint, args.output_dir, args.model_type, trust_checkpoint=args.trust_checkpoint,
             drop_head=args.drop_head, num_attention_heads=args.num_attention_heads, overwrite=args.overwrite,
+            revision=args.revision,
         )
-    except ValueError as error:
+    except (ValueError, OSError) as error:  # OSError: no network or no Hub access
         print(f"error: {error}", file=sys.stderr)
         return 1
     conversion = json.loads((output / "conversion.json").read_text())

@@ -2,10 +2,16 @@
 
 The gate is stored as its logit ``gamma`` (``g = sigmoid(gamma)``, starting at ``-gate_init``) and mixes a block's
 prompt output with the prompts that entered that block. The temperature ``tau`` is stored as itself and divides
-the attention logits; it is folded into the query so any attention kernel (eager, sdpa, flex) can run it.
+the attention logits; it is folded into the query so any attention kernel (eager, sdpa, flex) can run it. As in the
+paper's released code, the stored temperature is clamped in place to ``TEMPERATURE_RANGE`` before every forward
+pass (``clamp_temperatures_``, outside autograd), and the forward uses the stored value as it is: a temperature that
+an optimizer step pushed past a bound sits exactly on it at the next forward and leaves it the first step the
+gradient turns.
 """
 
 from __future__ import annotations
+
+from typing import Iterable
 
 import torch
 
@@ -24,15 +30,16 @@ def gate_prompts(block_output: torch.Tensor, prompts_in: torch.Tensor, gate_logi
     return torch.cat((block_output[:, :num_special], mixed, block_output[:, end:]), dim=1)
 
 
-def effective_temperature(temperature: torch.Tensor) -> torch.Tensor:
-    """The temperature clamped to ``TEMPERATURE_RANGE`` in value, with the gradient of the unclamped parameter.
+def clamp_temperatures_(temperatures: Iterable[torch.Tensor]) -> None:
+    """Clamp stored temperatures in place to ``TEMPERATURE_RANGE``, outside autograd.
 
-    The paper clamps the stored parameter before every forward; a straight-through clamp gives the same
-    forward value without modifying a leaf tensor in place (which would break two forwards before one backward,
-    and gradient checkpointing's recomputation).
+    ``GatedPromptModel`` calls this at the start of every forward pass of the backbone, before any block runs, so
+    it holds for any training loop. It writes through ``.data``, which leaves the parameters' autograd version
+    counters alone: a graph that saved a temperature (two forwards before one backward, gradient checkpointing's
+    recomputation) stays valid, and an in-range value is not changed at all.
     """
-    clamped = temperature.clamp(*TEMPERATURE_RANGE)
-    return temperature + (clamped - temperature).detach()
+    for temperature in temperatures:
+        temperature.data.clamp_(*TEMPERATURE_RANGE)
 
 
 def selection_weights(gates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

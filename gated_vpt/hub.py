@@ -29,6 +29,7 @@ from .loading import (
     write_labels,
 )
 from .segmentation.model import HEAD_CONFIG_NAME, SegmentationHeadConfig
+from .tokens import TOKEN_SOURCES
 
 CARD_NAME = "README.md"
 # Beside the adapter's config and weights: the card, the class names (a segmentation adapter's are in its head
@@ -116,8 +117,8 @@ def _push(
         token = token or get_token()
         if not token:
             raise PermissionError(
-                f"Pushing to {repo_id!r} needs a Hugging Face token with write access: pass --token / token=..., set "
-                "the HF_TOKEN environment variable, or run `hf auth login`."
+                f"Pushing to {repo_id!r} needs a Hugging Face token with write access: {TOKEN_SOURCES} (in Python "
+                "you may also pass token=...)."
             )
         api = HfApi(token=token)
         with _hub_errors(repo_id, write=True):

@@ -10,7 +10,8 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from .gate import effective_temperature, selection_weights
+from .gate import TEMPERATURE_RANGE, selection_weights
+from .layer import GatedPromptBlock
 
 _CANONICAL_KEY = re.compile(r"encoder\.layer\.(\d+)\.gvpt_(gate|temperature)$")
 
@@ -70,8 +71,6 @@ def gate_report(source: Union[nn.Module, str, Path], adapter_name: str = "defaul
 
 
 def _from_model(model: nn.Module, adapter_name: str) -> tuple[int, dict[int, torch.Tensor], dict[int, torch.Tensor]]:
-    from .layer import GatedPromptBlock  # imports peft; a saved adapter's report (``gated-vpt info``) needs only torch
-
     blocks = [m for m in model.modules() if isinstance(m, GatedPromptBlock)]
     if not blocks:
         raise ValueError("This model has no gated_vpt adapter; create one with get_peft_model(model, GatedPromptConfig()).")
@@ -108,7 +107,7 @@ def _build(num_blocks: int, gates: dict[int, torch.Tensor], temperatures: dict[i
                     block=index,
                     gate=None if position is None else values[position].item(),
                     gate_logit=None if position is None else gates[index].item(),
-                    temperature=effective_temperature(temperatures[index].float()).item() if index in temperatures else None,
+                    temperature=temperatures[index].float().clamp(*TEMPERATURE_RANGE).item() if index in temperatures else None,
                     weight=None if position is None else weights[position].item(),
                     selection_ratio=None if position is None else (weights[position] / total).item(),
                 )

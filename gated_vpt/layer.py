@@ -17,9 +17,16 @@ from torch.nn import functional as F
 
 from .backbones import HeadReads
 from .config import GatedPromptConfig
-from .gate import effective_temperature, gate_prompts
+from .gate import TEMPERATURE_RANGE, gate_prompts
 from .heads import head_input
-from .prompts import insert_prompts, new_prompts, prompt_rows, replace_prompts
+from .layout import GATE, PROMPT, TEMPERATURE, block_tensor_shapes
+from .prompts import insert_prompts, new_prompts, prompt_rows, remove_prompts, replace_prompts
+
+NOT_MERGEABLE = (
+    "Gated prompts cannot be merged into the backbone weights (they add tokens to the sequence), so merge_adapter, "
+    "unmerge_adapter and merge_and_unload are not available. Use model.unload() to get the plain backbone back, or "
+    "keep the PeftModel for inference."
+)
 
 
 class GatedPromptBlock(nn.Module, BaseTunerLayer):
@@ -36,6 +43,9 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
 
     adapter_layer_names = ("gvpt_prompt", "gvpt_gate", "gvpt_temperature")
     other_param_names = ("gvpt_config",)
+    # peft's generic tooling reads these off tuner layers; a block has no single input/output width.
+    in_features: Optional[int] = None
+    out_features: Optional[int] = None
 
     def __init__(
         self,
@@ -63,7 +73,10 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         self._active_adapter: list[str] = []
         self.merged_adapters = []
         self._per_sample: Optional[tuple[list[str], torch.Tensor]] = None
+        self._base_samples: Optional[torch.Tensor] = None  # rows of a mixed batch that peft's "__base__" names
+        self._plain = False
         self._query_hook = query.register_forward_hook(self._scale_query)
+        self.register_state_dict_post_hook(_saved_temperatures_in_range)
 
     @property
     def is_last(self) -> bool:
@@ -71,17 +84,15 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
 
     def update_layer(self, adapter_name: str, config: GatedPromptConfig) -> None:
         """Create this block's parameters for ``adapter_name``."""
-        start = config.prompt_start_block
         self.gvpt_config[adapter_name] = config
-        if self.index < start:
-            return
-        if self.index == start or config.prompt_mode == "deep":
+        shapes = block_tensor_shapes(config, self.index, self.num_blocks, self.hidden_size)
+        if PROMPT in shapes:
             self.gvpt_prompt[adapter_name] = nn.Parameter(
                 new_prompts(config.num_prompt_tokens, self.hidden_size, self.prompt_bound)
             )
-        if config.gated and not self.is_last:
+        if GATE in shapes:
             self.gvpt_gate[adapter_name] = nn.Parameter(torch.tensor(-float(config.gate_init)))
-        if config.learnable_temperature:
+        if TEMPERATURE in shapes:
             self.gvpt_temperature[adapter_name] = nn.Parameter(torch.tensor(1.0))
         self._move_adapter_to_device_of_base_layer(adapter_name)
 
@@ -95,9 +106,19 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         self._query_hook.remove()
         return self.base_layer
 
+    def merge(self, *args: Any, **kwargs: Any) -> None:
+        raise ValueError(NOT_MERGEABLE)
+
+    def unmerge(self, *args: Any, **kwargs: Any) -> None:
+        raise ValueError(NOT_MERGEABLE)
+
+    def prompts_active(self) -> bool:
+        """Whether an adapter of this model runs at all (not disabled, and an active one exists)."""
+        return not self.disable_adapters and any(name in self.gvpt_config for name in self.active_adapters)
+
     def _adapter(self) -> Optional[str]:
         """The adapter this block runs, or None when adapters are disabled or none reaches this block."""
-        if self.disable_adapters or not self.active_adapters:
+        if self._plain or self.disable_adapters or not self.active_adapters:
             return None
         if self._per_sample is not None:
             name = self._per_sample[0][0]
@@ -114,11 +135,21 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         return name
 
     def set_per_sample_adapters(self, names: Optional[list[str]], index: Optional[torch.Tensor]) -> None:
-        """Route sample ``i`` of the next forward through adapter ``names[index[i]]`` (None: back to the active one).
+        """Route sample ``i`` of the next forward through adapter ``names[index[i]]``, or through the plain block
+        where ``index[i]`` is -1 (peft's ``"__base__"``); None: back to the active adapter.
 
         Used by ``GatedPromptModel`` for ``model(pixel_values, adapter_names=[...])``.
         """
-        self._per_sample = None if names is None else (names, index)
+        self._per_sample, self._base_samples, self._plain = None, None, False
+        if names is None:
+            return
+        base = index < 0
+        if bool(base.all()):
+            self._plain = True
+            return
+        self._per_sample = (names, index[~base])
+        if bool(base.any()):
+            self._base_samples = base
 
     def _per_adapter(self, params: nn.ParameterDict, name: str, missing: float) -> Optional[torch.Tensor]:
         """This block's scalar for every sample, shaped (batch, 1, 1), or a plain scalar for a single adapter.
@@ -139,7 +170,7 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         if name is None:
             return None
         temperature = self._per_adapter(self.gvpt_temperature, name, 1.0)
-        return None if temperature is None else query / effective_temperature(temperature).to(query.dtype)
+        return None if temperature is None else query / temperature.to(query.dtype)
 
     def _prompts_for(self, name: str, batch_size: int) -> torch.Tensor:
         if self._per_sample is None:
@@ -149,7 +180,37 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
             prompts = torch.stack([self.gvpt_prompt[n] for n in names])[index]
         return F.dropout(prompts, self.gvpt_config[name].prompt_dropout, self.training)
 
+    def _forward_with_base_samples(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor], **kwargs: Any) -> torch.Tensor:
+        """A mixed batch with ``"__base__"`` rows: those run through the plain block without prompts (their
+        prompt rows are zero placeholders that never enter the computation), the others as usual."""
+        base, routing = self._base_samples, self._per_sample
+        config = self.gvpt_config[routing[0][0]]
+        rows = {True: base.nonzero().squeeze(1), False: (~base).nonzero().squeeze(1)}
+        self._base_samples = None
+        try:
+            prompted = self.forward(hidden_states[rows[False]], attention_mask, **kwargs)
+            self._per_sample, self._plain = None, True
+            plain = hidden_states[rows[True]]
+            start, num_special, num_prompts = config.prompt_start_block, self.num_special_tokens, config.num_prompt_tokens
+            if start < self.index:
+                plain = remove_prompts(plain, num_special, num_prompts)
+            plain = self.base_layer(plain, attention_mask, **kwargs)
+            if start <= self.index and not self.is_last:
+                plain = insert_prompts(plain, plain.new_zeros(plain.shape[0], num_prompts, plain.shape[-1]), num_special)
+        finally:
+            self._per_sample, self._base_samples, self._plain = routing, base, False
+        if prompted.shape[1:] != plain.shape[1:]:
+            raise ValueError(
+                "'__base__' cannot share a batch with these adapters: this model's head reads the prompt rows too "
+                "(head_pooling='mean'), so adapted and base samples end with sequences of different lengths. Run the "
+                "base samples in a batch of their own (model.disable_adapter())."
+            )
+        order = torch.cat((rows[False], rows[True]))
+        return torch.cat((prompted, plain))[torch.argsort(order)]
+
     def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, **kwargs: Any) -> torch.Tensor:
+        if self._base_samples is not None and self._adapter() is not None:
+            return self._forward_with_base_samples(hidden_states, attention_mask, **kwargs)
         name = self._adapter()
         if name is None:
             return self.base_layer(hidden_states, attention_mask, **kwargs)
@@ -184,3 +245,12 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
 
     def __repr__(self) -> str:
         return "gated_vpt." + super().__repr__()
+
+
+def _saved_temperatures_in_range(module: GatedPromptBlock, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """Saved temperatures are the values the next forward would use: an optimizer step after the last forward may
+    have left a stored one past a bound, which the forward clamps (``GatedPromptModel``) before using it."""
+    for name in module.gvpt_temperature:
+        key = f"{prefix}gvpt_temperature.{name}"
+        if key in state_dict:
+            state_dict[key] = state_dict[key].clamp(*TEMPERATURE_RANGE)

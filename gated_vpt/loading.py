@@ -1,11 +1,9 @@
 """Loading gated_vpt adapters from a directory or the Hub, with errors that say what to do.
 
 ``PeftModel.from_pretrained`` works once ``gated_vpt`` has been imported (peft has no plugin discovery, so a
-script that never imports it gets ``KeyError: 'GATED_VPT'``). ``load_adapter`` imports the method for you,
-checks the files before anything is loaded, and refuses pickled weights.
-
-peft and huggingface_hub are imported where they are used, so that reading an adapter's files (``gated-vpt
-info``) needs only torch and safetensors.
+script that never imports it gets ``KeyError: 'GATED_VPT'``). ``load_adapter`` imports the method for you.
+Either way the files are checked before the model changes (``gated_vpt.layout``): the config is validated as at
+construction, the weights must be exactly the adapter's own tensors, finite, and safetensors (pickles are refused).
 """
 
 from __future__ import annotations
@@ -15,9 +13,22 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from peft import PeftModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
+
+from .config import GatedPromptConfig
+from .layout import check_tensors, expected_from_record
+from .quiet import peft_wrapping
+from .registration import register
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -52,14 +63,11 @@ def load_adapter(
     >>> model = load_adapter(base, "user/mae-cub-gated")
     ```
     """
-    from peft import PeftModel
-
-    from .quiet import peft_wrapping
-    from .registration import register
-
     register()  # a no-op once the package is imported (the gated-vpt command imports only what it needs)
     directory = resolve_adapter_dir(path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir)
     read_adapter_files(directory)
+    # peft reads the config through GatedPromptConfig.from_pretrained, so GatedPromptModel checks the weights
+    # against the model before it injects anything (the same check runs for a plain PeftModel.from_pretrained).
     if isinstance(base_model, PeftModel):
         base_model.load_adapter(str(directory), adapter_name=adapter_name, is_trainable=is_trainable)
         return base_model
@@ -73,26 +81,20 @@ def resolve_adapter_dir(
     revision: Optional[str] = None,
     token: Optional[str] = None,
     cache_dir: Optional[str] = None,
+    subfolder: Optional[str] = None,
 ) -> Path:
     """A local directory holding the adapter's two files (a training run's ``adapter/`` when given the run's output
     folder), downloading them from the Hub when given a repo id."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    path = Path(path_or_repo_id)
+    path = Path(path_or_repo_id) / (subfolder or "")
     if path.is_dir():
         return run_adapter_dir(path)
     if path.exists() or str(path_or_repo_id).startswith((".", "/", "~")) or str(path_or_repo_id).count("/") > 1:
         raise FileNotFoundError(f"{path_or_repo_id} is not an adapter directory (expected a folder with {CONFIG_NAME}).")
     repo_id = str(path_or_repo_id)
     try:
-        config_file = hf_hub_download(repo_id, CONFIG_NAME, revision=revision, token=token, cache_dir=cache_dir)
-        hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision, token=token, cache_dir=cache_dir)
+        download = dict(revision=revision, token=token, cache_dir=cache_dir, subfolder=subfolder)
+        config_file = hf_hub_download(repo_id, CONFIG_NAME, **download)
+        hf_hub_download(repo_id, WEIGHTS_NAME, **download)
     except LocalEntryNotFoundError as error:  # a subclass of EntryNotFoundError: test it first
         raise FileNotFoundError(
             f"Could not fetch {repo_id!r}: the Hub is unreachable (or HF_HUB_OFFLINE=1) and the adapter is not in the "
@@ -114,7 +116,8 @@ def resolve_adapter_dir(
 
 
 def read_adapter_files(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Read and check an adapter directory: its config says gated_vpt, its weights are safetensors and readable."""
+    """Read and check an adapter directory: its config is a valid gated_vpt config (``adapter_config``), its
+    weights are readable safetensors holding exactly the tensors that config implies, all finite."""
     directory = Path(directory)
     config_path = directory / CONFIG_NAME
     weights_path = directory / WEIGHTS_NAME
@@ -124,11 +127,7 @@ def read_adapter_files(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{config_path} is not valid JSON ({error}); re-save or re-download the adapter.") from error
-    if config.get("peft_type") != "GATED_VPT":
-        raise ValueError(
-            f"{directory} holds a {config.get('peft_type')!r} adapter, not a gated_vpt one; load it with "
-            "peft.PeftModel.from_pretrained instead."
-        )
+    parsed = adapter_config(config, config_path)
     if not weights_path.is_file():
         pickled = [name for name in PICKLED_WEIGHTS if (directory / name).is_file()]
         hint = (
@@ -147,7 +146,36 @@ def read_adapter_files(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         ) from error
     if not any(".gvpt_" in key for key in state_dict):
         raise ValueError(f"{weights_path} holds no gated_vpt parameters (gvpt_prompt, gvpt_gate, ...); it is not this adapter's file.")
+    check_tensors(expected_from_record(parsed, state_dict), state_dict, str(weights_path))
     return config, state_dict
+
+
+def adapter_config(raw: object, where: Union[str, Path] = CONFIG_NAME) -> GatedPromptConfig:
+    """The ``GatedPromptConfig`` of a saved ``adapter_config.json`` (parsed JSON), validated as at construction
+    and with the record of the backbone it was made for; ``ValueError`` names what is wrong."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where} holds a JSON {type(raw).__name__}, not an object of adapter settings; it is not an adapter config.")
+    if raw.get("peft_type") != "GATED_VPT":
+        raise ValueError(
+            f"{where} describes a {raw.get('peft_type')!r} adapter, not a gated_vpt one; load it with "
+            "peft.PeftModel.from_pretrained instead."
+        )
+    try:
+        config = GatedPromptConfig.from_peft_type(**raw)
+    except TypeError as error:
+        raise ValueError(f"{where} is not a valid gated_vpt config: {error}.") from error
+    require_backbone_record(config, where)
+    return config
+
+
+def require_backbone_record(config: GatedPromptConfig, where: Union[str, Path]) -> None:
+    """A saved adapter must say which backbone it was made for: without it, its shapes cannot be checked."""
+    if config.backbone is None:
+        raise ValueError(
+            f"{where} has no 'backbone' record (hidden size, number of blocks, special tokens), which every "
+            "gated_vpt adapter saves; without it the weights cannot be checked, so the adapter is not loaded. "
+            "Re-save it with gated_vpt."
+        )
 
 
 def run_adapter_dir(path: Union[str, Path]) -> Path:

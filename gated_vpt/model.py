@@ -15,15 +15,15 @@ from torch import nn
 
 from .backbones import Backbone, resolve_backbone
 from .config import GatedPromptConfig
+from .gate import clamp_temperatures_
 from .heads import check_pooling
-from .layer import GatedPromptBlock
+from .layer import NOT_MERGEABLE, GatedPromptBlock
+from .layout import Expected, check_tensors, expected_tensors, saved_key, saved_modules
+from .loading import WEIGHTS_NAME, read_adapter_files, require_backbone_record, resolve_adapter_dir
 from .prompts import prompt_init_bound
 from .registration import PREFIX
 
-# Adapter files name block N of the vision tower ``encoder.layer.N`` (as ViT checkpoints on disk do), whatever layout
-# transformers uses: ``layers.N`` (ViT since 5.9), ``encoder.layers.N`` (CLIP, SigLIP) and a ``vision_model.`` wrapper
-# (the CLIP and SigLIP classification classes; CLIPVisionModel before 5.x) all fold into it.
-_BLOCK_KEY = re.compile(r"(^|\.)(?:vision_model\.)?(?:layers|encoder\.layers?)\.(\d+)\.(?=" + PREFIX + ")")
+BASE = "__base__"  # peft's name for "no adapter" in adapter_names
 
 
 class GatedPromptModel(BaseTuner):
@@ -50,23 +50,7 @@ class GatedPromptModel(BaseTuner):
     target_module_mapping: dict[str, list[str]] = {}
 
     def _prepare_adapter_config(self, peft_config: GatedPromptConfig, model_config: dict) -> GatedPromptConfig:
-        self._backbone = backbone = resolve_backbone(self.model)
-        check_backbone(peft_config, backbone)
-        if peft_config.prompt_start_block >= backbone.num_blocks:
-            raise ValueError(
-                f"GatedPromptConfig.prompt_start_block={peft_config.prompt_start_block} is invalid for a backbone with "
-                f"{backbone.num_blocks} blocks: use a block index from 0 to {backbone.num_blocks - 1}."
-            )
-        if _shuffles_patches(backbone):
-            _require_no_masking(self.model)
-        pooling = backbone.spec.pooling if peft_config.head_pooling == "auto" else peft_config.head_pooling
-        check_pooling(pooling, backbone.spec.head, type(self.model).__name__)
-        peft_config.head_pooling = pooling
-        peft_config.backbone = backbone.signature()
-        # Always derived from the model, so an adapter saved under another transformers layout still matches.
-        peft_config.target_modules = "|".join(re.escape(name) for name in backbone.block_names)
-        if peft_config.modules_to_save is None and isinstance(getattr(self.model, "classifier", None), nn.Module):
-            peft_config.modules_to_save = ["classifier"]
+        self._backbone = prepare_config(peft_config, self.model)
         return peft_config
 
     def _create_and_replace(
@@ -99,12 +83,62 @@ class GatedPromptModel(BaseTuner):
         self._replace_module(parent, target_name, block, target)
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs) -> None:
+        config = self.peft_config[adapter_name]
+        source = config.__dict__.pop("_source", None)
+        loading = self.__dict__.setdefault("_gvpt_loading", {})
+        if source is not None:
+            # Loaded from files (PeftModel.from_pretrained / load_adapter): peft reads the weights only after
+            # injecting, so read and check them now, while the model is untouched.
+            check_saved_adapter(config, source, model)
+            first = not any(isinstance(m, GatedPromptBlock) for m in model.modules())
+            loading[adapter_name] = {n: p.requires_grad for n, p in model.named_parameters()} if first else None
         super().inject_adapter(model, adapter_name, **kwargs)
         backbone = self._backbone
-        if _shuffles_patches(backbone) and not hasattr(backbone.encoder, "_gvpt_noise_hook"):
-            backbone.encoder._gvpt_noise_hook = backbone.encoder.embeddings.register_forward_pre_hook(
-                _fixed_patch_order, with_kwargs=True
+        if not hasattr(backbone.encoder, "_gvpt_clamp_hook"):
+            # The backbone's own forward runs once per forward pass, before any block, and is never recomputed by
+            # gradient checkpointing: the released code's clamp of the stored temperatures, for any training loop.
+            blocks = [m for m in backbone.encoder.modules() if isinstance(m, GatedPromptBlock)]
+            backbone.encoder._gvpt_clamp_hook = backbone.encoder.register_forward_pre_hook(
+                partial(_clamp_block_temperatures, blocks)
             )
+        if _shuffles_patches(backbone) and not hasattr(backbone.encoder, "_gvpt_noise_hook"):
+            first_block = model.get_submodule(backbone.block_names[0])
+            backbone.encoder._gvpt_noise_hook = backbone.encoder.embeddings.register_forward_pre_hook(
+                partial(_fixed_patch_order, first_block), with_kwargs=True
+            )
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(
+        cls, model: nn.Module, config: GatedPromptConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """peft's key mapping, then the check that the weights are exactly this adapter's (peft would load any
+        other key into the model). When the check fails for an adapter being loaded from files, the adapter is
+        taken out again, leaving the model as it was."""
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        tuner = getattr(model, "base_model", None)
+        loading = tuner.__dict__.get("_gvpt_loading", {}) if isinstance(tuner, GatedPromptModel) else {}
+        in_progress = adapter_name in loading
+        requires_grad = loading.pop(adapter_name, None)
+        try:
+            check_tensors(_loaded_tensors(model, adapter_name), remapped, f"The weights of adapter {adapter_name!r}")
+        except ValueError:
+            if in_progress:
+                tuner._roll_back(model, adapter_name, requires_grad)
+            raise
+        return remapped
+
+    def _roll_back(self, peft_model: nn.Module, adapter_name: str, requires_grad: Optional[dict[str, bool]]) -> None:
+        """Take out an adapter whose load failed: delete it, or unload everything when it was the only one and
+        restore which parameters required gradients."""
+        if len(self.peft_config) > 1:
+            peft_model.delete_adapter(adapter_name)
+            return
+        model = self._unload_and_optionally_merge(merge=False)
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(requires_grad.get(name, parameter.requires_grad) if requires_grad else parameter.requires_grad)
+
+    def _check_merge_allowed(self) -> None:
+        raise ValueError(NOT_MERGEABLE)
 
     def _unload_and_optionally_merge(
         self,
@@ -114,18 +148,16 @@ class GatedPromptModel(BaseTuner):
         adapter_names: Optional[list[str]] = None,
     ) -> nn.Module:
         if merge:
-            raise ValueError(
-                "Gated prompts cannot be merged into the backbone weights (they add tokens). Use model.unload() to get "
-                "the plain backbone back, or keep the PeftModel for inference."
-            )
+            raise ValueError(NOT_MERGEABLE)
         for key in [key for key, module in self.model.named_modules() if isinstance(module, GatedPromptBlock)]:
             parent, target, target_name = _get_submodules(self.model, key)
             setattr(parent, target_name, target.unhook())
         encoder = getattr(self.model, "base_model", self.model)
-        hook = getattr(encoder, "_gvpt_noise_hook", None)
-        if hook is not None:
-            hook.remove()
-            del encoder._gvpt_noise_hook
+        for attribute in ("_gvpt_noise_hook", "_gvpt_clamp_hook"):
+            hook = getattr(encoder, attribute, None)
+            if hook is not None:
+                hook.remove()
+                delattr(encoder, attribute)
         for key in [key for key, module in self.model.named_modules() if isinstance(module, AuxiliaryTrainingWrapper)]:
             parent, target, target_name = _get_submodules(self.model, key)
             setattr(parent, target_name, target.original_module)
@@ -146,12 +178,15 @@ class GatedPromptModel(BaseTuner):
 
     @contextmanager
     def _enable_peft_forward_hooks(self, *args, **kwargs) -> Iterator[None]:
-        """``model(pixel_values, adapter_names=[...])``: sample ``i`` runs through adapter ``adapter_names[i]``."""
+        """``model(pixel_values, adapter_names=[...])``: sample ``i`` runs through adapter ``adapter_names[i]``, or
+        through the plain backbone and original head where it is ``"__base__"`` (peft's convention)."""
         adapter_names = kwargs.pop("adapter_names", None)
         if adapter_names is None:
             yield
             return
-        names, index = self._per_sample_routing(adapter_names)
+        pixel_values = kwargs.get("pixel_values", args[0] if args else None)
+        batch_size = pixel_values.shape[0] if isinstance(pixel_values, torch.Tensor) else None
+        names, index = self._per_sample_routing(adapter_names, batch_size)
         blocks = [m for m in self.model.modules() if isinstance(m, GatedPromptBlock)]
         for block in blocks:
             block.set_per_sample_adapters(names, index)
@@ -169,11 +204,19 @@ class GatedPromptModel(BaseTuner):
             for hook in hooks:
                 hook.remove()
 
-    def _per_sample_routing(self, adapter_names: Sequence[str]) -> tuple[list[str], torch.Tensor]:
-        unknown = sorted(set(adapter_names) - set(self.peft_config))
+    def _per_sample_routing(self, adapter_names: Sequence[str], batch_size: Optional[int]) -> tuple[list[str], torch.Tensor]:
+        if isinstance(adapter_names, str) or (batch_size is not None and len(adapter_names) != batch_size):
+            raise ValueError(
+                f"adapter_names must name one adapter per sample: got {len(adapter_names)} names for a batch of "
+                f"{batch_size}. Use {BASE!r} for samples that should run through the base model."
+            )
+        unknown = sorted(set(adapter_names) - set(self.peft_config) - {BASE})
         if unknown:
-            raise ValueError(f"adapter_names contains unknown adapters {unknown}; loaded: {sorted(self.peft_config)}.")
-        names = sorted(set(adapter_names))
+            raise ValueError(
+                f"adapter_names contains unknown adapters {unknown}; loaded: {sorted(self.peft_config)} (and {BASE!r} "
+                "for the base model)."
+            )
+        names = sorted(set(adapter_names) - {BASE})
         layout = {
             name: (c.num_prompt_tokens, c.prompt_start_block, c.prompt_mode, c.head_pooling)
             for name, c in ((n, self.peft_config[n]) for n in names)
@@ -190,17 +233,64 @@ class GatedPromptModel(BaseTuner):
             )
         position = {name: i for i, name in enumerate(names)}
         device = next(self.model.parameters()).device
-        index = torch.tensor([position[name] for name in adapter_names], device=device)
+        index = torch.tensor([position.get(name, -1) for name in adapter_names], device=device)
         return names, index
 
     @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
-        key = super()._remove_adapter_name_from_key(key, adapter_name)
-        return _BLOCK_KEY.sub(r"\1encoder.layer.\2.", key)
+        return saved_key(super()._remove_adapter_name_from_key(key, adapter_name))
 
     @staticmethod
     def _check_target_module_exists(peft_config: GatedPromptConfig, key: str) -> bool:
         return re.fullmatch(peft_config.target_modules, key) is not None
+
+
+def prepare_config(config: GatedPromptConfig, model: nn.Module) -> Backbone:
+    """Check ``config`` against ``model`` and fill in what the model decides (backbone record, head pooling, target
+    blocks, the classifier as saved module); the model is not changed. Returns the resolved backbone."""
+    backbone = resolve_backbone(model)
+    check_backbone(config, backbone)
+    if config.prompt_start_block >= backbone.num_blocks:
+        raise ValueError(
+            f"GatedPromptConfig.prompt_start_block={config.prompt_start_block} is invalid for a backbone with "
+            f"{backbone.num_blocks} blocks: use a block index from 0 to {backbone.num_blocks - 1}."
+        )
+    if _shuffles_patches(backbone):
+        _require_no_masking(model)
+    pooling = backbone.spec.pooling if config.head_pooling == "auto" else config.head_pooling
+    check_pooling(pooling, backbone.spec.head, type(model).__name__)
+    config.head_pooling = pooling
+    config.backbone = backbone.signature()
+    # Always derived from the model, so an adapter saved under another transformers layout still matches.
+    config.target_modules = "|".join(re.escape(name) for name in backbone.block_names)
+    if config.modules_to_save is None and isinstance(getattr(model, "classifier", None), nn.Module):
+        config.modules_to_save = ["classifier"]
+    saved_modules(config, backbone, model)  # refuses entries that match nothing or reach into the blocks
+    return backbone
+
+
+def check_saved_adapter(config: GatedPromptConfig, source: dict, model: nn.Module) -> None:
+    """Refuse a saved adapter (``source``: where ``GatedPromptConfig.from_pretrained`` read ``config``) whose
+    weights are not exactly what ``config`` implies for ``model``; nothing is changed."""
+    directory = resolve_adapter_dir(**source)
+    _, tensors = read_adapter_files(directory)
+    require_backbone_record(config, directory / "adapter_config.json")
+    if config.modules_to_save is None:
+        config.modules_to_save = []  # saved configs record the modules they saved: none
+    backbone = prepare_config(config, model)
+    check_tensors(expected_tensors(config, backbone, model), tensors, str(directory / WEIGHTS_NAME))
+
+
+def _loaded_tensors(model: nn.Module, adapter_name: str) -> dict[str, Expected]:
+    """The tensors of ``adapter_name`` in a model that holds it, by state-dict key: what a load may write."""
+    state = model.state_dict()
+    keys = []
+    for path, module in model.named_modules():
+        if isinstance(module, GatedPromptBlock):
+            keys += [f"{path}.{attr}.{adapter_name}" for attr in module.adapter_layer_names if adapter_name in getattr(module, attr)]
+        elif isinstance(module, AuxiliaryTrainingWrapper) and adapter_name in getattr(module, "_adapters", ()):
+            keys += [f"{path}.{key}" for key in module.adapter_state_dict_load_map(adapter_name).values()]
+    return {key: Expected(tuple(state[key].shape), state[key].dtype, f"the model's {key}") for key in keys if key in state}
 
 
 def check_backbone(config: GatedPromptConfig, backbone: Backbone) -> None:
@@ -245,13 +335,18 @@ def _require_no_masking(model: nn.Module) -> None:
         )
 
 
+def _clamp_block_temperatures(blocks: list[GatedPromptBlock], module: nn.Module, args: tuple) -> None:
+    clamp_temperatures_(t for block in blocks for t in block.gvpt_temperature.values())
+
+
 def _pass_adapter_names(adapter_names: list[str], module: nn.Module, args: tuple, kwargs: dict) -> tuple:
     return args, {**kwargs, "adapter_names": adapter_names}
 
 
-def _fixed_patch_order(module: nn.Module, args: tuple, kwargs: dict) -> Optional[tuple]:
-    """ViTMAE's embeddings shuffle patches by argsort of random noise; ``arange`` noise keeps their order."""
-    if kwargs.get("noise") is not None or (len(args) > 1 and args[1] is not None):
+def _fixed_patch_order(block: GatedPromptBlock, module: nn.Module, args: tuple, kwargs: dict) -> Optional[tuple]:
+    """ViTMAE's embeddings shuffle patches by argsort of random noise; ``arange`` noise keeps their order. With no
+    adapter running (disabled, or none left) the embeddings see exactly what the base model's would."""
+    if not block.prompts_active() or kwargs.get("noise") is not None or (len(args) > 1 and args[1] is not None):
         return None
     pixel_values = args[0] if args else kwargs["pixel_values"]
     patch_h, patch_w = module.patch_embeddings.patch_size

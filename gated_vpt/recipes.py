@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
@@ -112,6 +113,17 @@ ARGS: dict[str, Field] = {
     "mask_column_name": _text("the mask column (local image/mask folders: 'annotation')", nullable=False,
                               task=SEGMENTATION),
     "scheduler": _choice("poly", "cosine", task=SEGMENTATION),
+    "poly_power": _positive("float", " (SETR: 0.9)", task=SEGMENTATION),
+    "decoder_channels": _positive("int", " (SETR-PUP: 512; 256 for a lighter head)", task=SEGMENTATION),
+    "decoder_lr_multiplier": _positive("float", " (SETR: 10, the heads' learning rate over the prompts')", task=SEGMENTATION),
+    "min_learning_rate": _at_least("float", 0, " (where the decay ends; SETR's ADE20K: 1e-4)"),
+    "image_normalization": _choice("imagenet", "backbone"),
+}
+# Command-line numbers that recipes do not set, checked like recipe values (``argument_problems``).
+RUN_ARGS: dict[str, Field] = {
+    "max_train_steps": _positive("int"),
+    "eval_every_epochs": _at_least("int", 0, " (0: never)", task=SEGMENTATION),
+    "eval_stride": _positive("int", task=SEGMENTATION),
 }
 
 REQUIRED_ARGS: dict[str, tuple[str, ...]] = {
@@ -140,11 +152,56 @@ TOP_LEVEL = {
     "description": "what the recipe trains",
     "paper": "the paper's table and reported numbers",
     "backbone_source": "how to obtain model_name_or_path",
+    "backbone": "the checkpoint behind model_name_or_path and the one command that prepares that folder",
     "data_source": "where the data comes from and its splits",
     "args": "the training script's arguments",
     "tune_args": "arguments that replace 'args' for the hyperparameter search (stage='tune')",
 }
 REQUIRED_TOP_LEVEL = ("task_type", "args")
+BACKBONE_FIELDS = {
+    "checkpoint": "which published weights the folder is made from, and where to get them",
+    "prepare": "the one command that writes the folder (its last word, args.model_name_or_path) from them",
+}
+
+
+@dataclass(frozen=True)
+class BackbonePreparation:
+    """A recipe's backbone: the local ``folder`` that the one command ``prepare`` writes (its last word; the
+    recipe's ``model_name_or_path``), and the ``checkpoint`` it is made from."""
+
+    folder: str
+    checkpoint: str
+    prepare: str
+
+    @property
+    def prepared(self) -> bool:
+        return (Path(self.folder) / "config.json").is_file()
+
+    def missing_message(self) -> str:
+        return (
+            f"The backbone folder {self.folder} does not exist (relative to {Path.cwd()}). This recipe uses "
+            f"{self.checkpoint}. Prepare the folder with:\n    {self.prepare}\nor pass --model_name_or_path."
+        )
+
+
+def recipe_backbone(path: Union[str, Path]) -> Optional[BackbonePreparation]:
+    """The backbone a recipe file names (``load_recipe`` has validated it), or None when it names no preparation
+    (e.g. a Hub model id that loads as it is). A run needs the folder when its ``model_name_or_path`` is
+    ``folder`` (a copied recipe pointed at another model does not).
+
+    Example:
+
+    ```py
+    >>> backbone = recipe_backbone("hub_configs/mae-vtab-dtd.json")
+    >>> backbone.folder, backbone.prepared
+    ('backbones/mae-vit-b16', False)
+    ```
+    """
+    recipe = _read_json(Path(path))
+    backbone = recipe.get("backbone") if isinstance(recipe, dict) else None
+    if not backbone:
+        return None
+    return BackbonePreparation(backbone["prepare"].split()[-1], backbone["checkpoint"], backbone["prepare"])
 
 Stage = Literal["final", "tune"]
 
@@ -187,11 +244,37 @@ def load_recipe(
     tune_args = recipe.get("tune_args", {})
     problems += _args_problems(tune_args, recipe_task, "tune_args", required=False)
     problems += _paper_problems(recipe.get("paper", {}))
+    if "backbone" in recipe:
+        problems += _backbone_problems(recipe["backbone"])
     if not problems:
         problems += _cross_field_problems({**args, **tune_args} if stage == "tune" else args)
     if problems:
         _raise(path, problems)
     return dict({**args, **tune_args} if stage == "tune" else args)
+
+
+def argument_problems(values: dict[str, Any]) -> list[str]:
+    """Problems with the training scripts' argument values (from the command line or a recipe), each naming the flag
+    and the valid values: wrong types, non-finite numbers and out-of-range values of every argument in ``ARGS`` and
+    ``RUN_ARGS`` (None means "not set" and passes), and a warmup longer than the training.
+
+    Example:
+
+    ```py
+    >>> argument_problems({"learning_rate": float("nan"), "momentum": 0.9})
+    ["--learning_rate = NaN is not a finite number: use a number > 0 (the paper's grid: 0.05 to 5.0 for classification)"]
+    ```
+    """
+    problems = [
+        problem
+        for name, value in values.items()
+        if value is not None and (field := ARGS.get(name) or RUN_ARGS.get(name)) is not None
+        for problem in _value_problems(field, value, f"--{name}")
+    ]
+    warmup, epochs = values.get("warmup_epochs"), values.get("num_train_epochs")
+    if isinstance(warmup, int) and isinstance(epochs, int) and warmup > epochs:
+        problems.append(f"--warmup_epochs = {warmup} is larger than --num_train_epochs = {epochs}: shorten the warmup")
+    return problems
 
 
 def list_recipes(directory: Union[str, Path, None] = None) -> list[Path]:
@@ -246,9 +329,19 @@ def _top_level_problems(recipe: Any) -> list[str]:
     for key in ("description", "backbone_source", "data_source"):
         if key in recipe and not isinstance(recipe[key], str):
             problems.append(f"{key} must be a string ({TOP_LEVEL[key]})")
-    for key in ("args", "tune_args", "paper"):
+    for key in ("args", "tune_args", "paper", "backbone"):
         if key in recipe and not isinstance(recipe[key], dict):
             problems.append(f"{key} must be a JSON object ({TOP_LEVEL[key]})")
+    return problems
+
+
+def _backbone_problems(backbone: dict) -> list[str]:
+    problems = [_unknown(key, list(BACKBONE_FIELDS), "backbone.") for key in backbone if key not in BACKBONE_FIELDS]
+    problems += [
+        f"backbone.{key} must be a non-empty string ({hint})"
+        for key, hint in BACKBONE_FIELDS.items()
+        if not isinstance(backbone.get(key), str) or not backbone[key].strip()
+    ]
     return problems
 
 
@@ -285,6 +378,8 @@ def _value_problems(field: Field, value: Any, where: str) -> list[str]:
         return [] if field.nullable else [f"{where} is null: use {field.hint}"]
     if not _has_kind(value, field.kind):
         return [f"{where} = {json.dumps(value)} has the wrong type: use {field.hint}"]
+    if field.kind == "float" and not math.isfinite(value):
+        return [f"{where} = {json.dumps(value)} is not a finite number: use {field.hint}"]
     if not field.valid(value):
         return [f"{where} = {json.dumps(value)} is out of range: use {field.hint}"]
     return []

@@ -30,34 +30,47 @@ from gated_vpt.training.paper_benchmarks import (  # noqa: E402
     method_args,
 )
 
-MOCOV3_DIR = "checkpoints/mocov3-vit-b-300ep-linear"
+MAE_DIR = "backbones/mae-vit-b16"
+MAE_HUB = "timm/vit_base_patch16_224.mae"
+MOCOV3_DIR = "backbones/mocov3-vit-b16-linear"
 MOCOV3_URL = "https://dl.fbaipublicfiles.com/moco-v3/vit-b-300ep/linear-vit-b-300ep.pth.tar"
 
 BACKBONES: dict[str, dict[str, str]] = {
     "mae": {
         "name": "MAE ViT-B/16",
-        "model_name_or_path": "facebook/vit-mae-base",
+        "model_name_or_path": MAE_DIR,
         "head_pooling": "mean",
+        "checkpoint": (
+            "MAE ViT-B/16 pretraining weights (mae_pretrain_vit_base.pth, ImageNet-1k, normalised-pixel loss, "
+            f"CC-BY-NC), as safetensors with timm's names in the Hub repo {MAE_HUB}"
+        ),
+        "prepare": f"gated-vpt convert --model-type mae {MAE_HUB} {MAE_DIR}",
         "source": (
-            "Hugging Face Hub: facebook/vit-mae-base (MAE ViT-B/16 pretrained on ImageNet-1k, CC-BY-NC; its "
-            "pretraining decoder is not used). For classification it loads into ViTForImageClassification (only the "
-            "classifier is new) and head_pooling 'mean' gives the paper's MAE head: the pretrained final LayerNorm "
-            "on the mean of all non-CLS tokens, prompts included. Alternative: convert the official MAE checkpoint "
-            "with python -m gated_vpt.convert --model-type mae."
+            "The paper's MAE backbone is the pretraining checkpoint mae_pretrain_vit_base.pth, not the Hub's "
+            f"facebook/vit-mae-base (very likely the visualisation checkpoint, trained without the normalised-pixel "
+            f"loss). timm's Hub repo {MAE_HUB} holds the pretraining weights as safetensors; the converter maps "
+            f"them to transformers' ViT (the decoder is not part of it) in {MAE_DIR} (relative to the working "
+            "directory). From the official file instead: gated-vpt convert --model-type mae --trust-checkpoint "
+            f"mae_pretrain_vit_base.pth {MAE_DIR} (a pickle, read with torch.load(weights_only=True)). head_pooling "
+            "'mean' gives the paper's MAE head: the pretrained final LayerNorm on the mean of all non-CLS tokens, "
+            "prompts included."
         ),
     },
     "mocov3": {
         "name": "MoCo v3 ViT-B/16",
         "model_name_or_path": MOCOV3_DIR,
         "head_pooling": "cls",
+        "checkpoint": (
+            f"MoCo v3 ViT-B/16 (300 epochs, ImageNet-1k) linear-probe checkpoint linear-vit-b-300ep.pth.tar; download "
+            f"it first from {MOCOV3_URL}"
+        ),
+        "prepare": f"gated-vpt convert --model-type mocov3 --trust-checkpoint --drop-head linear-vit-b-300ep.pth.tar {MOCOV3_DIR}",
         "source": (
             "No transformers checkpoint of MoCo v3 is on the Hub. Download the official linear-probe checkpoint "
             f"({MOCOV3_URL}, ViT-B/16, 300 epochs, ImageNet-1k) and convert it (the file is a pickle: the converter "
-            "loads it with torch.load(weights_only=True), tensors and plain containers only): "
-            "python -m gated_vpt.convert --model-type mocov3 --trust-checkpoint --drop-head "
-            f"linear-vit-b-300ep.pth.tar {MOCOV3_DIR} . The recipe expects the converted model in {MOCOV3_DIR} "
-            "(relative to the working directory); --drop-head leaves out the ImageNet classifier so any num_labels "
-            "loads cleanly."
+            "loads it with torch.load(weights_only=True), tensors and plain containers only) into "
+            f"{MOCOV3_DIR} (relative to the working directory); --drop-head leaves out the ImageNet classifier so "
+            "any num_labels loads cleanly."
         ),
     },
 }
@@ -99,6 +112,7 @@ ADE20K_MIOU = {
 BASELINE_VTAB_TASKS = ("cifar100",)
 
 PAPER_RECIPE = {
+    "image_normalization": "imagenet",
     "optimizer": "sgd",
     "momentum": 0.9,
     "weight_decay": 0.0,
@@ -205,6 +219,7 @@ def classification_recipe(backbone: str, family: str, task: BenchmarkTask, metho
         ),
         "paper": paper,
         "backbone_source": spec["source"],
+        "backbone": {"checkpoint": spec["checkpoint"], "prepare": spec["prepare"]},
         "data_source": data,
         "args": args,
     }
@@ -229,24 +244,29 @@ def segmentation_recipe(backbone: str, method: str) -> tuple[str, dict[str, Any]
         "decoder": "setr_pup",
         "aux_blocks": [5, 9],
         "aux_loss_weight": 0.4,
+        "decoder_channels": 512,
         **method_args(method, prompts, gate_init),
         **PAPER_RECIPE,
         "learning_rate": lr,
         "gate_learning_rate": None,
+        "decoder_lr_multiplier": 10.0,
         "per_device_train_batch_size": batch,
         "per_device_eval_batch_size": 1,
         "num_train_epochs": epochs,
         "warmup_epochs": 0,
         "scheduler": "poly",
+        "poly_power": 0.9,
+        "min_learning_rate": 1e-4,
         "scheduler_step": "step",
         "output_dir": f"outputs/{name}",
     }
     recipe = {
         "task_type": "semantic-segmentation",
         "description": (
-            f"{METHOD_TITLES[method]} on ADE20K with {spec['name']} and a SETR-PUP decoder, auxiliary heads on "
-            "blocks 5 and 9 (loss weight 0.4, SETR's), random resize-crop 512. SGD momentum 0.9, no weight decay, "
-            f"polynomial decay stepped per iteration; {epochs} epochs ~ SETR's {SETR_ITERATIONS:,} iterations at "
+            f"{METHOD_TITLES[method]} on ADE20K with {spec['name']} and a SETR-PUP decoder (512 channels), auxiliary "
+            "heads on the outputs of blocks 5 and 9 (0-based; loss weight 0.4, SETR's), random resize-crop 512. SGD "
+            "momentum 0.9, no weight decay, the heads at 10x the learning rate, polynomial decay (power 0.9) to 1e-4 "
+            f"stepped per iteration; {epochs} epochs ~ SETR's {SETR_ITERATIONS:,} iterations at "
             f"batch {batch} over {ADE20K_TRAIN_IMAGES:,} training images." + baseline_note(method, backbone, "ade20k")
         ),
         "paper": {
@@ -255,6 +275,7 @@ def segmentation_recipe(backbone: str, method: str) -> tuple[str, dict[str, Any]
             "reported_miou_multi_scale": multi,
         },
         "backbone_source": spec["source"],
+        "backbone": {"checkpoint": spec["checkpoint"], "prepare": spec["prepare"]},
         "data_source": (
             "ADE20K SceneParsing (ADEChallengeData2016: 20,210 training and 2,000 validation images, 150 classes) as "
             "image/mask pairs data/ade20k/<split>/images/<name>.jpg and data/ade20k/<split>/annotations/<name>.png "

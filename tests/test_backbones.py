@@ -200,9 +200,10 @@ def test_save_and_reload_is_bit_identical(backbone, tmp_path, pixels):
     assert len(block_keys) == 1 + 3 + 4  # prompts at block 0, 3 gate logits, 4 temperatures
     assert all(re.search(r"(^|\.)encoder\.layer\.\d\.gvpt_", k) and "layers" not in k and "vision_model" not in k
                for k in block_keys), block_keys
-    again = PeftModel.from_pretrained(make_backbone(backbone), tmp_path).eval()
-    with torch.no_grad():
-        assert torch.equal(_main(again, pixels, backbone), want)
+    for load in (PeftModel.from_pretrained, gated_vpt.load_adapter):  # peft's loader, and the checked one
+        again = load(make_backbone(backbone), tmp_path).eval()
+        with torch.no_grad():
+            assert torch.equal(_main(again, pixels, backbone), want)
 
 
 @pytest.mark.parametrize("backbone", BACKBONE_NAMES)

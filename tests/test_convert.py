@@ -5,6 +5,7 @@ from the timm architecture (pre-norm blocks, fused qkv, LayerNorm eps 1e-6, exac
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -255,15 +256,19 @@ def test_command_line(tmp_path, capsys):
     assert json.loads((tmp_path / "b" / "conversion.json").read_text())["classifier"] is False
 
 
-def test_recipe_conversion_command_produces_the_recipe_backbone(tmp_path, monkeypatch, images):
-    """The MoCo v3 recipes' backbone_source command, run as written, yields their model_name_or_path."""
+def _recipe_command(name: str) -> tuple[list[str], dict]:
+    """A recipe's backbone.prepare command as ``gated-vpt`` arguments after ``convert``, and the recipe's args."""
     from gated_vpt.recipes import RECIPES_DIR, load_recipe
 
-    recipe_path = RECIPES_DIR / "mocov3-fgvc-cub.json"
-    words = json.loads(recipe_path.read_text())["backbone_source"].split()
-    start = words.index("gated_vpt.convert") + 1
-    argv = words[start:words.index(".", start)]
-    args = load_recipe(recipe_path)
+    recipe_path = RECIPES_DIR / name
+    words = json.loads(recipe_path.read_text())["backbone"]["prepare"].split()
+    assert words[:2] == ["gated-vpt", "convert"]
+    return words[2:], load_recipe(recipe_path)
+
+
+def test_recipe_conversion_command_produces_the_recipe_backbone(tmp_path, monkeypatch, images):
+    """The MoCo v3 recipes' prepare command, run as written, yields their model_name_or_path."""
+    argv, args = _recipe_command("mocov3-fgvc-cub.json")
     assert argv[-1] == args["model_name_or_path"] and "--trust-checkpoint" in argv
     weights = timm_vit_weights(seed=7)
     monkeypatch.chdir(tmp_path)
@@ -273,3 +278,40 @@ def test_recipe_conversion_command_produces_the_recipe_backbone(tmp_path, monkey
     assert model.classifier.out_features == 200
     with torch.no_grad():
         assert (model.vit(images).last_hidden_state - timm_forward(weights, images)[1]).abs().max() < TOLERANCE
+
+
+def test_mae_recipe_command_converts_timm_named_safetensors_from_the_hub(tmp_path, images):
+    """The MAE recipes' prepare command reads timm's safetensors (MAE's pretraining weights, no pickle) from a Hub
+    repo, here served by the local test Hub, and yields the recipe's folder with the same forward as timm's ViT."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import save
+
+    from hub_server import Repo, running_hub
+
+    argv, args = _recipe_command("mae-vtab-dtd.json")
+    repo_id = argv[-2]
+    assert repo_id == "timm/vit_base_patch16_224.mae" and "--trust-checkpoint" not in argv
+    weights = timm_vit_weights(seed=9, head=False)  # timm's MAE copy: encoder only, final norm, no head
+    sha = "9" * 40
+    with running_hub() as hub:
+        hub.repos[repo_id] = Repo(commits=[(sha, {"model.safetensors": save(weights)})])
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0",
+               "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+        command = "import sys; from gated_vpt.cli import main; sys.exit(main(sys.argv[1:]))"
+        process = subprocess.run([sys.executable, "-c", command, "convert", *argv, "--num-attention-heads", str(HEADS)],
+                                 cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert process.returncode == 0, process.stderr[-2000:]
+    folder = tmp_path / args["model_name_or_path"]
+    assert json.loads((folder / "conversion.json").read_text())["source"] == repo_id
+    assert json.loads((folder / "conversion.json").read_text())["revision"] == sha
+    model = ViTForImageClassification.from_pretrained(folder, num_labels=args["num_labels"]).eval()
+    with torch.no_grad():
+        assert (model.vit(images).last_hidden_state - timm_forward(weights, images)[1]).abs().max() < TOLERANCE
+
+
+def test_a_missing_file_that_is_no_hub_id_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="does not exist: pass the path of the downloaded file, or a Hub repo id"):
+        convert_checkpoint(tmp_path / "no" / "such" / "file.pth", tmp_path / "out", "mae")

@@ -177,6 +177,101 @@ def test_temperatures_are_clamped_to_the_papers_range(pixels):
     assert (run(0.02) - run(0.01)).abs().max() > 1e-5
 
 
+def _temperatures(model):
+    return [block.gvpt_temperature["default"] for block in blocks(model)]
+
+
+def test_stored_temperatures_are_clamped_in_place_before_every_forward(pixels):
+    model = prompted()  # RANDOM_TEMPERATURES: 0.5, 2.5, 25.0, 0.004
+    with torch.no_grad():
+        model(pixels)
+    assert [t.item() for t in _temperatures(model)] == pytest.approx([0.5, 2.5, 10.0, 0.01], rel=1e-7)
+    assert _temperatures(model)[2].item() == 10.0 and _temperatures(model)[3] == torch.tensor(0.01)
+    base = model.base_model.model  # the clamp also holds when the wrapped model is called directly
+    with torch.no_grad():
+        _temperatures(model)[0].fill_(50.0)
+        base(pixels)
+    assert _temperatures(model)[0].item() == 10.0
+
+
+def test_two_forwards_before_one_backward_see_the_same_clamped_temperatures():
+    """The clamp must not modify a tensor that the first forward saved for backward (autograd would refuse), and
+    both forwards must use the same (clamped) value."""
+    first, second = images(batch=2, seed=1), images(batch=2, seed=2)
+    model = prompted()
+    (model(first).logits.sum() + model(second).logits.sum()).backward()
+    together = [t.grad.clone() for t in _temperatures(model)]
+    separate = prompted()
+    with torch.no_grad():
+        for t, clamped in zip(_temperatures(separate), (0.5, 2.5, 10.0, 0.01)):
+            t.fill_(clamped)
+    separate(first).logits.sum().backward()
+    separate(second).logits.sum().backward()
+    for got, want in zip(together, (t.grad for t in _temperatures(separate))):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_a_temperature_pushed_past_the_bound_stays_on_it_and_leaves_when_the_gradient_turns(pixels, tmp_path):
+    """The released code's semantics, in a plain user loop: an optimizer step may push the stored temperature far
+    past 10; the next forward puts it back on 10 exactly (a straight-through clamp would let it drift and return
+    late), the saved adapter holds 10, and the first step with the opposite gradient brings it inside the range."""
+    model = prompted()
+    temperature = _temperatures(model)[1]
+    with torch.no_grad():
+        temperature.fill_(10.0)
+    model(pixels).logits.sum().backward()
+    slope = temperature.grad.item()
+    assert slope != 0
+    up = -math.copysign(1.0, slope)  # loss = up * sum(logits) pushes the temperature upwards
+    optimizer = torch.optim.SGD([temperature], lr=40.0 / abs(slope))
+    for _ in range(5):
+        optimizer.zero_grad()
+        (up * model(pixels).logits.sum()).backward()
+        assert temperature.item() == 10.0  # the forward clamped what the previous step pushed to 50
+        optimizer.step()
+        assert temperature.item() == pytest.approx(50.0, rel=1e-4)
+    model.save_pretrained(tmp_path)
+    saved = [v for k, v in load_file(tmp_path / "adapter_model.safetensors").items() if "layer.1.gvpt_temperature" in k]
+    assert [v.item() for v in saved] == [10.0]
+    optimizer.zero_grad()
+    optimizer.param_groups[0]["lr"] = 2.0 / abs(slope)
+    (-up * model(pixels).logits.sum()).backward()
+    optimizer.step()
+    assert temperature.item() == pytest.approx(8.0, rel=1e-4)  # one step back from the bound, not from 50
+
+
+def test_gradient_checkpointing_with_out_of_range_temperatures_matches_clamped_ones():
+    def gradients(checkpointing, temperatures):
+        base = make_backbone("vit_clf")
+        if checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = get_peft_model(base, GatedPromptConfig(num_prompt_tokens=3, prompt_dropout=0.0)).train()
+        with torch.no_grad():
+            for t, value in zip(_temperatures(model), temperatures):
+                t.fill_(value)
+        model(images(batch=3), labels=torch.tensor([0, 1, 2])).loss.backward()
+        return [t.item() for t in _temperatures(model)], [t.grad.clone() for t in _temperatures(model)]
+
+    stored, checkpointed = gradients(True, (25.0, 0.004, 3.0, 1e6))
+    assert stored == pytest.approx([10.0, 0.01, 3.0, 10.0], rel=1e-7)
+    _, plain = gradients(False, (10.0, 0.01, 3.0, 10.0))
+    for got, want in zip(checkpointed, plain):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_classifier_init_is_kaiming_fan_out_with_the_prior_bias():
+    """The released code: weights N(0, 2 / num_classes), bias -log(99)."""
+    from gated_vpt import init_classifier_
+
+    torch.manual_seed(0)
+    for classes, features in ((2, 20000), (200, 400)):
+        head = init_classifier_(torch.nn.Linear(features, classes))
+        std = math.sqrt(2 / classes)
+        assert head.weight.std().item() == pytest.approx(std, rel=0.02)  # 40,000-80,000 draws: ~0.4 % error
+        assert abs(head.weight.mean().item()) < 0.02 * std
+        assert torch.equal(head.bias, torch.full((classes,), -math.log(99.0)))
+
+
 # --- training: what is trainable, what stays frozen ----------------------------------------------------------
 
 

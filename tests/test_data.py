@@ -96,6 +96,30 @@ def test_fgvc_transform_crops_flips_and_centres():
     torch.testing.assert_close(centre, torch.from_numpy(resized[1:15, 1:15]).permute(2, 0, 1))
 
 
+def test_fgvc_transform_resizes_the_shorter_side_of_a_non_square_image():
+    """VPT's FGVC resize: shorter side to 256 (224 * 256/224), aspect ratio kept, then a 224 crop. A 300x600
+    (height x width) image becomes 256x512: the center crop takes rows 16..240 and columns 144..368."""
+    rng = np.random.default_rng(1)
+    image = PILImage.fromarray(rng.integers(0, 256, (300, 600, 3), dtype=np.uint8))
+    resized = np.asarray(image.resize((512, 256), PILImage.BILINEAR), dtype=np.float32) / 255.0
+    centre = ImageTransform("fgvc", 224, (0.0,) * 3, (1.0,) * 3)(image)
+    torch.testing.assert_close(centre, torch.from_numpy(resized[16:240, 144:368].copy()).permute(2, 0, 1))
+    train = ImageTransform("fgvc", 224, (0.0,) * 3, (1.0,) * 3, train=True)
+    rows = np.lib.stride_tricks.sliding_window_view(resized[:33, :, 0], 224, axis=1)  # (y, x, 224): row y, cols x..
+    offsets = set()
+    for seed in range(12):
+        sample = train(image, torch.Generator().manual_seed(seed)).numpy()
+        flip = 1 if np.isclose(rows, sample[0, 0]).all(-1).any() else -1
+        ys, xs = np.nonzero(np.isclose(rows, sample[0, 0, ::flip]).all(-1))
+        assert len(ys) == 1
+        y, x = int(ys[0]), int(xs[0])
+        np.testing.assert_allclose(sample, resized[y:y + 224, x:x + 224][:, ::flip].transpose(2, 0, 1), atol=1e-6)
+        offsets.add((y, x))
+    assert max(x for _, x in offsets) > 32  # the crop moves along the longer side, beyond a square resize's range
+    tall = ImageTransform("fgvc", 224, (0.0,) * 3, (1.0,) * 3)(image.transpose(PILImage.TRANSPOSE))
+    assert tall.shape == (3, 224, 224)
+
+
 def test_sampler_and_augmentation_depend_only_on_seed_epoch_and_index():
     sampler = EpochShuffleSampler(50, seed=1)
     first = list(sampler)
@@ -117,3 +141,5 @@ def test_normalisation_comes_from_the_backbone_or_falls_back_to_imagenet(tmp_pat
     empty = tmp_path / "empty"
     empty.mkdir()
     assert image_normalisation(str(empty)) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    # The paper's recipes: ImageNet's fixed values whatever the checkpoint says.
+    assert image_normalisation(str(tmp_path), "imagenet") == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

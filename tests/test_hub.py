@@ -341,10 +341,10 @@ def cli_online(hub, saved, pushed, cli_home, tmp_path_factory):
         {"argv": ["info", "test-org/no-such-adapter"]},
         {"argv": ["pull", REPO, "--revision", "no-such-branch"]},
         {"argv": ["predict", REPO, "--base", str(saved["root"] / "other_base"), str(saved["images"])]},
-        {"argv": ["push", str(saved["v1"]), "test-org/not-mine", "--token", "hf_readonly_token"]},
     ]
     make_backbone("vit_clf", hidden_size=48).save_pretrained(saved["root"] / "other_base")
-    return out, _run_steps(steps, _env(hub.url, cli_home))
+    refused = [{"argv": ["push", str(saved["v1"]), "test-org/not-mine"]}]  # a read-only token, from HF_TOKEN
+    return out, _run_steps(steps, _env(hub.url, cli_home)) + _run_steps(refused, _env(hub.url, cli_home, token="hf_readonly_token"))
 
 
 def test_cli_pull_latest_and_pinned_revision(saved, cli_online):
@@ -439,8 +439,8 @@ def test_no_token_and_no_network_fail_clearly(saved, tmp_path):
 def test_cli_push_uses_the_token_but_never_shows_or_stores_it(hub, saved, tmp_path):
     home = tmp_path / "home"
     process = subprocess.run(
-        [sys.executable, "-m", "gated_vpt.cli", "push", str(saved["v1"]), "test-org/pushed-by-cli", "--token", FAKE_TOKEN],
-        cwd=ROOT, capture_output=True, text=True, env=_env(hub.url, home, token=None), timeout=120,
+        [sys.executable, "-m", "gated_vpt.cli", "push", str(saved["v1"]), "test-org/pushed-by-cli"],
+        cwd=ROOT, capture_output=True, text=True, env=_env(hub.url, home, token=FAKE_TOKEN), timeout=120,
     )
     assert process.returncode == 0, process.stderr
     sha = hub.commit_shas("test-org/pushed-by-cli")[-1]

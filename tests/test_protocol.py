@@ -160,12 +160,15 @@ def test_print_jobs_lists_the_tune_runs_first(bench, tmp_path, monkeypatch):
 
 
 def test_bad_input_stops_before_any_run(bench, tmp_path):
-    missing = json.loads(bench["recipes"][0].read_text())
-    missing["args"]["data_dir"] = str(tmp_path / "no-such-task")
-    path = tmp_path / "missing.json"
-    path.write_text(json.dumps(missing))
-    code, _, err = _main("--recipes", str(path), "--output_root", str(tmp_path / "out"))
-    assert code == 1 and f"No data folder {tmp_path / 'no-such-task'}" in err and not (tmp_path / "out").exists()
+    paths = []
+    for name in ("no-such-task", "another"):  # every missing folder is listed, not only the first
+        missing = json.loads(bench["recipes"][0].read_text())
+        missing["args"]["data_dir"] = str(tmp_path / name)
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(missing))
+    code, _, err = _main("--recipes", *map(str, paths), "--output_root", str(tmp_path / "out"))
+    assert code == 1 and not (tmp_path / "out").exists()
+    assert all(f"  - {name}: No data folder {tmp_path / name}" in err for name in ("no-such-task", "another"))
     with contextlib.redirect_stderr(io.StringIO()):
         code, _, err = _main(*bench["argv"][:3], "--output_root", str(tmp_path / "out"), "--", "--no_such_flag", "1")
     assert code == 1 and "refused the arguments" in err and not (tmp_path / "out").exists()

@@ -6,6 +6,9 @@ slip in the generator shows up as a mismatch.
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,7 +55,11 @@ TASKS = {
     "CUB": ("fgvc-cub", 200), "Flowers (FGVC)": ("fgvc-flowers", 102), "Stanford Cars": ("fgvc-cars", 196),
     "Stanford Dogs": ("fgvc-dogs", 120), "NABirds": ("fgvc-nabirds", 555), "ADE20K": ("ade20k", 150),
 }
-BACKBONE_IDS = {"mae": "facebook/vit-mae-base", "mocov3": "checkpoints/mocov3-vit-b-300ep-linear"}
+BACKBONE_IDS = {"mae": "backbones/mae-vit-b16", "mocov3": "backbones/mocov3-vit-b16-linear"}
+# The paper's backbones (METHOD.md): MAE's pretraining weights (timm's Hub copy holds them as safetensors), MoCo v3's
+# linear-probe checkpoint.
+BACKBONE_CHECKPOINTS = {"mae": ("mae_pretrain_vit_base.pth", "timm/vit_base_patch16_224.mae"),
+                        "mocov3": ("linear-vit-b-300ep.pth.tar",)}
 
 
 def table5() -> dict[tuple[str, str], tuple[int, int, float, float]]:
@@ -94,6 +101,11 @@ def test_gated_recipes_match_table5_and_class_counts():
         assert args["model_name_or_path"] == BACKBONE_IDS[backbone], name
         assert (args["prompt_mode"], args["gated"], args["learnable_temperature"]) == ("shallow", True, True), name
         assert (args["optimizer"], args["momentum"], args["weight_decay"]) == ("sgd", 0.9, 0.0), name
+        assert args["image_normalization"] == "imagenet", name
+        backbone_fields = read(name)["backbone"]
+        assert all(c in backbone_fields["checkpoint"] for c in BACKBONE_CHECKPOINTS[backbone]), name
+        assert backbone_fields["prepare"].startswith(f"gated-vpt convert --model-type {backbone} "), name
+        assert backbone_fields["prepare"].split()[-1] == BACKBONE_IDS[backbone], name
         if task == "ADE20K":
             continue
         assert args["transform"] == stem.split("-")[0] and args["image_size"] == 224, name
@@ -169,6 +181,9 @@ def test_segmentation_recipes():
         args = load_recipe(path, task_type="semantic-segmentation")
         assert (args["decoder"], args["aux_blocks"], args["crop_size"], args["num_labels"]) == ("setr_pup", [5, 9], 512, 150)
         assert (args["scheduler"], args["ignore_index"], args["reduce_labels"]) == ("poly", 255, True)
+        # SETR-PUP's ADE20K settings: 10x learning rate on the heads, poly (power 0.9) down to 1e-4, 512 channels.
+        assert (args["decoder_lr_multiplier"], args["poly_power"], args["min_learning_rate"]) == (10.0, 0.9, 1e-4)
+        assert args["decoder_channels"] == 512 and args["image_normalization"] == "imagenet"
         paper = read(path.name)["paper"]
         assert (paper["reported_miou_single_scale"], paper["reported_miou_multi_scale"]) == (single, multi)
         with pytest.raises(ValueError, match="is a 'semantic-segmentation' recipe, but this script trains 'image-classification'"):
@@ -230,6 +245,8 @@ def write(tmp_path):
         (dict(args={"warmup_epochs": 200}), r"warmup_epochs is larger than args\.num_train_epochs"),
         (dict(task_type="detection"), r"task_type = 'detection' is invalid"),
         (dict(paper={"reported_top1": 170}), r"paper\.reported_top1 = 170 is out of range"),
+        (dict(args={"learning_rate": float("nan")}), r"args\.learning_rate = NaN is not a finite number"),
+        (dict(backbone={"checkpoint": "x"}), r"backbone\.prepare must be a non-empty string"),
     ],
 )
 def test_loader_errors_name_file_field_and_fix(write, change, message):
@@ -288,3 +305,49 @@ def test_recipes_load_into_the_training_script_arguments(script_name, task_type)
     example = "mae-fgvc-cub.json" if task_type == "image-classification" else "mae-ade20k.json"
     overridden = script.parse_args(["--config", str(RECIPES_DIR / example), "--learning_rate", "0.25"])
     assert overridden.learning_rate == 0.25 and overridden.num_prompt_tokens == 100
+
+
+def _stop_message(script, path, tmp_path, monkeypatch):
+    """Run the script's main on a recipe from an empty working directory; return the RunStopped message and the
+    seconds it took."""
+    import time
+
+    from gated_vpt.training.run import RunStopped
+
+    monkeypatch.chdir(tmp_path)
+    started = time.perf_counter()
+    with pytest.raises(RunStopped) as stop:
+        script.main(["--config", str(path)])
+    return str(stop.value), time.perf_counter() - started
+
+
+@pytest.mark.parametrize(
+    "script_name, task_type",
+    [("train_image_classification", "image-classification"), ("train_semantic_segmentation", "semantic-segmentation")],
+)
+def test_every_recipe_without_its_backbone_stops_at_once_saying_what_to_prepare(script_name, task_type, tmp_path, monkeypatch):
+    """No Hub lookup, no traceback: the recipe's checkpoint and its one prepare command, in well under 5 s."""
+    script = _script(script_name)
+    paths = [p for p in list_recipes() if json.loads(p.read_text())["task_type"] == task_type]
+    assert paths
+    for path in paths:
+        backbone = read(path.name)["backbone"]
+        message, seconds = _stop_message(script, path, tmp_path, monkeypatch)
+        folder = load_recipe(path)["model_name_or_path"]
+        assert f"The backbone folder {folder} does not exist" in message, path.name
+        assert backbone["checkpoint"] in message and backbone["prepare"] in message, path.name
+        assert seconds < 5, (path.name, seconds)
+        assert not (tmp_path / "outputs").exists()
+
+
+def test_an_unprepared_backbone_ends_the_script_with_status_1_and_no_traceback(tmp_path):
+    script = RECIPES_DIR.parent / "examples" / "train_image_classification.py"
+    process = subprocess.run(
+        [sys.executable, str(script), "--config", str(RECIPES_DIR / "mocov3-vtab-dtd.json")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(RECIPES_DIR.parent), "HF_HUB_OFFLINE": "1"},
+    )
+    assert process.returncode == 1
+    assert "Traceback" not in process.stderr
+    assert "error: The backbone folder backbones/mocov3-vit-b16-linear does not exist" in process.stderr
+    assert "gated-vpt convert --model-type mocov3 --trust-checkpoint --drop-head linear-vit-b-300ep.pth.tar" in process.stderr

@@ -132,3 +132,60 @@ def test_push_without_a_repo_id_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="--push_to_hub needs --hub_model_id"):
         script.main([*QUICK_ARGS, "--output_dir", str(tmp_path / "out"), "--push_to_hub"])
     assert not (tmp_path / "out").exists()
+
+
+def test_heads_train_at_ten_times_the_rate_and_the_poly_decay_ends_at_the_floor():
+    """SETR-PUP's ADE20K optimisation: decode and auxiliary heads at 10x the learning rate, every group decays as
+    min_lr + (base - min_lr) * (1 - t / T) ** 0.9 (mmsegmentation's poly with min_lr 1e-4)."""
+    from gated_vpt.segmentation.model import HEAD_MODULES
+    from gated_vpt.segmentation.training import build_segmentation_model
+    from gated_vpt.training.optim import build_optimizer, build_scheduler
+
+    args = script.parse_args(["--quick", "--learning_rate", "0.001", "--decoder_lr_multiplier", "10",
+                              "--min_learning_rate", "1e-4"])
+    model = build_segmentation_model(args)
+    optimizer = build_optimizer(model, "sgd", args.learning_rate, head_modules=HEAD_MODULES,
+                                head_lr_multiplier=args.decoder_lr_multiplier)
+    groups = {group["name"]: group for group in optimizer.param_groups}
+    assert sorted(groups) == ["heads", "others"]
+    assert (groups["others"]["lr"], groups["heads"]["lr"]) == (0.001, pytest.approx(0.01))
+    names = {id(p): n for n, p in model.named_parameters()}
+    head_names = [names[id(p)] for p in groups["heads"]["params"]]
+    assert head_names and all(".decode_head." in n or ".aux_heads." in n for n in head_names)
+    assert all("gvpt_" in names[id(p)] for p in groups["others"]["params"])
+    total = 20
+    scheduler = build_scheduler(optimizer, 4, 0, 5, "step", decay="poly", power=0.9, min_learning_rate=1e-4)
+    seen = {name: [] for name in groups}
+    for _ in range(total + 1):
+        for name, group in groups.items():
+            seen[name].append(group["lr"])
+        optimizer.step()
+        scheduler.step()
+    for name, base in (("others", 0.001), ("heads", 0.01)):
+        want = [1e-4 + (base - 1e-4) * (1 - min(t, total) / total) ** 0.9 for t in range(total + 1)]
+        assert seen[name] == pytest.approx(want, rel=1e-9), name
+        assert seen[name][-1] == pytest.approx(1e-4)
+
+
+def test_the_last_partial_batch_is_kept_and_the_dry_run_says_so(tmp_path, capsys):
+    from gated_vpt.segmentation.training import load_segmentation_data
+
+    args = script.parse_args(["--quick", "--per_device_train_batch_size", "10"])
+    loader = load_segmentation_data(args).train_loader
+    assert [len(batch["labels"]) for batch in loader] == [10] * 9 + [6]  # 96 synthetic training images
+    output = tmp_path / "never-written"
+    assert script.main(["--quick", "--per_device_train_batch_size", "10", "--dry_run", "--output_dir", str(output)]) == {}
+    printed = capsys.readouterr().out
+    assert "updates per epoch: 10 (ceil(96 / 10) batches" in printed
+    assert "trainable parameters: 37,643 of 95,987" in printed and "all: 0:0.05 " in printed
+    assert not output.exists()
+
+
+def test_dry_run_of_an_ade20k_recipe_names_the_backbone_to_prepare(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert script.main(["--config", str(REPO / "hub_configs" / "mae-ade20k.json"), "--dry_run"]) == {}
+    printed = capsys.readouterr().out
+    assert "backbone: backbones/mae-vit-b16 NOT PREPARED" in printed
+    assert "gated-vpt convert --model-type mae timm/vit_base_patch16_224.mae backbones/mae-vit-b16" in printed
+    assert "  heads: 0:0.01 " in printed and "  others: 0:0.001 " in printed
+    assert "data: data/ade20k/training: MISSING" in printed and not (tmp_path / "outputs").exists()

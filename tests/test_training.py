@@ -184,6 +184,21 @@ def test_interrupted_run_resumes_to_the_same_adapter(uninterrupted, assets, tmp_
     assert history(interrupted) == history(output)
 
 
+def test_resume_latest_skips_a_truncated_newest_checkpoint_and_still_matches(uninterrupted, assets, tmp_path, caplog):
+    """A full disk truncated step_4's weights: `latest` says so, resumes from step_2, and the run still ends with
+    the uninterrupted run's adapter."""
+    output, _ = uninterrupted
+    interrupted = tmp_path / "interrupted"
+    assert script.main(_argv(assets, interrupted, max_train_steps=5)) == {}
+    weights = interrupted / "step_4" / "trainable.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with caplog.at_level(logging.WARNING):
+        script.main(_argv(assets, interrupted, resume_from_checkpoint="latest"))
+    assert f"Skipping damaged checkpoint {interrupted / 'step_4'}: trainable.safetensors is unreadable" in caplog.text
+    expected, resumed = _adapter(output), _adapter(interrupted)
+    assert all(torch.equal(expected[key], resumed[key]) for key in expected)
+
+
 def test_resuming_with_another_config_is_refused_before_anything_changes(uninterrupted, assets):
     output, _ = uninterrupted
     before = _snapshot(output)
@@ -201,10 +216,18 @@ def test_resuming_with_another_config_is_refused_before_anything_changes(uninter
         ({"label_column_name": "target"}, r"no label column 'target'"),
         ({"image_column_name": "label"}, r"Column 'label' holds ClassLabel.*not images"),
         ({"num_labels": 5}, r"--num_labels=5 but the data set has 3 classes"),
-        ({"per_device_train_batch_size": 64}, r"fewer than one batch of 64"),
+        ({"learning_rate": "nan"}, r"--learning_rate = NaN is not a finite number: use a number > 0"),
+        ({"gate_learning_rate": "inf"}, r"--gate_learning_rate = Infinity is not a finite number"),
+        ({"momentum": 1.0}, r"--momentum = 1.0 is out of range: use a number in \[0, 1\)"),
+        ({"weight_decay": -0.1}, r"--weight_decay = -0.1 is out of range: use a number >= 0"),
+        ({"num_train_epochs": 0}, r"--num_train_epochs = 0 is out of range: use an integer >= 1"),
+        ({"warmup_epochs": 5}, r"--warmup_epochs = 5 is larger than --num_train_epochs = 3"),
+        ({"gradient_accumulation_steps": 0}, r"--gradient_accumulation_steps = 0 is out of range"),
+        ({"per_device_train_batch_size": 0}, r"--per_device_train_batch_size = 0 is out of range"),
+        ({"max_train_steps": -2}, r"--max_train_steps = -2 is out of range"),
         ({"dataset_name": "user/data"}, r"Give one data source, not --dataset_name and --train_dir"),
         ({"resume_from_checkpoint": "latest"}, r"no checkpoint in"),
-        ({"gate_init": -1}, r"gate_init=-1.0 is invalid"),
+        ({"gate_init": -1}, r"--gate_init = -1.0 is out of range: use a number in \(0, 50\]"),
         ({"push_to_hub": True}, r"--push_to_hub needs --hub_model_id"),
     ],
 )
@@ -227,7 +250,8 @@ def test_grayscale_images_are_converted_silently_for_an_rgb_backbone(assets, tmp
 
 def _recipe(path: Path, assets: Path, **args) -> Path:
     base = {"model_name_or_path": str(assets / "mae"), "train_dir": str(assets / "train"), "num_labels": 3, "transform": "vtab", "num_prompt_tokens": 4,
-            "prompt_mode": "shallow", "learning_rate": 0.25, "per_device_train_batch_size": 8, "num_train_epochs": 7}
+            "prompt_mode": "shallow", "learning_rate": 0.25, "per_device_train_batch_size": 8, "num_train_epochs": 7,
+            "warmup_epochs": 2}
     path.write_text(json.dumps({"task_type": "image-classification", "args": {**base, **args}}))
     return path
 
@@ -418,10 +442,127 @@ def test_poly_scheduler_steps_per_update_over_all_epochs():
         build_scheduler(optimizer, 3, 0, 4, "step", decay="step")
 
 
-def test_tracker_config_is_scalars_without_the_hub_token():
+def test_tracker_config_is_scalars():
     import argparse
 
     from gated_vpt.training.args import tracker_config
 
-    args = argparse.Namespace(learning_rate=0.1, aux_blocks=[5, 9], gated=None, hub_token="hf_secret", seed=3)
+    args = argparse.Namespace(learning_rate=0.1, aux_blocks=[5, 9], gated=None, seed=3)
     assert tracker_config(args) == {"learning_rate": 0.1, "aux_blocks": "[5, 9]", "gated": "None", "seed": 3}
+
+
+# --- the last partial batch, the epoch loss, non-finite losses --------------------------------------------------
+
+
+def test_the_last_partial_batch_is_kept(assets, tmp_path):
+    """48 training images in batches of 5: ceil(48 / 5) = 10 batches (the last one of 3), every image once per
+    epoch, and ceil(10 / 2) = 5 optimizer updates per epoch with accumulation 2."""
+    from gated_vpt.training.classification import load_classification_data
+    from gated_vpt.training.loop import updates_per_epoch
+
+    args = script.parse_args(_argv(assets, tmp_path / "out", per_device_train_batch_size=5, image_size=16))
+    loader = load_classification_data(args, num_channels=3).train_loader
+    sizes = [len(batch["labels"]) for batch in loader]
+    assert sizes == [5] * 9 + [3] and len(loader) == 10
+    assert updates_per_epoch(len(loader), args.gradient_accumulation_steps) == 5
+
+
+class _ScaledMean(torch.nn.Module):
+    """loss = w * mean(pixel_values): the epoch loss is known in closed form."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, pixel_values, labels):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(loss=self.w * pixel_values.mean())
+
+
+class _Values(torch.utils.data.Dataset):
+    """Sample i is the value values[i]; from epoch ``bad_epoch`` on, sample ``bad_index`` is NaN."""
+
+    def __init__(self, values, bad_epoch=None, bad_index=None):
+        self.values, self.bad_epoch, self.bad_index, self.epoch = values, bad_epoch, bad_index, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.values)
+
+    def __getitem__(self, i):
+        bad = self.bad_epoch is not None and self.epoch >= self.bad_epoch and i == self.bad_index
+        return {"pixel_values": torch.tensor([float("nan") if bad else self.values[i]]), "labels": torch.tensor(0)}
+
+
+def _loop_run(tmp_path, data, learning_rate, epochs=2):
+    from accelerate import Accelerator
+
+    from gated_vpt.training.loop import LoopSettings, train
+
+    accelerator = Accelerator(cpu=True)
+    model = _ScaledMean()
+    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
+    loader = torch.utils.data.DataLoader(data, batch_size=3)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    scheduler = build_scheduler(optimizer, epochs, 0, len(loader))
+    settings = LoopSettings(num_train_epochs=epochs, output_dir=tmp_path, run_config={})
+    return model, train(accelerator, model, optimizer, scheduler, loader, [data], settings, TrainState())
+
+
+def test_the_epoch_loss_is_a_mean_over_samples(tmp_path):
+    values = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 100.0]  # batches of 3, 3 and 1: the mean of batch means would be 37.5
+    _, state = _loop_run(tmp_path, _Values(values), learning_rate=0.0)
+    assert [record["train_loss"] for record in state.history] == pytest.approx([sum(values) / 7] * 2)
+    assert state.completed_steps == 6
+
+
+def test_a_non_finite_loss_stops_the_run_before_the_update_and_keeps_the_last_checkpoint(tmp_path):
+    from gated_vpt.training.run import RunStopped
+
+    data = _Values([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], bad_epoch=1, bad_index=4)
+    with pytest.raises(RunStopped) as stop:
+        _loop_run(tmp_path, data, learning_rate=0.01, epochs=3)
+    message = str(stop.value)
+    assert "loss is nan at epoch 1, batch 2 of 3 (optimizer update 5)" in message
+    assert f"The last checkpoint, {tmp_path / 'epoch_0'}, is kept" in message and "Lower --learning_rate" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_0", "stopped.json"]  # stopped.json: for the protocol
+    assert json.loads((tmp_path / "stopped.json").read_text())["reason"] == message
+    assert torch.isfinite(load_file(str(tmp_path / "epoch_0" / "trainable.safetensors"))["w"]).all()
+
+
+def test_dry_run_of_the_default_prints_the_plan_and_trains_nothing(tmp_path, capsys):
+    output = tmp_path / "never-written"
+    assert script.main(["--dry_run", "--output_dir", str(output)]) == {}
+    printed = capsys.readouterr().out
+    assert "data: the embedded digits" in printed
+    assert "updates per epoch: 13 (ceil(800 / 64) batches" in printed  # the last batch of 32 is kept
+    assert "  all: 0:0 1:0.05 2:0.1 " in printed and " 10:0.5 " in printed and " 39:0.00137" in printed
+    assert "trainable parameters: 1,941 of 1,220,127" in printed
+    assert not output.exists()
+
+
+def test_dry_run_of_a_recipe_names_the_backbone_to_prepare(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert script.main(["--config", str(REPO / "hub_configs" / "mocov3-fgvc-cub.json"), "--dry_run"]) == {}
+    printed = capsys.readouterr().out
+    assert "backbone: backbones/mocov3-vit-b16-linear NOT PREPARED: made from MoCo v3 ViT-B/16" in printed
+    assert "gated-vpt convert --model-type mocov3 --trust-checkpoint --drop-head linear-vit-b-300ep.pth.tar" in printed
+    assert "trainable parameters: unknown until the backbone folder is prepared" in printed
+    assert "  all: 0:0 1:0.1 " in printed  # lr 1.0, 10 warmup epochs
+
+
+@pytest.mark.parametrize("stage, train_images, updates", [("tune", 24, 3), ("final", 36, 5)])
+def test_dry_run_reads_a_benchmark_folder_for_its_stage(tmp_path, capsys, stage, train_images, updates):
+    from conftest import write_vtab1k_task
+
+    write_vtab1k_task(tmp_path / "task", (0, 1, 6), (24, 12, 20))
+    argv = ["--dry_run", "--data_dir", str(tmp_path / "task"), "--recipe_stage", stage,
+            "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "out")]
+    assert script.main(argv) == {}
+    printed = capsys.readouterr().out
+    assert f"(vtab1k layout): train = {'train800' if stage == 'tune' else 'train800val200'} ({train_images} images)" in printed
+    assert f"updates per epoch: {updates} (ceil({train_images} / 8) batches" in printed
+    assert "trainable parameters: 1,038 of" in printed  # 3 classes: 5 x 128 prompts, 11 scalars, 3 x 128 + 3 head

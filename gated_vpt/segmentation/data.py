@@ -23,9 +23,8 @@ from datasets import Dataset, Image
 from PIL import Image as PILImage
 from torch.nn import functional as F
 
-from ..training.data import TransformedImages, mix_seed
+from ..training.data import IMAGE_SUFFIXES, TransformedImages, image_files, mix_seed
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MASK_FOLDERS = ("annotations", "masks", "labels")
 
 
@@ -41,8 +40,8 @@ def find_image_mask_pairs(directory: str | Path) -> Dataset:
             f"{directory} must hold an images/ folder and a masks folder ({', '.join(MASK_FOLDERS)}) with one mask per "
             "image under the same name, e.g. images/0001.jpg and annotations/0001.png."
         )
-    images = {p.relative_to(images_dir).with_suffix(""): p for p in _files(images_dir)}
-    masks = {p.relative_to(masks_dir).with_suffix(""): p for p in _files(masks_dir)}
+    images = {p.relative_to(images_dir).with_suffix(""): p for p in image_files(images_dir)}
+    masks = {p.relative_to(masks_dir).with_suffix(""): p for p in image_files(masks_dir)}
     missing = sorted(str(k) for k in images.keys() - masks.keys())
     if missing:
         raise FileNotFoundError(
@@ -54,10 +53,6 @@ def find_image_mask_pairs(directory: str | Path) -> Dataset:
     keys = sorted(images)
     dataset = Dataset.from_dict({"image": [str(images[k]) for k in keys], "annotation": [str(masks[k]) for k in keys]})
     return dataset.cast_column("image", Image()).cast_column("annotation", Image())
-
-
-def _files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def to_tensors(image: PILImage.Image, mask: PILImage.Image, where: str = "") -> tuple[torch.Tensor, torch.Tensor]:

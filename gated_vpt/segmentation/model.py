@@ -52,7 +52,7 @@ class SegmentationHeadConfig:
     num_labels: int
     aux_blocks: tuple[int, ...] = ()
     aux_loss_weight: float = 0.4
-    channels: int = 256
+    channels: int = 512
     norm: Norm = "batch"
     ignore_index: int = 255
     id2label: Optional[dict[int, str]] = field(default=None)
@@ -71,7 +71,7 @@ class SegmentationHeadConfig:
         if self.aux_loss_weight < 0:
             raise ValueError(f"aux_loss_weight={self.aux_loss_weight} is invalid: use a weight >= 0 (SETR: 0.4).")
         if self.channels < 1:
-            raise ValueError(f"channels={self.channels} is invalid: use a positive number of decoder channels (SETR: 256).")
+            raise ValueError(f"channels={self.channels} is invalid: use a positive number of decoder channels (SETR-PUP: 512).")
         if self.norm not in ("batch", "group"):
             raise ValueError(f"norm={self.norm!r} is not supported: use 'batch' (SETR's choice) or 'group'.")
         if self.id2label is not None and sorted(self.id2label) != list(range(self.num_labels)):

@@ -91,7 +91,7 @@ class ProgressiveUpsamplingHead(nn.Module):
         hidden_size: int,
         num_labels: int,
         num_stages: int,
-        channels: int = 256,
+        channels: int = 512,
         norm: Norm = "batch",
         layer_norm_eps: float = 1e-6,
     ) -> None:
@@ -128,7 +128,7 @@ class AuxiliaryHeads(nn.Module):
         hidden_size: int,
         num_labels: int,
         num_stages: int = 2,
-        channels: int = 256,
+        channels: int = 512,
         norm: Norm = "batch",
     ) -> None:
         super().__init__()

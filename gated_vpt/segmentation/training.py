@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -19,8 +20,16 @@ from torch.utils.data import DataLoader
 from transformers import ViTConfig, ViTModel
 
 from ..config import GatedPromptConfig
-from ..training.classification import prompt_config
-from ..training.data import EpochShuffleSampler, check_images, find_column, image_normalisation, load_image_datasets
+from ..training.classification import count_parameters, prompt_config
+from ..training.dry_run import DryRunReport, backbone_status, count_train_images, learning_rate_groups, quiet_loading
+from ..training.data import (
+    EpochShuffleSampler,
+    check_images,
+    drop_unreadable_images,
+    find_column,
+    image_normalisation,
+    load_image_datasets,
+)
 from .data import (
     LabelSpec,
     SegmentationSamples,
@@ -42,6 +51,8 @@ QUICK = {
     "crop_size": 32,
     "aux_blocks": [0],
     "decoder_channels": 32,
+    "decoder_lr_multiplier": 1.0,
+    "min_learning_rate": 0.0,
     "num_prompt_tokens": 4,
     "gate_init": 2.0,
     "learning_rate": 0.05,
@@ -99,13 +110,14 @@ def load_segmentation_data(args: argparse.Namespace) -> SegmentationData:
     train = splits["train"]
     image_column = find_column(train, args.image_column_name, ("image", "img", "pixel_values"), "image", "--image_column_name")
     mask_column = find_column(train, args.mask_column_name, MASK_COLUMN_GUESSES, "mask", "--mask_column_name")
+    splits = drop_unreadable_images(splits, (image_column, mask_column), args.skip_bad_images)
     labels = LabelSpec(args.num_labels, args.ignore_index, args.reduce_labels)
     for role, split in splits.items():
         check_images(split, image_column, 3)
         check_examples(split, labels, image_column, mask_column, role)
     mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     if args.model_name_or_path:
-        mean, std = image_normalisation(args.model_name_or_path)
+        mean, std = image_normalisation(args.model_name_or_path, args.image_normalization)
 
     def samples(role: str, train: bool) -> SegmentationSamples:
         transform = SegmentationTransform(labels, args.crop_size, train, mean, std, jitter=not args.quick)
@@ -115,15 +127,11 @@ def load_segmentation_data(args: argparse.Namespace) -> SegmentationData:
     sampler = EpochShuffleSampler(len(train_samples), seed=args.seed)
     # A loader-owned generator: creating an iterator (every epoch, and again when a resumed run skips batches) then
     # draws its seed from it instead of from the global RNG, which the prompt dropout uses and checkpoints restore.
+    # The last, shorter batch of an epoch is kept: ceil(n / batch) batches per epoch.
     train_loader = DataLoader(
-        train_samples, batch_size=args.per_device_train_batch_size, sampler=sampler, drop_last=True,
+        train_samples, batch_size=args.per_device_train_batch_size, sampler=sampler, drop_last=False,
         collate_fn=collate_train, generator=torch.Generator().manual_seed(args.seed),
     )
-    if len(train_loader) == 0:
-        raise ValueError(
-            f"The train split has {len(train_samples)} images, fewer than one batch of {args.per_device_train_batch_size}; "
-            "lower --per_device_train_batch_size."
-        )
     eval_loaders = {
         role: DataLoader(samples(role, False), batch_size=args.per_device_eval_batch_size, collate_fn=collate_eval)
         for role in ("validation", "test")
@@ -164,6 +172,27 @@ def build_segmentation_model(args: argparse.Namespace, id2label: Optional[dict[i
     config: GatedPromptConfig = prompt_config(args)
     config.base_model_name_or_path = args.model_name_or_path
     return get_segmentation_peft_model(model, config)
+
+
+def dry_run_report(args: argparse.Namespace) -> str:
+    """``--dry_run``: the run described without training; the model is built only from a local backbone folder."""
+    backbone, buildable = backbone_status(args)
+    if args.quick:
+        num_train, data = QUICK_IMAGES["train"], "the synthetic shapes (--quick)"
+    elif args.train_dir and Path(args.train_dir).is_dir():
+        try:
+            num_train = len(find_image_mask_pairs(args.train_dir))
+            data = f"{args.train_dir}: {num_train} image/mask pairs"
+        except FileNotFoundError as error:
+            num_train, data = None, f"{args.train_dir}: {error}"
+    else:
+        num_train, data = count_train_images(args)
+    groups = learning_rate_groups(args, args.decoder_lr_multiplier)
+    report = DryRunReport(args, num_train, groups, data=data, decay=args.scheduler, power=args.poly_power, backbone=backbone)
+    if buildable:
+        with quiet_loading():
+            report.trainable = count_parameters(build_segmentation_model(args))
+    return report.format()
 
 
 def inference_settings(args: argparse.Namespace, multi_scale: bool = False) -> InferenceSettings:

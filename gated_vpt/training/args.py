@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence, Union
 
-# Never logged or written anywhere.
-SECRET_ARGS = ("hub_token",)
+from gated_vpt.tokens import refuse_token_options
+
 # Settings that do not change what a run computes; everything else must match to resume a checkpoint.
 NON_SEMANTIC_ARGS = (
     "config", "output_dir", "resume_from_checkpoint", "checkpointing_steps", "save_total_limit", "max_train_steps",
-    "with_tracking", "report_to", "push_to_hub", "hub_model_id", "hub_token", "per_device_eval_batch_size",
-    "gradient_checkpointing", "torch_compile",
+    "with_tracking", "report_to", "push_to_hub", "hub_model_id", "per_device_eval_batch_size",
+    "gradient_checkpointing", "torch_compile", "dry_run",
 )
 
 
@@ -89,6 +89,11 @@ def add_data_args(parser: argparse.ArgumentParser, layouts: bool = False) -> arg
     group.add_argument("--label_column_name", default=None, help="Label column (default: 'label' or 'labels').")
     group.add_argument("--num_labels", type=int, default=None,
                        help="Number of classes; checked against the data set (default: taken from it).")
+    group.add_argument("--skip_bad_images", action="store_true",
+                       help="Drop images that cannot be decoded (counted in a warning) instead of refusing to start.")
+    group.add_argument("--image_normalization", choices=("backbone", "imagenet"), default="backbone",
+                       help="Mean/std: the backbone's preprocessor_config.json, or ImageNet's fixed values (the paper's "
+                            "recipes).")
     return group
 
 
@@ -121,6 +126,8 @@ def add_optimization_args(parser: argparse.ArgumentParser, learning_rate: float,
     group.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Batches per optimizer update.")
     group.add_argument("--num_train_epochs", type=int, default=epochs, help="Training epochs.")
     group.add_argument("--warmup_epochs", type=int, default=10, help="Linear warmup from 0 over this many epochs.")
+    group.add_argument("--min_learning_rate", type=float, default=0.0,
+                       help="Where the decay ends, for every parameter group (SETR's ADE20K: 1e-4).")
     group.add_argument("--scheduler_step", choices=("epoch", "step"), default="epoch",
                        help="Step the schedule once per epoch (the paper) or once per optimizer update.")
     group.add_argument("--seed", type=int, default=0, help="Seed of the prompts, the head, data order and dropout.")
@@ -142,12 +149,16 @@ def add_run_args(parser: argparse.ArgumentParser, default_output_dir: str) -> No
                             "--num_train_epochs, so the run can be resumed from its last checkpoint).")
     group.add_argument("--with_tracking", action="store_true", help="Log to Accelerate's trackers.")
     group.add_argument("--report_to", default="tensorboard", help="Trackers for --with_tracking ('all', 'tensorboard', ...).")
-    group.add_argument("--push_to_hub", action="store_true", help="Upload the adapter to --hub_model_id at the end.")
+    group.add_argument("--push_to_hub", action="store_true",
+                       help="Upload the adapter to --hub_model_id at the end (token: HF_TOKEN or `hf auth login`).")
     group.add_argument("--hub_model_id", default=None, help="The Hub repo for --push_to_hub, e.g. <user>/<name>.")
-    group.add_argument("--hub_token", default=None)
+    refuse_token_options(group, "--hub_token", "--token")  # the Hub token: HF_TOKEN or `hf auth login`
     group.add_argument("--gradient_checkpointing", action="store_true",
                        help="Recompute the frozen blocks in the backward pass (less memory).")
     group.add_argument("--torch_compile", action="store_true", help="Compile the model with torch.compile (inductor).")
+    group.add_argument("--dry_run", action="store_true",
+                       help="Print the resolved run (backbone and whether it is prepared, data, updates per epoch, "
+                            "learning rate per epoch, trainable parameters) and exit without training.")
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -181,22 +192,24 @@ def parse_args_with_recipe(parser: argparse.ArgumentParser, argv: Optional[Seque
 
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """argparse does not check defaults (which recipes set) against ``choices``; do it here, and refuse a push
-    without a repo id before anything runs."""
+    """argparse does not check defaults (which recipes set) against ``choices``; do it here, refuse non-finite or
+    out-of-range numbers (``recipes.argument_problems``), and refuse a push without a repo id, before anything runs."""
+    from gated_vpt.recipes import argument_problems
+
     for action in parser._actions:
         value = getattr(args, action.dest, None)
         if action.choices is not None and value is not None and value not in action.choices:
             raise ValueError(f"--{action.dest}={value!r} is invalid: use one of {list(action.choices)}.")
+    problems = argument_problems(vars(args))
+    if problems:
+        raise ValueError("Invalid arguments:\n" + "\n".join(f"  - {problem}" for problem in problems))
     if getattr(args, "push_to_hub", False) and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id <user>/<name>.")
 
 
 def tracker_config(args: argparse.Namespace) -> dict:
-    """The arguments as Accelerate trackers take hyperparameters: scalars and strings (anything else as text),
-    without the Hub token."""
-    return {
-        k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items() if k not in SECRET_ARGS
-    }
+    """The arguments as Accelerate trackers take hyperparameters: scalars and strings (anything else as text)."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()}
 
 
 def run_config(args: argparse.Namespace, num_processes: int) -> dict:

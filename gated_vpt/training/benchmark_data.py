@@ -320,14 +320,10 @@ def _split_problems(layout: str, splits: dict[str, SplitFile]) -> list[str]:
 
 
 def _decode_problem(path: Path) -> Optional[str]:
-    from PIL import Image
+    from .data import decode_problem
 
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except Exception as error:  # Pillow raises many kinds (OSError, SyntaxError, ValueError, ...) on bad files
-        return f"{path}: cannot decode the image ({type(error).__name__}: {error})"
-    return None
+    problem = decode_problem(path)
+    return None if problem is None else f"{path}: cannot decode the image ({problem})"
 
 
 def _problems_message(folder: Union[str, Path], layout: str, problems: list[str]) -> str:

@@ -5,11 +5,17 @@ process's RNG states, the data position and the metrics history.
 A checkpoint directory holds ``trainable.safetensors``, ``optimizer.safetensors`` + ``optimizer.json``,
 ``scheduler.json``, ``rng_<rank>.safetensors`` + ``rng_<rank>.json`` and ``state.json`` (position, history and
 the run's configuration, which a resume must match).
+
+Writes are atomic: the files go to a hidden staging folder next to the checkpoint (``.<name>.partial``), each one
+flushed to disk, and the folder is renamed to its name only when complete; a crash or a full disk leaves at most a
+staging folder, which is never resumed from. Reads are defensive: ``latest`` skips damaged checkpoints (an empty or
+truncated file, non-finite values), naming each one and why, and an explicitly named damaged one is refused.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -19,17 +25,23 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 CHECKPOINT_PREFIXES = ("epoch_", "step_")
+TENSOR_FILES = ("trainable.safetensors", "optimizer.safetensors")
+JSON_FILES = (STATE_FILE, "optimizer.json", "scheduler.json")
 
 
 @dataclass
 class TrainState:
     """Where a run is: ``epoch`` being trained, micro-batches of it already consumed, optimizer updates done, the
-    running loss of the current epoch and the per-epoch history."""
+    running loss of the current epoch (the sum of per-sample losses and the number of samples) and the per-epoch
+    history."""
 
     epoch: int = 0
     batches_in_epoch: int = 0
@@ -48,23 +60,89 @@ def save_checkpoint(
     run_config: dict,
     process_index: int = 0,
     is_main_process: bool = True,
+    commit: bool = True,
 ) -> Path:
-    """Write a checkpoint (every process calls this: each one stores its own RNG states). ``model`` is unwrapped."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    _save_rng(path, process_index)
+    """Write a checkpoint (every process calls this: each one stores its own RNG states). ``model`` is unwrapped.
+
+    The files go to the staging folder of ``path``; with ``commit`` (one process) it is then renamed to ``path``.
+    With several processes pass ``commit=False``: the main process calls ``clear_staging`` before and
+    ``commit_checkpoint`` after all processes have written (``gated_vpt.training.loop`` does)."""
+    path, staging = Path(path), staging_dir(path)
+    if commit and is_main_process:
+        clear_staging(path)
+    staging.mkdir(parents=True, exist_ok=True)
+    _save_rng(staging, process_index)
     if is_main_process:
-        save_file(
-            {k: v.detach().contiguous().cpu() for k, v in _trainable_tensors(model).items()},
-            str(path / "trainable.safetensors"),
+        _write_bytes(
+            staging / "trainable.safetensors",
+            save({k: v.detach().contiguous().cpu() for k, v in _trainable_tensors(model).items()}),
         )
         tensors, rest = _split_tensors(optimizer.state_dict())
-        save_file(tensors, str(path / "optimizer.safetensors"))
-        _write_json(path / "optimizer.json", rest)
-        _write_json(path / "scheduler.json", scheduler.state_dict())
-        _write_json(path / STATE_FILE, {"state": asdict(state), "run_config": run_config})
-    follow_umask(path)
+        _write_bytes(staging / "optimizer.safetensors", save(tensors))
+        _write_json(staging / "optimizer.json", rest)
+        _write_json(staging / "scheduler.json", scheduler.state_dict())
+        _write_json(staging / STATE_FILE, {"state": asdict(state), "run_config": run_config})
+    if commit and is_main_process:
+        commit_checkpoint(path)
     return path
+
+
+def staging_dir(path: Union[str, Path]) -> Path:
+    """Where the files of the checkpoint ``path`` are written before it is complete."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.partial")
+
+
+def clear_staging(path: Union[str, Path]) -> None:
+    """Remove what an interrupted write of the checkpoint ``path`` left behind."""
+    shutil.rmtree(staging_dir(path), ignore_errors=True)
+
+
+def commit_checkpoint(path: Union[str, Path]) -> Path:
+    """Make the staged checkpoint ``path`` complete: rename its staging folder to ``path`` (replacing an older
+    checkpoint of the same name) and flush the rename to disk."""
+    path, staging = Path(path), staging_dir(path)
+    _fsync(staging)
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+        os.replace(staging, path)
+        shutil.rmtree(old)
+    else:
+        os.replace(staging, path)
+    _fsync(path.parent)
+    return path
+
+
+def checkpoint_problem(path: Union[str, Path]) -> Optional[str]:
+    """Why the checkpoint ``path`` cannot be resumed from (a missing, empty or truncated file, non-finite
+    values), or None when it is intact. Reads every file."""
+    path = Path(path)
+    rng_files = sorted(p.name for p in path.glob("rng_*.safetensors"))
+    for name in (*JSON_FILES, *TENSOR_FILES, *rng_files, *(n.replace(".safetensors", ".json") for n in rng_files)):
+        try:
+            if name.endswith(".json"):
+                value = _read_json(path / name)
+                if name == STATE_FILE and not (isinstance(value, dict) and {"state", "run_config"} <= set(value)):
+                    return f"{name} does not hold a training state"
+                continue
+            non_finite = [key for key, tensor in load_file(str(path / name)).items() if _non_finite(tensor)]
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except (ValueError, UnicodeDecodeError):  # json.JSONDecodeError is a ValueError
+            return f"{name} is empty or truncated"
+        except (SafetensorError, OSError) as error:
+            return f"{name} is unreadable, probably truncated ({error})"
+        if non_finite:
+            return f"{name} holds NaN or infinite values ({', '.join(non_finite[:3])})"
+    if not rng_files:
+        return "rng_0.safetensors is missing"
+    return None
+
+
+def _non_finite(tensor: torch.Tensor) -> bool:
+    return tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
 
 
 def load_checkpoint(
@@ -78,6 +156,9 @@ def load_checkpoint(
     Call ``check_run_config`` first: it reads nothing but ``state.json``."""
     path = Path(path)
     weights = load_file(str(path / "trainable.safetensors"))
+    non_finite = [name for name, value in weights.items() if _non_finite(value)]
+    if non_finite:
+        raise ValueError(f"Checkpoint {path} holds NaN or infinite values ({', '.join(non_finite[:3])}); resume from another checkpoint.")
     current = _trainable_tensors(model)
     if set(weights) != set(current):
         raise ValueError(
@@ -114,19 +195,29 @@ def check_run_config(path: Union[str, Path], run_config: dict) -> None:
 
 
 def checkpoints_by_progress(output_dir: Union[str, Path]) -> list[Path]:
-    """The checkpoints in ``output_dir``, oldest first (by optimizer updates, then position)."""
+    """The checkpoints in ``output_dir`` whose state reads, oldest first (by optimizer updates, then position); the
+    others are skipped with a warning naming each one and why."""
     found = []
-    for candidate in Path(output_dir).glob("*"):
-        if candidate.name.startswith(CHECKPOINT_PREFIXES) and (candidate / STATE_FILE).is_file():
+    for candidate in sorted(Path(output_dir).glob("*")):
+        if not candidate.name.startswith(CHECKPOINT_PREFIXES) or not candidate.is_dir():
+            continue
+        try:
             state = _read_json(candidate / STATE_FILE)["state"]
             found.append(((state["completed_steps"], state["epoch"], state["batches_in_epoch"]), candidate))
+        except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError):
+            logger.warning(f"Skipping damaged checkpoint {candidate}: {checkpoint_problem(candidate) or STATE_FILE + ' is unreadable'}.")
     return [path for _, path in sorted(found)]
 
 
 def latest_checkpoint(output_dir: Union[str, Path]) -> Optional[Path]:
-    """The checkpoint in ``output_dir`` furthest into training (by optimizer updates, then position), or None."""
-    found = checkpoints_by_progress(output_dir)
-    return found[-1] if found else None
+    """The intact checkpoint in ``output_dir`` furthest into training (by optimizer updates, then position), or
+    None. Damaged checkpoints further on are skipped with a warning naming each one and why."""
+    for candidate in reversed(checkpoints_by_progress(output_dir)):
+        problem = checkpoint_problem(candidate)
+        if problem is None:
+            return candidate
+        logger.warning(f"Skipping damaged checkpoint {candidate}: {problem}.")
+    return None
 
 
 def prune_checkpoints(output_dir: Union[str, Path], keep: int, protected: Optional[Path] = None) -> list[Path]:
@@ -140,8 +231,8 @@ def prune_checkpoints(output_dir: Union[str, Path], keep: int, protected: Option
 
 
 def follow_umask(directory: Union[str, Path]) -> None:
-    """Give the files in ``directory`` the mode the umask gives new files (usually 0644): safetensors writes its
-    files with 0600, unlike the JSON beside them."""
+    """Give the files in ``directory`` the mode the umask gives new files (usually 0644): safetensors' ``save_file``
+    (which peft's ``save_pretrained`` uses) writes 0600, unlike the JSON beside them."""
     umask = os.umask(0)
     os.umask(umask)
     for file in Path(directory).iterdir():
@@ -150,15 +241,22 @@ def follow_umask(directory: Union[str, Path]) -> None:
 
 
 def resolve_resume_path(resume_from_checkpoint: str, output_dir: Union[str, Path]) -> Path:
-    """``"latest"`` (the latest checkpoint in ``output_dir``) or a checkpoint directory."""
+    """``"latest"`` (the latest intact checkpoint in ``output_dir``) or a checkpoint directory, refused when
+    damaged."""
     if resume_from_checkpoint == "latest":
         path = latest_checkpoint(output_dir)
         if path is None:
-            raise ValueError(f"--resume_from_checkpoint latest: no checkpoint in {output_dir}.")
+            raise ValueError(f"--resume_from_checkpoint latest: no checkpoint in {output_dir} that is intact.")
         return path
     path = Path(resume_from_checkpoint)
-    if not (path / STATE_FILE).is_file():
+    if not (path / STATE_FILE).exists():
         raise ValueError(f"--resume_from_checkpoint {path}: not a checkpoint directory (no {STATE_FILE}).")
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise ValueError(
+            f"--resume_from_checkpoint {path}: the checkpoint is damaged ({problem}). Resume from another checkpoint "
+            "(--resume_from_checkpoint latest skips damaged ones) or start a new run."
+        )
     return path
 
 
@@ -226,7 +324,7 @@ def _save_rng(path: Path, process_index: int) -> None:
     tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         tensors.update({f"cuda.{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
-    save_file(tensors, str(path / f"rng_{process_index}.safetensors"))
+    _write_bytes(path / f"rng_{process_index}.safetensors", save(tensors))
     version, internal, gauss = random.getstate()
     kind, keys, position, has_gauss, cached = np.random.get_state()
     _write_json(
@@ -252,7 +350,24 @@ def _load_rng(path: Path, process_index: int) -> None:
 
 
 def _write_json(path: Path, value) -> None:
-    path.write_text(json.dumps(value, indent=1) + "\n")
+    _write_bytes(path, (json.dumps(value, indent=1) + "\n").encode())
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and flush it to disk (a checkpoint is renamed complete only after this)."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync(directory: Path) -> None:
+    """Flush a directory's entries (new files, renames) to disk."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _read_json(path: Path):

@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
 from accelerate import Accelerator
 from datasets import DatasetDict
+from peft import get_peft_model
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel, ViTForImageClassification
@@ -24,12 +26,16 @@ from .data import (
     EpochShuffleSampler,
     ImageTransform,
     TransformedImages,
+    check_class_folders,
     check_images,
+    check_label_coverage,
+    drop_unreadable_images,
     find_column,
     image_normalisation,
     label_names,
     load_image_datasets,
 )
+from .dry_run import DryRunReport, backbone_status, count_train_images, learning_rate_groups, quiet_loading
 from .metrics import load_metric
 
 logger = logging.getLogger(__name__)
@@ -47,7 +53,9 @@ class ClassificationData:
 
 def load_classification_data(args: argparse.Namespace, num_channels: int) -> ClassificationData:
     """Load and check the data named by ``args`` (see ``gated_vpt.training.args``), raising ``ValueError`` on a
-    missing column, non-image column, label problems or a class count that differs from ``args.num_labels``."""
+    missing column, non-image column, label problems (fewer than 2 classes, evaluation classes that training lacks,
+    a class count that differs from ``args.num_labels``) or images that cannot be decoded (unless
+    ``args.skip_bad_images``, which drops them)."""
     datasets = load_image_datasets(
         args.dataset_name,
         args.dataset_config_name,
@@ -61,6 +69,8 @@ def load_classification_data(args: argparse.Namespace, num_channels: int) -> Cla
     )
     train = datasets["train"]
     image_column = find_column(train, args.image_column_name, IMAGE_COLUMN_GUESSES, "image", "--image_column_name")
+    if args.label_column_name is None and not set(LABEL_COLUMN_GUESSES) & set(train.column_names):
+        check_class_folders(args.train_dir)  # a single class folder gets no label column: say that instead
     label_column = find_column(train, args.label_column_name, LABEL_COLUMN_GUESSES, "label", "--label_column_name")
     for role, split in datasets.items():
         for column, flag in ((image_column, "--image_column_name"), (label_column, "--label_column_name")):
@@ -68,25 +78,23 @@ def load_classification_data(args: argparse.Namespace, num_channels: int) -> Cla
                 raise ValueError(f"The {role} split has no column {column!r} (columns: {split.column_names}); set {flag}.")
         check_images(split, image_column, num_channels)  # the transforms convert them to the backbone's channels
     labels = label_names(datasets, label_column, args.num_labels)
+    check_label_coverage(datasets, label_column, labels)
+    datasets = drop_unreadable_images(datasets, (image_column,), args.skip_bad_images)
     return _loaders(args, datasets, image_column, label_column, labels, num_channels)
 
 
 def _loaders(args, datasets: DatasetDict, image_column: str, label_column: str, labels: list[str], num_channels: int) -> ClassificationData:
-    mean, std = image_normalisation(args.model_name_or_path)
+    mean, std = image_normalisation(args.model_name_or_path, args.image_normalization)
 
     def transform(train: bool) -> ImageTransform:
         return ImageTransform(args.transform, args.image_size, mean, std, num_channels=num_channels, train=train)
 
     train_images = TransformedImages(datasets["train"], image_column, label_column, transform(True), seed=args.seed)
     sampler = EpochShuffleSampler(len(train_images), seed=args.seed)
+    # The last, shorter batch of an epoch is kept (the released code): ceil(n / batch) batches per epoch.
     train_loader = DataLoader(
-        train_images, batch_size=args.per_device_train_batch_size, sampler=sampler, drop_last=True, generator=_private_generator()
+        train_images, batch_size=args.per_device_train_batch_size, sampler=sampler, drop_last=False, generator=_private_generator()
     )
-    if len(train_loader) == 0:
-        raise ValueError(
-            f"The train split has {len(train_images)} images, fewer than one batch of {args.per_device_train_batch_size}; "
-            "lower --per_device_train_batch_size."
-        )
     eval_loaders = {
         role: DataLoader(
             TransformedImages(datasets[role], image_column, label_column, transform(False)),
@@ -132,6 +140,30 @@ def load_image_classifier(model_name_or_path: str, labels: list[str]) -> PreTrai
     logger.info(f"Loaded {model_name_or_path} ({config.model_type}) with a new {len(labels)}-class classifier.")
     init_classifier_(model.classifier)
     return model
+
+
+def dry_run_report(args: argparse.Namespace) -> str:
+    """``--dry_run``: the run described without training; the model is built only from a local backbone folder."""
+    backbone, buildable = backbone_status(args)
+    num_train, data = count_train_images(args)
+    report = DryRunReport(args, num_train, learning_rate_groups(args), data=data, backbone=backbone)
+    classes = args.num_labels
+    if classes is None and getattr(args, "data_dir", None):
+        from .benchmark_data import DataLayoutError, class_names, read_layout
+
+        try:
+            classes = len(class_names(*read_layout(args.data_dir, args.data_layout))) or None
+        except DataLayoutError:
+            classes = None
+    elif classes is None and args.train_dir and Path(args.train_dir).is_dir():
+        classes = len([p for p in Path(args.train_dir).iterdir() if p.is_dir()])
+    elif classes is None and not args.dataset_name and not args.train_dir:
+        classes = 10  # the embedded digits
+    if buildable and classes:
+        with quiet_loading():
+            model = load_image_classifier(args.model_name_or_path, [str(i) for i in range(classes)])
+        report.trainable = count_parameters(get_peft_model(model, prompt_config(args)))
+    return report.format()
 
 
 def prompt_config(args: argparse.Namespace) -> GatedPromptConfig:

@@ -5,12 +5,13 @@ the augmentations an uninterrupted run would.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Optional
+from typing import Iterator, Literal, Optional, Union
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 IMAGE_COLUMN_GUESSES = ("image", "img")
 LABEL_COLUMN_GUESSES = ("label", "labels")
 # The embedded default: scikit-learn's 1,797 8x8 digits split like VTAB-1k (800 train, 200 validation, rest test).
@@ -111,6 +113,11 @@ def load_image_datasets(
     return DatasetDict(chosen)
 
 
+def image_files(directory: Union[str, Path]) -> list[Path]:
+    """The image files (``IMAGE_SUFFIXES``) under ``directory``, subfolders included, sorted."""
+    return sorted(p for p in Path(directory).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
 def find_column(dataset: Dataset, requested: Optional[str], guesses: tuple[str, ...], kind: str, flag: str) -> str:
     """The column holding ``kind`` (image or label): ``requested`` if given, else the first of ``guesses`` present."""
     columns = list(dataset.column_names)
@@ -135,6 +142,74 @@ def check_images(dataset: Dataset, column: str, num_channels: int) -> str:
     if num_channels not in (1, 3):
         raise ValueError(f"The backbone expects {num_channels}-channel images; only 1 (L) and 3 (RGB) are supported.")
     return dataset[0][column].mode
+
+
+def drop_unreadable_images(datasets: DatasetDict, columns: tuple[str, ...], skip: bool) -> DatasetDict:
+    """Decode every image of every split once, before training: refuse unreadable ones naming the files, or with
+    ``skip`` (``--skip_bad_images``) drop their rows and say how many."""
+    checked = {}
+    for role, split in datasets.items():
+        bad: dict[int, str] = {}
+        for column in (c for c in columns if isinstance(split.features.get(c), Image)):
+            raw = split.cast_column(column, Image(decode=False))[column]
+            for index, item in enumerate(raw):
+                problem = "no image" if item is None else decode_problem(item["path"] if item.get("bytes") is None else item["bytes"])
+                if problem is not None:
+                    bad.setdefault(index, f"{item.get('path') or f'{role} row {index}'} ({problem})")
+        if bad and not skip:
+            names = list(bad.values())
+            raise ValueError(
+                f"{len(bad)} image(s) of the {role} split cannot be decoded: {'; '.join(names[:10])}"
+                + (f"; and {len(names) - 10} more" if len(names) > 10 else "")
+                + ". Replace or remove them, or pass --skip_bad_images to train without them."
+            )
+        if bad:
+            logger.warning(f"Skipping {len(bad)} unreadable image(s) of the {role} split (--skip_bad_images): {', '.join(list(bad.values())[:5])}")
+            split = split.select([i for i in range(len(split)) if i not in bad])
+        checked[role] = split
+    return DatasetDict(checked)
+
+
+def decode_problem(source: Union[str, Path, bytes]) -> Optional[str]:
+    """Why Pillow cannot fully decode the image at ``source`` (a path, or the file's bytes), or None."""
+    try:
+        with PILImage.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            image.load()
+    except Exception as error:  # Pillow raises many kinds (OSError, SyntaxError, ValueError, ...) on bad files
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def check_class_folders(train_dir: Optional[str]) -> None:
+    """An image-folder train set needs one sub-folder per class, at least two (``datasets`` adds no label column
+    for a single folder)."""
+    if not train_dir:
+        return
+    classes = sorted(entry.name for entry in Path(train_dir).iterdir() if entry.is_dir()) if Path(train_dir).is_dir() else []
+    if len(classes) < 2:
+        raise ValueError(
+            f"--train_dir {train_dir} has {len(classes)} class folder(s) {classes}; image classification needs at least "
+            "2 classes, one sub-folder of images per class (<train_dir>/<class>/<image>)."
+        )
+
+
+def check_label_coverage(datasets: DatasetDict, column: str, names: list[str]) -> None:
+    """At least two classes in the train split, and no class in validation or test that training never sees."""
+    present = {role: set(split[column]) for role, split in datasets.items()}
+    train = present.get("train", set())
+    if len(train) < 2:
+        raise ValueError(
+            f"The train split holds {len(train)} class(es) {[names[i] if isinstance(i, int) else i for i in sorted(train, key=str)]}; a "
+            "classifier needs at least 2. Check the label column and the data set."
+        )
+    for role, labels in present.items():
+        unseen = sorted(labels - train, key=str)
+        if unseen:
+            shown = [names[i] if isinstance(i, int) and 0 <= i < len(names) else i for i in unseen]
+            raise ValueError(
+                f"The {role} split has classes the train split lacks: {shown}. The classifier could never predict "
+                f"them; use the same classes in every split (train has {len(train)})."
+            )
 
 
 def target_mode(num_channels: int) -> str:
@@ -174,10 +249,17 @@ def label_names(datasets: DatasetDict, column: str, num_labels: Optional[int]) -
     return names
 
 
-def image_normalisation(model_name_or_path: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The backbone's own ``image_mean`` / ``image_std`` from its ``preprocessor_config.json``; ImageNet's when the
-    checkpoint has none."""
+def image_normalisation(
+    model_name_or_path: Optional[str], kind: Literal["imagenet", "backbone"] = "backbone"
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``kind='imagenet'``: ImageNet's fixed mean and std (the paper's recipes). ``kind='backbone'``: the backbone's
+    own ``image_mean`` / ``image_std`` from its ``preprocessor_config.json`` (ImageNet's when it has none)."""
     from transformers.utils import cached_file
+
+    if kind == "imagenet":
+        return IMAGENET_MEAN, IMAGENET_STD
+    if kind != "backbone":
+        raise ValueError(f"--image_normalization={kind!r} is invalid: use 'imagenet' or 'backbone'.")
 
     path = cached_file(model_name_or_path, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
     if path is None:
@@ -190,9 +272,11 @@ def image_normalisation(model_name_or_path: str) -> tuple[tuple[float, ...], tup
 
 @dataclass(frozen=True)
 class ImageTransform:
-    """The paper's transforms (VPT's code): ``fgvc`` trains on resize to ``image_size * 256/224``, random crop
-    ``image_size``, horizontal flip, and evaluates on the same resize and a center crop; ``vtab`` resizes straight
-    to ``image_size`` without augmentation. Both then normalise with the backbone's mean and std.
+    """The paper's transforms (VPT's code): ``fgvc`` resizes the shorter side to ``image_size * 256/224`` (256 for
+    224; aspect ratio kept, the longer side truncated as torchvision's ``Resize(256)`` does), then trains on a random
+    ``image_size`` crop with a horizontal flip and evaluates on the center crop; ``vtab`` resizes straight to
+    ``image_size`` x ``image_size`` without augmentation. Both then normalise with ``mean`` and ``std`` (the paper:
+    ImageNet's, ``IMAGENET_MEAN`` / ``IMAGENET_STD``).
 
     Example:
 
@@ -219,13 +303,14 @@ class ImageTransform:
         if self.kind == "vtab":
             image = image.resize((self.image_size, self.image_size), PILImage.BILINEAR)
         else:
-            resize = int(math.floor(self.image_size * 256 / 224 + 0.5))
-            image = image.resize((resize, resize), PILImage.BILINEAR)
+            width, height = shorter_side_size(image.size, int(math.floor(self.image_size * 256 / 224 + 0.5)))
+            image = image.resize((width, height), PILImage.BILINEAR)
             if self.train:
-                top, left = (int(v) for v in torch.randint(0, resize - self.image_size + 1, (2,), generator=generator))
+                top = int(torch.randint(0, height - self.image_size + 1, (), generator=generator))
+                left = int(torch.randint(0, width - self.image_size + 1, (), generator=generator))
                 flip = bool(torch.rand((), generator=generator) < 0.5)
             else:
-                top = left = int(round((resize - self.image_size) / 2.0))
+                top, left = int(round((height - self.image_size) / 2.0)), int(round((width - self.image_size) / 2.0))
                 flip = False
             image = image.crop((left, top, left + self.image_size, top + self.image_size))
             if flip:
@@ -235,6 +320,15 @@ class ImageTransform:
         mean = torch.tensor(self.mean[: self.num_channels]).view(-1, 1, 1)
         std = torch.tensor(self.std[: self.num_channels]).view(-1, 1, 1)
         return (tensor - mean) / std
+
+
+def shorter_side_size(size: tuple[int, int], shorter: int) -> tuple[int, int]:
+    """(width, height) with the shorter side ``shorter`` and the aspect ratio kept (longer side truncated, as
+    torchvision's ``Resize(int)``)."""
+    width, height = size
+    if width <= height:
+        return shorter, int(shorter * height / width)
+    return int(shorter * width / height), shorter
 
 
 class TransformedImages(torch.utils.data.Dataset):

@@ -19,7 +19,17 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpointing import TrainState, prune_checkpoints, resolve_resume_path, save_checkpoint
+from .checkpointing import (
+    TrainState,
+    clear_staging,
+    commit_checkpoint,
+    latest_checkpoint,
+    prune_checkpoints,
+    resolve_resume_path,
+    save_checkpoint,
+)
+from .results import write_stopped
+from .run import RunStopped
 
 logger = logging.getLogger(__name__)
 
@@ -89,12 +99,23 @@ on the epoch)."""
         for batch in loader:
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
+                # Every process's loss sum and sample count: the epoch's loss is a per-sample mean, so the last,
+                # shorter batch counts for what it holds.
+                size = float(len(batch["pixel_values"]))
+                local = torch.stack((loss.detach().float() * size, torch.tensor(size, device=loss.device)))
+                loss_sum, count = accelerator.gather(local).view(-1, 2).sum(0).tolist()
+                if not math.isfinite(loss_sum):
+                    bar.close()
+                    message = _non_finite_message(loss_sum, epoch, state, len(train_loader), settings.output_dir)
+                    if accelerator.is_main_process:
+                        write_stopped(settings.output_dir, message)
+                    raise RunStopped(message)
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
             state.batches_in_epoch += 1
-            state.epoch_loss_sum += accelerator.gather(loss.detach()).mean().item()
-            state.epoch_loss_count += 1
+            state.epoch_loss_sum += loss_sum
+            state.epoch_loss_count += int(count)
             bar.update(1)
             if not accelerator.sync_gradients:
                 continue
@@ -132,6 +153,19 @@ on the epoch)."""
     return state
 
 
+def _non_finite_message(value: float, epoch: int, state: TrainState, batches: int, output_dir: Path) -> str:
+    checkpoint = latest_checkpoint(output_dir) if output_dir.is_dir() else None
+    kept = (
+        f"The last checkpoint, {checkpoint}, is kept (written before the loss went bad)." if checkpoint
+        else "No checkpoint had been written yet."
+    )
+    return (
+        f"The training loss is {value} at epoch {epoch}, batch {state.batches_in_epoch + 1} of {batches} (optimizer "
+        f"update {state.completed_steps + 1}); training stopped before that update and wrote no results. {kept} "
+        "Lower --learning_rate (or --gate_learning_rate), or check the data for broken images."
+    )
+
+
 def _learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     """The learning rate each parameter group trained with (``lr`` or ``lr/<group name>``)."""
     groups = optimizer.param_groups
@@ -141,9 +175,14 @@ def _learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
 
 
 def _checkpoint(accelerator, model, optimizer, scheduler, state: TrainState, settings: LoopSettings, name: str) -> None:
+    """Every process writes into the staging folder; the main process renames it complete once all have."""
+    path = settings.output_dir / name
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        clear_staging(path)
     accelerator.wait_for_everyone()
     save_checkpoint(
-        settings.output_dir / name,
+        path,
         accelerator.unwrap_model(model),
         optimizer,
         scheduler,
@@ -151,7 +190,11 @@ def _checkpoint(accelerator, model, optimizer, scheduler, state: TrainState, set
         settings.run_config,
         process_index=accelerator.process_index,
         is_main_process=accelerator.is_main_process,
+        commit=False,
     )
     accelerator.wait_for_everyone()
-    if settings.save_total_limit is not None and accelerator.is_main_process:
-        prune_checkpoints(settings.output_dir, settings.save_total_limit, settings.resumed_from)
+    if accelerator.is_main_process:
+        commit_checkpoint(path)
+        if settings.save_total_limit is not None:
+            prune_checkpoints(settings.output_dir, settings.save_total_limit, settings.resumed_from)
+    accelerator.wait_for_everyone()

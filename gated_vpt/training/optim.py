@@ -9,7 +9,8 @@ Gate logits may get their own learning rate: the gradient reaching ``gamma`` car
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional
+from functools import partial
+from typing import Callable, Literal, Optional, Sequence
 
 import torch
 from torch import nn
@@ -18,22 +19,39 @@ GATE_PARAMETER = "gvpt_gate"
 
 
 def parameter_groups(
-    model: nn.Module, learning_rate: float, weight_decay: float, gate_learning_rate: Optional[float] = None
+    model: nn.Module,
+    learning_rate: float,
+    weight_decay: float,
+    gate_learning_rate: Optional[float] = None,
+    head_modules: Sequence[str] = (),
+    head_lr_multiplier: float = 1.0,
 ) -> list[dict]:
-    """Trainable parameters as optimizer groups: gate logits apart when ``gate_learning_rate`` is given."""
+    """Trainable parameters as optimizer groups: gate logits apart when ``gate_learning_rate`` is given, and the
+    parameters of the modules named in ``head_modules`` (e.g. SETR's decode and auxiliary heads) apart at
+    ``learning_rate * head_lr_multiplier`` when the multiplier is not 1 (SETR: 10)."""
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("The model has no trainable parameters.")
+    heads = {name for name, _ in trainable if head_lr_multiplier != 1 and any(f"{m}." in name for m in head_modules)}
+    if head_lr_multiplier != 1 and not heads:
+        raise ValueError(f"A head learning-rate multiplier was given but the model has no trainable {list(head_modules)}.")
     if gate_learning_rate is None:
-        return [{"params": [p for _, p in trainable], "lr": learning_rate, "weight_decay": weight_decay, "name": "all"}]
-    gates = [p for name, p in trainable if GATE_PARAMETER in name]
-    if not gates:
-        raise ValueError("--gate_learning_rate was given but the model has no gate parameters (gated=False?).")
-    others = [p for name, p in trainable if GATE_PARAMETER not in name]
-    groups = [{"params": gates, "lr": gate_learning_rate, "weight_decay": 0.0, "name": "gates"}]
-    if others:
-        groups.insert(0, {"params": others, "lr": learning_rate, "weight_decay": weight_decay, "name": "others"})
-    return groups
+        rest = [p for name, p in trainable if name not in heads]
+        groups = [{"params": rest, "lr": learning_rate, "weight_decay": weight_decay, "name": "all" if not heads else "others"}]
+    else:
+        gates = [p for name, p in trainable if GATE_PARAMETER in name]
+        if not gates:
+            raise ValueError("--gate_learning_rate was given but the model has no gate parameters (gated=False?).")
+        others = [p for name, p in trainable if GATE_PARAMETER not in name and name not in heads]
+        groups = [{"params": gates, "lr": gate_learning_rate, "weight_decay": 0.0, "name": "gates"}]
+        if others:
+            groups.insert(0, {"params": others, "lr": learning_rate, "weight_decay": weight_decay, "name": "others"})
+    if heads:
+        groups.append({
+            "params": [p for name, p in trainable if name in heads], "lr": learning_rate * head_lr_multiplier,
+            "weight_decay": weight_decay, "name": "heads",
+        })
+    return [group for group in groups if group["params"]]
 
 
 def build_optimizer(
@@ -43,9 +61,11 @@ def build_optimizer(
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     gate_learning_rate: Optional[float] = None,
+    head_modules: Sequence[str] = (),
+    head_lr_multiplier: float = 1.0,
 ) -> torch.optim.Optimizer:
-    """SGD (the paper) or AdamW over the model's trainable parameters."""
-    groups = parameter_groups(model, learning_rate, weight_decay, gate_learning_rate)
+    """SGD (the paper) or AdamW over the model's trainable parameters, grouped by ``parameter_groups``."""
+    groups = parameter_groups(model, learning_rate, weight_decay, gate_learning_rate, head_modules, head_lr_multiplier)
     if optimizer == "sgd":
         return torch.optim.SGD(groups, lr=learning_rate, momentum=momentum, weight_decay=weight_decay)
     if optimizer == "adamw":
@@ -114,9 +134,14 @@ def build_scheduler(
     step: Literal["epoch", "step"] = "epoch",
     decay: Literal["cosine", "poly"] = "cosine",
     power: float = 0.9,
+    min_learning_rate: float = 0.0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Warmup, then a cosine (the paper's classification) or polynomial (SETR, exponent ``power``) decay, over
-    epochs (call ``scheduler.step()`` after each epoch) or over optimizer updates (call it after each update)."""
+    epochs (call ``scheduler.step()`` after each epoch) or over optimizer updates (call it after each update).
+
+    Every parameter group goes from its own learning rate ``base`` to ``min_learning_rate`` (mmsegmentation's
+    ``min_lr``, SETR: 1e-4): ``lr(t) = min_learning_rate + (base - min_learning_rate) * factor(t)``.
+    """
     if warmup_epochs > num_epochs:
         raise ValueError(f"--warmup_epochs ({warmup_epochs}) exceeds --num_train_epochs ({num_epochs}).")
     if step not in ("epoch", "step"):
@@ -128,4 +153,14 @@ def build_scheduler(
         factor = PolyDecay(num_epochs * unit, power, warmup_epochs * unit)
     else:
         raise ValueError(f"Unknown learning-rate decay {decay!r}; use 'cosine' or 'poly'.")
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if not min_learning_rate:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    too_low = [group.get("name", i) for i, group in enumerate(optimizer.param_groups) if group["lr"] < min_learning_rate]
+    if too_low:
+        raise ValueError(f"--min_learning_rate ({min_learning_rate}) is above the learning rate of groups {too_low}.")
+    floors = [min_learning_rate / group["lr"] for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [partial(_with_floor, factor, floor) for floor in floors])
+
+
+def _with_floor(factor: Callable[[int], float], floor: float, t: int) -> float:
+    return floor + (1.0 - floor) * factor(t)

@@ -281,7 +281,8 @@ def load_training_script():
 def check_runs(protocol: Protocol, script) -> None:
     """Before anything runs: every task's arguments parse for both stages (recipes, flags after --), and every
     benchmark folder holds its split files and images. Raises ``ValueError`` listing every problem."""
-    from .benchmark_data import read_layout
+    from .benchmark_data import DataLayoutError, read_layout
+    from .run import RunStopped, require_prepared_backbone
 
     problems = []
     for task in protocol.tasks:
@@ -291,12 +292,21 @@ def check_runs(protocol: Protocol, script) -> None:
                 args = script.parse_args(list(run.argv))
             except SystemExit:
                 raise ValueError(f"The training script refused the arguments of {task.name} (above): {shlex.join(run.argv)}") from None
+        try:
+            require_prepared_backbone(args)
+        except RunStopped as stop:
+            raise ValueError(str(stop)) from None
         if getattr(args, "data_dir", None):
-            layout, splits = read_layout(args.data_dir, args.data_layout)
+            try:
+                layout, splits = read_layout(args.data_dir, args.data_layout)
+            except DataLayoutError as error:
+                problems.append(f"{task.name}: {str(error).split('. Expected')[0]}")
+                continue
             problems += [f"{task.name}: {p}" for s in splits.values() for p in s.problems[:3]]
     if problems:
         raise ValueError(
-            "The data is not ready (run `gated-vpt data check <folder>` for every problem):\n"
+            "The data is not ready (`gated-vpt data check <folder>` lists every problem; docs/RECIPES.md says where the "
+            "data comes from):\n"
             + "\n".join(f"  - {p}" for p in problems)
         )
 
@@ -324,19 +334,24 @@ def execute(
 
 
 def _run_in_process(script, run: Run) -> bool:
+    from .run import RunStopped
+
     print(f"== {run.task.name} {run.stage} lr {run.learning_rate:g} seed {run.seed}", flush=True)
     try:
         script.main(run.launch_argv())
+    except RunStopped as stop:  # e.g. a non-finite loss: its message says what happened, no traceback needed
+        print(f"== stopped: {stop}", file=sys.stderr, flush=True)
+        return False
     except Exception:  # one failed run must not stop the others; its traceback is shown
         logger.exception("Run %s failed.", run.output_dir)
         return False
-    finally:  # the next run starts with the memory this one held given back
-        import gc
-
+    finally:  # the next run starts with the GPU memory this one held given back (a full collection costs ~1 s)
         import torch
 
-        gc.collect()
         if torch.cuda.is_available():
+            import gc
+
+            gc.collect()
             torch.cuda.empty_cache()
     return True
 

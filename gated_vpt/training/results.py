@@ -48,13 +48,12 @@ def write_results(
     dataset: Optional[str] = None,
     save_adapter: Optional[Callable[[PeftModel, Path], object]] = None,
     hub_model_id: Optional[str] = None,
-    hub_token: Optional[str] = None,
 ) -> Path:
     """Write ``output_dir/adapter`` (``save_adapter(model, directory)``, default ``model.save_pretrained``, the class
     names and the model card for ``task`` with the run's scores), ``metrics.json`` (``metrics``, the gates and the
     per-epoch ``history``), ``gates.png`` (when the adapter has gates or temperatures) and ``learning_curve.png``;
     print the scores, the gate table, where everything went and the commands to run next; push the adapter to
-    ``hub_model_id`` when given. Returns the adapter directory.
+    ``hub_model_id`` when given (the token from ``HF_TOKEN`` or the stored login). Returns the adapter directory.
 
     Example:
 
@@ -89,7 +88,7 @@ def write_results(
     if hub_model_id:
         from gated_vpt.hub import push_adapter
 
-        push_adapter(adapter_dir, hub_model_id, token=hub_token)
+        push_adapter(adapter_dir, hub_model_id)
         print(f"Pushed the adapter to {hub_model_id}")
     print(f"Next: gated-vpt info {output}")
     if task == CLASSIFICATION:

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
+import tempfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import datasets
 import transformers
@@ -33,9 +35,36 @@ from .checkpointing import TrainState, load_checkpoint
 from .results import write_results
 
 
+class RunStopped(RuntimeError):
+    """A run that cannot start or go on (a backbone not prepared, a non-finite loss...), for the reason its message
+    gives. ``exit_on_stop`` prints the message without a traceback and exits with status 1."""
+
+
+def exit_on_stop(main: Callable[[], object]) -> None:
+    """Run a script's ``main``; a ``RunStopped`` ends the process with its message on stderr and exit status 1."""
+    try:
+        main()
+    except RunStopped as stop:
+        print(f"error: {stop}", file=sys.stderr)
+        sys.exit(1)
+
+
+def require_prepared_backbone(args: argparse.Namespace) -> None:
+    """Stop at once (``RunStopped``: no Hub lookups, no traceback) when the recipe given with ``--config`` expects a
+    local backbone folder that has not been prepared, saying which checkpoint it is made from and the command
+    that makes it. A ``--model_name_or_path`` given on the command line is left to transformers."""
+    from gated_vpt.recipes import recipe_backbone
+
+    backbone = recipe_backbone(args.config) if args.config else None
+    if backbone is not None and args.model_name_or_path == backbone.folder and not backbone.prepared:
+        raise RunStopped(backbone.missing_message())
+
+
 def start_accelerator(args: argparse.Namespace) -> Accelerator:
     """The run's ``Accelerator`` (gradient accumulation, trackers when ``--with_tracking``, ``--torch_compile``),
-    logging (quiet libraries on all but the main process) and the seed."""
+    logging (quiet libraries on all but the main process) and the seed, after checking that ``--output_dir`` can be
+    written (``check_output_dir``)."""
+    check_output_dir(args.output_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=args.report_to if args.with_tracking else None,
@@ -48,6 +77,22 @@ def start_accelerator(args: argparse.Namespace) -> Accelerator:
         transformers.utils.logging.set_verbosity_error()
     set_seed(args.seed)
     return accelerator
+
+
+def check_output_dir(output_dir: Union[str, Path]) -> None:
+    """Refuse an output directory that cannot be written (a file, a path below a file, a read-only folder) at the
+    start, not when the first checkpoint is due. Creates nothing."""
+    path = Path(output_dir)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"--output_dir {path}: {existing} is a file, not a folder. Choose another --output_dir.")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise ValueError(f"--output_dir {path}: cannot write in {existing} ({error.strerror}). Choose another --output_dir.") from error
 
 
 def prepare(
@@ -95,7 +140,7 @@ def finish_run(
         write_results(
             accelerator.unwrap_model(model), args.output_dir, metrics, state.history, task=task, title=title,
             dataset=_dataset_name(args), save_adapter=save_adapter,
-            hub_model_id=args.hub_model_id if args.push_to_hub else None, hub_token=args.hub_token,
+            hub_model_id=args.hub_model_id if args.push_to_hub else None,
         )
     accelerator.wait_for_everyone()
     return metrics

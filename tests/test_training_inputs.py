@@ -1,0 +1,98 @@
+"""Training inputs are checked before the first step: every image decodes (bad files named, or skipped with a count
+on request), at least two classes, no evaluation class that training lacks, and a writable output directory."""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import load_example
+from PIL import Image
+
+from gated_vpt.training.classification import load_classification_data
+
+script = load_example("train_image_classification")
+
+
+@pytest.fixture(autouse=True)
+def _offline_caches(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def _folder(root: Path, classes: dict[str, int]) -> Path:
+    rng = np.random.default_rng(0)
+    for name, count in classes.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 255, (12, 12), dtype=np.uint8), mode="L").save(root / name / f"{i}.png")
+    return root
+
+
+def _png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _args(tmp_path: Path, **flags):
+    argv = [f"--{key}={value}" if value is not True else f"--{key}" for key, value in flags.items()]
+    return script.parse_args([*argv, "--output_dir", str(tmp_path / "out"), "--per_device_train_batch_size", "2", "--image_size", "16"])
+
+
+def test_unreadable_images_are_named_before_training(tmp_path):
+    train = _folder(tmp_path / "train", {"a": 3, "b": 3})
+    (train / "a" / "garbage.png").write_bytes(b"not an image at all")
+    (train / "b" / "truncated.png").write_bytes(_png_bytes()[:200])
+    with pytest.raises(ValueError, match=r"2 image\(s\) of the train split cannot be decoded: .*garbage\.png.*truncated\.png.*--skip_bad_images"):
+        load_classification_data(_args(tmp_path, train_dir=train), num_channels=3)
+
+
+def test_skip_bad_images_drops_them_with_a_count(tmp_path, caplog):
+    train = _folder(tmp_path / "train", {"a": 3, "b": 3})
+    (train / "a" / "garbage.png").write_bytes(b"not an image at all")
+    with caplog.at_level(logging.WARNING):
+        data = load_classification_data(_args(tmp_path, train_dir=train, skip_bad_images=True), num_channels=3)
+    assert "Skipping 1 unreadable image(s) of the train split" in caplog.text and "garbage.png" in caplog.text
+    assert len(data.train_images) == 6
+    assert sum(len(batch["labels"]) for batch in data.train_loader) == 6
+
+
+def test_a_single_class_folder_says_so(tmp_path):
+    train = _folder(tmp_path / "train", {"only": 4})
+    with pytest.raises(ValueError, match=r"has 1 class folder\(s\) \['only'\]; image classification needs at least 2"):
+        load_classification_data(_args(tmp_path, train_dir=train), num_channels=3)
+
+
+def test_validation_classes_must_be_training_classes(tmp_path):
+    train = _folder(tmp_path / "train", {"a": 3, "b": 3})
+    validation = _folder(tmp_path / "validation", {"a": 2, "b": 2, "c": 2})
+    with pytest.raises(ValueError, match=r"The validation split has classes the train split lacks: \['c'\]"):
+        load_classification_data(_args(tmp_path, train_dir=train, validation_dir=validation), num_channels=3)
+
+
+def test_a_train_split_with_one_class_in_a_labelled_data_set_is_refused(tmp_path, monkeypatch):
+    from datasets import ClassLabel, Dataset, DatasetDict, Features
+    from datasets import Image as ImageFeature
+
+    images = [Image.new("L", (8, 8), i * 40) for i in range(4)]
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=["a", "b"])})
+    one_class = DatasetDict({"train": Dataset.from_dict({"image": images, "label": [0] * 4}, features=features)})
+    monkeypatch.setattr("gated_vpt.training.classification.load_image_datasets", lambda *a, **k: one_class)
+    with pytest.raises(ValueError, match=r"The train split holds 1 class\(es\) \['a'\]; a classifier needs at least 2"):
+        load_classification_data(_args(tmp_path), num_channels=3)
+
+
+@pytest.mark.parametrize("where", ["a file", "below a file"])
+def test_an_output_directory_that_cannot_be_written_is_refused_at_the_start(tmp_path, where):
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file")
+    output = blocker if where == "a file" else blocker / "run"
+    with pytest.raises(ValueError, match=f"--output_dir {output}: {blocker} is a file, not a folder"):
+        script.main(["--output_dir", str(output), "--num_train_epochs", "1", "--warmup_epochs", "0"])
+    assert blocker.read_text() == "a file"

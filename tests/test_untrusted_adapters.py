@@ -1,0 +1,284 @@
+"""Adapters from strangers: a table of corrupted adapter files x every way to load one.
+
+Each case must be refused with a ValueError (the CLI: one line, exit 1) naming the problem, and the model the
+caller passed in must be exactly as it was: same modules, same state dict, same requires_grad flags, no hooks,
+same outputs as a fresh copy. A PeftModel that an adapter was being added to keeps only its own adapters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import peft.peft_model
+import pytest
+import torch
+from conftest import images, make_backbone, randomize_adapter_
+from peft import PeftModel, get_peft_model
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from transformers import ViTImageProcessor
+
+import gated_vpt
+from gated_vpt.cli import main as cli_main
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+PREFIX = "base_model.model.vit."
+BLOCK = PREFIX + "encoder.layer.{}.gvpt_{}"
+
+
+def _set(key, value):
+    return lambda config, tensors: config.__setitem__(key, value)
+
+
+def _tensor(key, value):
+    return lambda config, tensors: tensors.__setitem__(key, value)
+
+
+def _drop(key):
+    return lambda config, tensors: tensors.pop(key)
+
+
+def _poison(key, value):
+    def apply(config, tensors):
+        tensors[key] = tensors[key].clone().fill_(value)
+
+    return apply
+
+
+def _replace_config(value):
+    return lambda config, tensors: (config.clear(), config.update({"__replace__": value}))
+
+
+# name -> (corruption of (config dict, tensors dict), a regex the error must match)
+CASES = {
+    "extra cls_token": (_tensor(PREFIX + "embeddings.cls_token", torch.zeros(1, 1, 32)), r"not this adapter's.*cls_token"),
+    "extra layernorm": (_tensor(PREFIX + "layernorm.weight", torch.zeros(32)), r"not this adapter's.*layernorm\.weight"),
+    "extra gvpt-named key outside blocks": (_tensor(PREFIX + "embeddings.gvpt_prompt", torch.zeros(4, 32)), "not this adapter's"),
+    "missing prompt": (_drop(BLOCK.format(0, "prompt")), r"missing tensors.*layer\.0\.gvpt_prompt"),
+    "missing gate": (_drop(BLOCK.format(1, "gate")), r"missing tensors.*layer\.1\.gvpt_gate"),
+    "missing temperature": (_drop(BLOCK.format(3, "temperature")), r"missing tensors.*layer\.3\.gvpt_temperature"),
+    "missing classifier": (_drop("base_model.model.classifier.weight"), r"missing tensors.*classifier\.weight|no classifier head"),
+    "config has more prompts than the file": (_set("num_prompt_tokens", 8), r"gvpt_prompt has shape \[4, 32\], expected \[8, 32\]"),
+    "prompt of another width": (_tensor(BLOCK.format(0, "prompt"), torch.zeros(4, 48)), r"shape \[4, 48\]"),
+    "classifier of another shape": (_tensor("base_model.model.classifier.weight", torch.zeros(5, 32)), r"classifier\.(weight|bias) has shape \[(5, 32|3)\]"),
+    "integer prompt": (_tensor(BLOCK.format(0, "prompt"), torch.zeros(4, 32, dtype=torch.int64)), r"dtype torch\.int64"),
+    "gate as a vector": (_tensor(BLOCK.format(0, "gate"), torch.zeros(3)), r"gvpt_gate has shape \[3\], expected \[\]"),
+    "NaN prompt": (_poison(BLOCK.format(0, "prompt"), math.nan), r"gvpt_prompt holds NaN or infinite"),
+    "inf gate": (_poison(BLOCK.format(2, "gate"), math.inf), r"gvpt_gate holds NaN or infinite"),
+    "NaN classifier": (_poison("base_model.model.classifier.bias", math.nan), r"classifier\.bias holds NaN"),
+    "prompt_start_block disagrees": (_set("prompt_start_block", 1), r"not this adapter's.*layer\.0|missing tensors.*layer\.1\.gvpt_prompt"),
+    "prompt_mode deep": (
+        lambda c, t: c.update(prompt_mode="deep", gated=False, learnable_temperature=False),
+        r"missing tensors.*layer\.1\.gvpt_prompt",
+    ),
+    "gated false but gates in the file": (_set("gated", False), r"not this adapter's.*gvpt_gate"),
+    "no temperature but temperatures in the file": (_set("learnable_temperature", False), r"not this adapter's.*gvpt_temperature"),
+    "backbone missing": (lambda c, t: c.pop("backbone"), r"no 'backbone' record"),
+    "backbone a string": (_set("backbone", "vit"), r"GatedPromptConfig\.backbone='vit' is invalid"),
+    "backbone of another shape": (
+        _set("backbone", {"model_type": "vit", "hidden_size": 48, "num_hidden_layers": 4, "num_special_tokens": 1}),
+        r"hidden_size: adapter 48, model 32|shape \[4, 32\], expected \[4, 48\]",
+    ),
+    "config a JSON list": (_replace_config([1, 2]), r"JSON list|list indices"),
+    "modules_to_save the backbone": (_set("modules_to_save", ["vit"]), r"modules_to_save=\['vit'\] names 'vit'.*encoder block"),
+    "modules_to_save False": (_set("modules_to_save", False), r"GatedPromptConfig\.modules_to_save=False is invalid"),
+    "modules_to_save 0": (_set("modules_to_save", 0), r"GatedPromptConfig\.modules_to_save=0 is invalid"),
+    "modules_to_save 'abc'": (_set("modules_to_save", "abc"), r"\['abc'\] matches no module|modules_to_save entry 'abc'"),
+    "num_prompt_tokens 1e9": (_set("num_prompt_tokens", 1e9), r"num_prompt_tokens=1000000000\.0 is invalid"),
+    "num_prompt_tokens 10**6": (_set("num_prompt_tokens", 10**6), r"num_prompt_tokens=1000000 is invalid: use at most 1024.*square"),
+    "task_type set": (_set("task_type", "SEQ_CLS"), r"task_type"),
+    "base model path not a string": (_set("base_model_name_or_path", 5), r"base_model_name_or_path=5 is invalid"),
+}
+# Without a model, the shapes of the saved head are unknown: `gated-vpt info` shows such an adapter as it is.
+NEEDS_A_MODEL = {"missing classifier", "classifier of another shape"}
+
+
+def _base():
+    return make_backbone("vit_clf", seed=0)
+
+
+def _snapshot(model: torch.nn.Module) -> dict:
+    with torch.no_grad():
+        output = model(images(2, seed=3)).logits
+    return {
+        "modules": [(name, type(module)) for name, module in model.named_modules()],
+        "state": {key: value.clone() for key, value in model.state_dict().items()},
+        "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
+        "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()),
+        "attributes": {name: sorted(vars(module)) for name, module in model.named_modules()},
+        "output": output,
+    }
+
+
+def _assert_same(before: dict, after: dict) -> None:
+    assert after["modules"] == before["modules"]
+    assert after["state"].keys() == before["state"].keys()
+    assert all(torch.equal(before["state"][k], v) for k, v in after["state"].items())
+    assert after["requires_grad"] == before["requires_grad"]
+    assert after["hooks"] == before["hooks"]
+    assert after["attributes"] == before["attributes"]
+    assert torch.equal(after["output"], before["output"])
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory) -> Path:
+    model = get_peft_model(_base(), gated_vpt.GatedPromptConfig(num_prompt_tokens=4))
+    randomize_adapter_(model)
+    directory = tmp_path_factory.mktemp("adapter") / "good"
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("base")
+    _base().save_pretrained(directory)
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("images") / "x.png"
+    Image.new("RGB", (16, 16), (120, 30, 200)).save(path)
+    return path
+
+
+def _corrupt(good: Path, target: Path, corruption) -> Path:
+    config = json.loads((good / "adapter_config.json").read_text())
+    tensors = load_file(good / "adapter_model.safetensors")
+    corruption(config, tensors)
+    target.mkdir()
+    config = config.get("__replace__", config)
+    (target / "adapter_config.json").write_text(json.dumps(config))
+    save_file(tensors, target / "adapter_model.safetensors")
+    return target
+
+
+def test_the_untouched_adapter_loads_through_every_loader(good):
+    fresh = _base()
+    reference = gated_vpt.load_adapter(_base(), good)
+    for loaded in (PeftModel.from_pretrained(_base(), good), gated_vpt.load_adapter(fresh, good)):
+        assert torch.equal(loaded(images(2)).logits, reference(images(2)).logits)
+    assert not torch.equal(reference(images(2)).logits, _base()(images(2)).logits)
+
+
+
+
+@pytest.mark.parametrize("loader", ["peft.from_pretrained", "gated_vpt.load_adapter"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_corrupted_adapter_is_refused_and_the_base_model_is_untouched(good, tmp_path, loader, case):
+    corruption, message = CASES[case]
+    directory = _corrupt(good, tmp_path / "bad", corruption)
+    base = _base()
+    before = _snapshot(base)
+    load = PeftModel.from_pretrained if loader == "peft.from_pretrained" else gated_vpt.load_adapter
+    errors = (ValueError, TypeError) if case == "config a JSON list" and loader == "peft.from_pretrained" else ValueError
+    with pytest.raises(errors, match=message):
+        load(base, directory)
+    _assert_same(before, _snapshot(base))
+    assert torch.equal(before["output"], _snapshot(_base())["output"])  # the same as a fresh copy
+    assert not hasattr(base, "peft_config")
+
+
+@pytest.mark.parametrize("loader", ["PeftModel.load_adapter", "gated_vpt.load_adapter"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_adding_a_corrupted_adapter_leaves_the_peft_model_as_it_was(good, tmp_path, loader, case):
+    corruption, message = CASES[case]
+    directory = _corrupt(good, tmp_path / "bad", corruption)
+    model = PeftModel.from_pretrained(_base(), good)
+    before = _snapshot(model)
+    errors = (ValueError, TypeError) if case == "config a JSON list" and loader == "PeftModel.load_adapter" else ValueError
+    with pytest.raises(errors, match=message):
+        if loader == "PeftModel.load_adapter":
+            model.load_adapter(directory, adapter_name="second")
+        else:
+            gated_vpt.load_adapter(model, directory, adapter_name="second")
+    _assert_same(before, _snapshot(model))
+    assert list(model.peft_config) == ["default"] and model.active_adapters == ["default"]
+
+
+@pytest.mark.parametrize(
+    ("command", "case"), [(c, case) for c in ("info", "predict") for case in CASES if c == "predict" or case not in NEEDS_A_MODEL]
+)
+def test_the_cli_refuses_a_corrupted_adapter_in_one_line(good, tmp_path, base_dir, image_file, capsys, command, case):
+    corruption, message = CASES[case]
+    directory = _corrupt(good, tmp_path / "bad", corruption)
+    argv = ["info", str(directory)] if command == "info" else ["predict", str(directory), str(image_file), "--base", str(base_dir)]
+    assert cli_main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gated-vpt: error: "), captured.err
+    assert "Traceback" not in captured.err
+    assert __import__("re").search(message, lines[0]), lines[0]
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_weights_that_change_after_the_check_are_refused_and_rolled_back(good, monkeypatch, existing):
+    """The check before injection reads the file; peft reads it again after injecting. Should the second read differ
+    (the file was replaced in between), the check at load time refuses it and takes the adapter out again."""
+    model = PeftModel.from_pretrained(_base(), good) if existing else _base()
+    before = _snapshot(model)
+    real = peft.peft_model.load_peft_weights
+
+    def tampered(*args, **kwargs):
+        weights = real(*args, **kwargs)
+        weights[PREFIX + "embeddings.cls_token"] = torch.zeros(1, 1, 32)
+        return weights
+
+    monkeypatch.setattr(peft.peft_model, "load_peft_weights", tampered)
+    with pytest.raises(ValueError, match=r"not this adapter's.*cls_token"):
+        if existing:
+            model.load_adapter(good, adapter_name="second")
+        else:
+            PeftModel.from_pretrained(model, good)
+    _assert_same(before, _snapshot(model))
+    if existing:
+        assert list(model.peft_config) == ["default"]
+
+
+def test_reloading_weights_into_an_existing_adapter_is_checked(good, tmp_path):
+    """``load_adapter`` under a name that already exists skips peft's injection and only loads weights."""
+    directory = _corrupt(good, tmp_path / "bad", CASES["extra cls_token"][0])
+    model = PeftModel.from_pretrained(_base(), good)
+    before = _snapshot(model)
+    with pytest.raises(ValueError, match="cls_token"):
+        model.load_adapter(directory, adapter_name="default")
+    _assert_same(before, _snapshot(model))
+
+
+def test_an_mae_backbone_keeps_no_patch_order_hook_after_a_refused_load(tmp_path):
+    model = get_peft_model(make_backbone("vit_mae"), gated_vpt.GatedPromptConfig(num_prompt_tokens=2))
+    model.save_pretrained(tmp_path / "good")
+    prefix = "base_model.model."
+    directory = _corrupt(tmp_path / "good", tmp_path / "bad", _tensor(prefix + "embeddings.cls_token", torch.zeros(1, 1, 32)))
+    base = make_backbone("vit_mae")
+    hooks = sum(len(m._forward_pre_hooks) for m in base.modules())
+    with pytest.raises(ValueError, match="cls_token"):
+        PeftModel.from_pretrained(base, directory)
+    assert sum(len(m._forward_pre_hooks) for m in base.modules()) == hooks
+    assert not hasattr(base, "_gvpt_noise_hook")
+
+
+def test_pickled_weights_are_never_read_even_through_peft(good, tmp_path):
+    directory = tmp_path / "pickled"
+    directory.mkdir()
+    (directory / "adapter_config.json").write_text((good / "adapter_config.json").read_text())
+    (directory / "adapter_model.bin").write_bytes(b"\x80\x04 not unpickled")
+    base = _base()
+    with pytest.raises(FileNotFoundError, match="pickle"):
+        PeftModel.from_pretrained(base, directory)
+    assert not hasattr(base, "peft_config")
+
+
+@pytest.mark.parametrize("content", [b"not an image", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10\x00\x00\x00\x10\x08\x02"])
+def test_the_cli_names_an_image_it_cannot_read(good, tmp_path, base_dir, capsys, content):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(content)
+    assert cli_main(["predict", str(good), str(broken), "--base", str(base_dir)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("gated-vpt: error: Cannot read an image: " + str(broken)) and err.count("\n") == 1, err
