@@ -226,7 +226,7 @@ def _gradients(backbone: str, checkpointing: bool) -> tuple[dict, int]:
     backward: transformers recomputes a checkpointed block's ``forward``, inside its hooks)."""
     base = make_backbone(backbone)
     if checkpointing:
-        base.gradient_checkpointing_enable()
+        base.activation_checkpointing_enable()
     model = randomize_adapter_(get_peft_model(base, GatedPromptConfig(num_prompt_tokens=3, prompt_dropout=0.0)))
     model.train()
     calls = []
