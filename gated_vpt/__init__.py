@@ -8,21 +8,6 @@ import sys
 from pathlib import Path
 
 __version__ = "0.1.0"
-
-# The gated-vpt command imports only what each subcommand needs (its --help answers in well under a second, before
-# torch, transformers and peft would be loaded); everywhere else importing the package registers the method.
-if Path((getattr(sys, "argv", None) or [""])[0]).name not in ("gated-vpt", "gated-vpt.exe"):
-    from .backbones import BACKBONES, supported_model_types
-    from .config import GatedPromptConfig
-    from .heads import init_classifier_
-    from .introspection import BlockReport, GateReport, gate_report
-    from .layer import GatedPromptBlock
-    from .loading import load_adapter
-    from .model import GatedPromptModel
-    from .registration import register
-
-    register()
-
 __all__ = [
     "BACKBONES",
     "BlockReport",
@@ -35,3 +20,32 @@ __all__ = [
     "load_adapter",
     "supported_model_types",
 ]
+
+
+def load_core() -> None:
+    """Import the core and register the method with peft: what importing the package does (idempotent)."""
+    global BACKBONES, BlockReport, GateReport, GatedPromptBlock, GatedPromptConfig, GatedPromptModel
+    global gate_report, init_classifier_, load_adapter, supported_model_types
+    from .backbones import BACKBONES, supported_model_types
+    from .config import GatedPromptConfig
+    from .heads import init_classifier_
+    from .introspection import BlockReport, GateReport, gate_report
+    from .layer import GatedPromptBlock
+    from .loading import load_adapter
+    from .model import GatedPromptModel
+    from .registration import register
+
+    register()
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        load_core()
+        return globals()[name]
+    raise AttributeError(f"module 'gated_vpt' has no attribute {name!r}")
+
+
+# The gated-vpt command defers this until a command runs (gated_vpt.cli), so that its --help answers before torch,
+# transformers and peft would be loaded; everywhere else importing the package loads the core.
+if Path((getattr(sys, "argv", None) or [""])[0]).name not in ("gated-vpt", "gated-vpt.exe"):
+    load_core()

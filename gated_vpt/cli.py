@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from . import load_core
 from .tokens import refuse_token_options
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -45,6 +46,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         return protocol.main(argv[1:]) or 0
     args = _parser().parse_args(argv)
+    load_core()  # after parsing: --help and usage errors need none of it
     try:
         return args.run(args) or 0
     except USER_ERRORS as error:

@@ -202,3 +202,8 @@ def _modules_loaded_by(tmp_path: Path, *argvs: list[str]) -> set[str]:
 def test_help_of_every_command_loads_no_heavy_library(tmp_path):
     argvs = [["--help"], *([command, "--help"] for command in (*COMMANDS, "convert", "protocol")), ["data", "check", "--help"]]
     assert not {"torch", "transformers", "peft", "huggingface_hub"} & _modules_loaded_by(tmp_path, *argvs)
+
+
+def test_the_installed_command_runs_its_commands_with_the_method_registered(files, tmp_path):
+    # The entry point defers loading the core until a command runs; info reads the config through peft's registry.
+    assert "peft" in _modules_loaded_by(tmp_path, ["info", str(files / "adapter")], ["info", str(files / "adapter"), "--json"])
