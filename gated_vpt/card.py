@@ -92,9 +92,15 @@ def write_model_card(
     Example:
 
     ```py
+    >>> import gated_vpt
+    >>> from peft import get_peft_model
+    >>> from transformers import ViTConfig, ViTForImageClassification
+    >>> base = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4,
+    ...     num_attention_heads=2, intermediate_size=64, num_labels=3))
+    >>> model = get_peft_model(base, gated_vpt.GatedPromptConfig())  # ... then train it
     >>> model.save_pretrained("out/cub-gated")
-    >>> write_model_card("out/cub-gated", model, metrics={"accuracy": 0.812}, gates_image="out/gates.png",
-    ...                  dataset="cub_200_2011")
+    >>> write_model_card("out/cub-gated", model, metrics={"accuracy": 0.812}, dataset="cub_200_2011")
+    PosixPath('out/cub-gated/README.md')
     ```
     """
     output_dir = Path(output_dir)

@@ -77,10 +77,10 @@ def convert_timm_vit_state_dict(
     Example:
 
     ```py
-    >>> checkpoint = torch.load("linear-vit-b-300ep.pth.tar", map_location="cpu", weights_only=True)
-    >>> config, weights = convert_timm_vit_state_dict(checkpoint["state_dict"], "mocov3")
-    >>> model = ViTForImageClassification(config)
-    >>> model.load_state_dict(weights)
+    >>> checkpoint = torch.load("linear-vit-b-300ep.pth.tar", map_location="cpu", weights_only=True)  # doctest: +SKIP
+    >>> config, weights = convert_timm_vit_state_dict(checkpoint["state_dict"], "mocov3")  # doctest: +SKIP
+    >>> model = ViTForImageClassification(config)  # doctest: +SKIP
+    >>> model.load_state_dict(weights)  # doctest: +SKIP
     ```
     """
     config, weights, _ = _convert(state_dict, model_type, num_attention_heads, drop_head)
@@ -109,10 +109,10 @@ def convert_checkpoint(
     Example:
 
     ```py
-    >>> convert_checkpoint("timm/vit_base_patch16_224.mae", "backbones/mae-vit-b16", "mae")
+    >>> convert_checkpoint("timm/vit_base_patch16_224.mae", "backbones/mae-vit-b16", "mae")  # doctest: +SKIP
     >>> convert_checkpoint("linear-vit-b-300ep.pth.tar", "backbones/mocov3-vit-b16-linear", "mocov3",
-    ...                    trust_checkpoint=True, drop_head=True)
-    >>> model = ViTForImageClassification.from_pretrained("backbones/mocov3-vit-b16-linear", num_labels=200)
+    ...                    trust_checkpoint=True, drop_head=True)  # doctest: +SKIP
+    >>> model = ViTForImageClassification.from_pretrained("backbones/mocov3-vit-b16-linear", num_labels=200)  # doctest: +SKIP
     ```
     """
     from transformers import ViTForImageClassification, ViTModel

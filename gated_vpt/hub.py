@@ -58,7 +58,8 @@ def push_adapter(
 
     ```py
     >>> from gated_vpt.hub import push_adapter
-    >>> sha = push_adapter("out/cub-gated", "user/mae-cub-gated")   # token from HF_TOKEN or `hf auth login`
+    >>> # the token comes from HF_TOKEN or `hf auth login`
+    >>> sha = push_adapter("out/cub-gated", "user/mae-cub-gated")  # doctest: +SKIP
     ```
     """
     return _push(source, repo_id, token=token, private=private, commit_message=commit_message,
@@ -146,7 +147,7 @@ def pull_adapter(
 
     ```py
     >>> from gated_vpt.hub import pull_adapter
-    >>> path = pull_adapter("user/mae-cub-gated", revision="v1", local_dir="adapters/cub")
+    >>> path = pull_adapter("user/mae-cub-gated", revision="v1", local_dir="adapters/cub")  # doctest: +SKIP
     ```
     """
     if Path(repo_id).is_dir():

@@ -38,9 +38,23 @@ class GateReport:
     Example:
 
     ```py
-    >>> report = gate_report(peft_model)          # or gate_report("path/to/adapter")
-    >>> print(report.format_table())
-    >>> report.prompt_weight                      # share of the inserted prompts left at the last block
+    >>> from peft import get_peft_model
+    >>> from transformers import ViTConfig, ViTForImageClassification
+    >>> from gated_vpt import GatedPromptConfig
+    >>> base = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4,
+    ...     num_attention_heads=2, intermediate_size=64, num_labels=3))
+    >>> report = gate_report(get_peft_model(base, GatedPromptConfig()))  # or gate_report("path/to/adapter")
+    >>> print(report.format_table())  # before training: gates sigmoid(-5)
+    | block | gate | temperature | selection ratio |
+    |---:|---:|---:|---:|
+    | 0 | 0.0067 | 1.0000 | 0.3311 |
+    | 1 | 0.0067 | 1.0000 | 0.3333 |
+    | 2 | 0.0067 | 1.0000 | 0.3356 |
+    | 3 | - | 1.0000 | - |
+    <BLANKLINE>
+    Share of the inserted prompts reaching the last block unchanged: 0.9801
+    >>> round(report.prompt_weight, 4)  # share of the inserted prompts left at the last block
+    0.9801
     ```
     """
 

@@ -35,9 +35,14 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
     Example:
 
     ```py
-    >>> model = get_peft_model(vit, GatedPromptConfig())
+    >>> from peft import get_peft_model
+    >>> from transformers import ViTConfig, ViTForImageClassification
+    >>> base = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4,
+    ...     num_attention_heads=2, intermediate_size=64, num_labels=3))
+    >>> model = get_peft_model(base, GatedPromptConfig(gate_init=5.0))
     >>> block = model.base_model.model.vit.layers[0]  # a GatedPromptBlock
-    >>> block.gvpt_gate["default"]  # the gate logit, -gate_init at the start
+    >>> block.gvpt_gate["default"].item()  # the gate logit, -gate_init at the start
+    -5.0
     ```
     """
 
@@ -175,10 +180,14 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
     def _prompts_for(self, name: str, batch_size: int) -> torch.Tensor:
         if self._per_sample is None:
             prompts = self.gvpt_prompt[name].unsqueeze(0).expand(batch_size, -1, -1)
-        else:
-            names, index = self._per_sample
-            prompts = torch.stack([self.gvpt_prompt[n] for n in names])[index]
-        return F.dropout(prompts, self.gvpt_config[name].prompt_dropout, self.training)
+            return F.dropout(prompts, self.gvpt_config[name].prompt_dropout, self.training)
+        names, index = self._per_sample
+        prompts = torch.stack([self.gvpt_prompt[n] for n in names])[index]
+        if not self.training:
+            return prompts
+        # Each sample drops its prompts at its own adapter's rate (F.dropout takes one rate for the whole tensor).
+        rates = prompts.new_tensor([self.gvpt_config[n].prompt_dropout for n in names])[index].view(-1, 1, 1)
+        return prompts * (torch.rand_like(prompts) >= rates) / (1 - rates)
 
     def _forward_with_base_samples(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor], **kwargs: Any) -> torch.Tensor:
         """A mixed batch with ``"__base__"`` rows: those run through the plain block without prompts (their

@@ -57,10 +57,14 @@ def load_adapter(
     Example:
 
     ```py
-    >>> from transformers import ViTForImageClassification
-    >>> from gated_vpt import load_adapter
-    >>> base = ViTForImageClassification.from_pretrained("facebook/vit-mae-base", num_labels=200)
-    >>> model = load_adapter(base, "user/mae-cub-gated")
+    >>> from peft import get_peft_model
+    >>> from transformers import ViTConfig, ViTForImageClassification
+    >>> from gated_vpt import GatedPromptConfig, load_adapter
+    >>> config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+    ...                    intermediate_size=64, num_labels=3)
+    >>> get_peft_model(ViTForImageClassification(config), GatedPromptConfig()).save_pretrained("adapter")
+    >>> model = load_adapter(ViTForImageClassification(config), "adapter")  # a folder, or a Hub id:
+    >>> model = load_adapter(base, "user/mae-cub-gated", revision="v1")  # doctest: +SKIP
     ```
     """
     register()  # a no-op once the package is imported (the gated-vpt command imports only what it needs)

@@ -38,10 +38,14 @@ class GatedPromptModel(BaseTuner):
     ```py
     >>> import gated_vpt
     >>> from peft import get_peft_model
-    >>> from transformers import ViTForImageClassification
-    >>> base = ViTForImageClassification.from_pretrained("facebook/vit-mae-base", num_labels=200)
-    >>> model = get_peft_model(base, gated_vpt.GatedPromptConfig(num_prompt_tokens=100, gate_init=5.0))
-    >>> model.print_trainable_parameters()
+    >>> from transformers import ViTConfig, ViTForImageClassification
+    >>> base = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4,
+    ...     num_attention_heads=2, intermediate_size=64, num_labels=3))
+    >>> model = get_peft_model(base, gated_vpt.GatedPromptConfig(num_prompt_tokens=4))
+    >>> type(model.base_model).__name__
+    'GatedPromptModel'
+    >>> model(torch.randn(2, 3, 32, 32)).logits.shape  # the prompts leave the sequence before the head
+    torch.Size([2, 3])
     ```
     """
 

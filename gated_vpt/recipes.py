@@ -192,7 +192,7 @@ def recipe_backbone(path: Union[str, Path]) -> Optional[BackbonePreparation]:
     Example:
 
     ```py
-    >>> backbone = recipe_backbone("hub_configs/mae-vtab-dtd.json")
+    >>> backbone = recipe_backbone(RECIPES_DIR / "mae-vtab-dtd.json")  # hub_configs/
     >>> backbone.folder, backbone.prepared
     ('backbones/mae-vit-b16', False)
     ```
@@ -219,7 +219,7 @@ def load_recipe(
     Example:
 
     ```py
-    >>> args = load_recipe("hub_configs/mae-fgvc-cub.json", task_type="image-classification")
+    >>> args = load_recipe(RECIPES_DIR / "mae-fgvc-cub.json", task_type="image-classification")  # hub_configs/
     >>> args["learning_rate"], args["num_prompt_tokens"]
     (0.1, 100)
     ```

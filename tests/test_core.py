@@ -319,6 +319,39 @@ def test_prompt_dropout_is_active_in_training_mode_only():
         assert torch.equal(model(x).logits, model(x).logits)
 
 
+@pytest.mark.parametrize("mode", ["shallow", "deep"])
+def test_prompt_dropout_zeroes_prompt_rows_only_at_the_configured_rate_with_inverse_scaling(mode):
+    """On entry to each block that inserts prompts, the CLS and patch rows are exactly what reached it (the
+    embeddings, or the previous block's output); a share ``prompt_dropout`` of the prompt entries is zero and the
+    rest are the prompts times ``1 / (1 - p)``."""
+    rate, num_prompts = 0.3, 40
+    model = get_peft_model(make_backbone("vit"), GatedPromptConfig(num_prompt_tokens=num_prompts, prompt_mode=mode,
+                                                                   prompt_dropout=rate))
+    record = record_block_io(model)
+    x = images(batch=4)
+    with torch.no_grad():
+        model.eval()(x)
+        embeddings = record["inner_in"][0]
+        for kept in record.values():
+            kept.clear()
+        model.train()(x)
+    rows = slice(1, 1 + num_prompts)
+    entering = [block for block in blocks(model) if "default" in block.gvpt_prompt]
+    assert len(entering) == (4 if mode == "deep" else 1)
+    dropped = []
+    for block in entering:
+        trained = record["inner_in"][block.index]
+        arrived = embeddings if block.index == 0 else record["outer_out"][block.index - 1]
+        arrived = torch.cat((arrived[:, :1], arrived[:, -16:]), dim=1)  # CLS and the 16 patches
+        assert torch.equal(torch.cat((trained[:, :1], trained[:, rows.stop :]), dim=1), arrived)
+        prompts = block.gvpt_prompt["default"].expand(4, -1, -1)
+        kept = trained[:, rows] != 0
+        torch.testing.assert_close(trained[:, rows][kept], prompts[kept] / (1 - rate))
+        dropped.append(1 - kept.float().mean().item())
+    # 4 x 40 x 32 = 5120 entries per block: the share dropped is within 0.03 of the rate (about 4.5 sigma)
+    assert all(abs(share - rate) < 0.03 for share in dropped), dropped
+
+
 def test_sgd_steps_change_only_the_adapter_and_the_gates_learn():
     model = prompted()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -471,14 +504,38 @@ def test_merge_and_unload_is_refused_clearly():
         ("num_prompt_tokens", 0), ("num_prompt_tokens", -2), ("num_prompt_tokens", 2.5), ("num_prompt_tokens", True),
         ("prompt_mode", "middle"), ("gated", "yes"), ("learnable_temperature", 1),
         ("gate_init", 0.0), ("gate_init", -5.0), ("gate_init", "5"), ("gate_init", True), ("gate_init", float("nan")),
-        ("prompt_dropout", 1.0), ("prompt_dropout", -0.1), ("prompt_dropout", "0.1"),
-        ("prompt_start_block", -1), ("prompt_start_block", 1.0),
+        ("gate_init", 50.5), ("gate_init", float("inf")),
+        ("prompt_dropout", 1.0), ("prompt_dropout", -0.1), ("prompt_dropout", "0.1"), ("prompt_dropout", True),
+        ("prompt_dropout", float("nan")),
+        ("prompt_start_block", -1), ("prompt_start_block", 1.0), ("prompt_start_block", True),
         ("head_pooling", "max"),
     ],
 )
 def test_bad_config_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"GatedPromptConfig.{field}"):
         GatedPromptConfig(**{field: value})
+
+
+# Both sides of every numeric bound of GatedPromptConfig: (field, value, accepted).
+BOUNDS = [
+    ("num_prompt_tokens", 1, True), ("num_prompt_tokens", 0, False),
+    ("gate_init", 1e-6, True), ("gate_init", 0.0, False), ("gate_init", 50.0, True), ("gate_init", 50.001, False),
+    ("prompt_dropout", 0.0, True), ("prompt_dropout", -1e-6, False), ("prompt_dropout", 0.999, True),
+    ("prompt_dropout", 1.0, False),
+    ("prompt_start_block", 0, True), ("prompt_start_block", -1, False),
+]
+
+
+@pytest.mark.parametrize("field, value, accepted", BOUNDS)
+def test_config_bounds_on_both_sides_and_the_recipe_schema_agrees(field, value, accepted):
+    from gated_vpt.recipes import ARGS
+
+    if accepted:
+        assert getattr(GatedPromptConfig(**{field: value}), field) == value
+    else:
+        with pytest.raises(ValueError, match=f"GatedPromptConfig.{field}={value!r} is invalid"):
+            GatedPromptConfig(**{field: value})
+    assert ARGS[field].valid(value) == accepted, "recipes validate this field with another bound"
 
 
 def test_deep_prompts_with_gates_are_refused():

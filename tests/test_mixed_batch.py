@@ -97,3 +97,86 @@ def test_unknown_adapter_names_are_listed():
     model = get_peft_model(make_backbone("vit"), gated_vpt.GatedPromptConfig(num_prompt_tokens=3)).eval()
     with pytest.raises(ValueError, match=r"unknown adapters \['nope'\]; loaded: \['default'\]"):
         model(images(2), adapter_names=["default", "nope"])
+
+
+# --- mixed batches in training mode: each sample's own dropout rate, gradients to its own adapter only ----------
+
+RATES = {"heavy": 0.6, "light": 0.2, "none": 0.0}  # "heavy" sorts first: a batch-wide rate would be its 0.6
+TRAIN_ORDER = ["none", "heavy", "light", "none", "heavy", "light", "heavy", "none"]
+
+
+def _dropped_prompts(model):
+    """The prompt rows as the first block receives them (after dropout), appended on every forward."""
+    seen = []
+    first = next(m for m in model.modules() if isinstance(m, gated_vpt.GatedPromptBlock))
+    first.base_layer.register_forward_pre_hook(lambda module, args: seen.append(args[0][:, 1:4].detach().clone()))
+    return seen
+
+
+def _adapter_params(model, name: str) -> dict:
+    return {k: p for k, p in model.named_parameters() if k.endswith(f".{name}") or f".{name}." in k}
+
+
+def _adapter_grads(model, name: str) -> dict:
+    return {k: p.grad.clone() for k, p in _adapter_params(model, name).items()}
+
+
+def test_mixed_batch_in_training_drops_each_samples_prompts_at_its_own_rate_and_matches_each_adapter_alone(monkeypatch):
+    adapters = {name: dict(prompt_dropout=rate) for name, rate in RATES.items()}
+    model = _model("vit_clf", adapters)
+    for name in RATES:  # all three trainable at once (peft's set_adapter takes one name for the saved heads)
+        for parameter in _adapter_params(model, name).values():
+            parameter.requires_grad_(True)
+    model.train()
+    seen = _dropped_prompts(model)
+    x, weights = images(len(TRAIN_ORDER), seed=4), torch.randn(len(TRAIN_ORDER), 3)
+    torch.manual_seed(0)
+    (model(x, adapter_names=TRAIN_ORDER).logits * weights).sum().backward()
+    mixed = {name: _adapter_grads(model, name) for name in RATES}
+    entered = seen.pop()
+
+    masks = {}
+    for i, name in enumerate(TRAIN_ORDER):
+        prompt = dict(model.named_parameters())[f"base_model.model.vit.layers.0.gvpt_prompt.{name}"].detach()
+        keep = entered[i] != 0
+        # dropout: kept values scaled by 1 / (1 - rate), on the configured share of the prompt entries
+        torch.testing.assert_close(entered[i][keep], prompt[keep] / (1 - RATES[name]))
+        masks.setdefault(name, []).append(keep)
+    for name, rate in RATES.items():
+        dropped = 1 - torch.stack(masks[name]).float().mean().item()
+        assert (dropped == 0) if rate == 0 else abs(dropped - rate) < 0.15, (name, dropped)
+
+    # Each adapter alone on its own samples, with the masks of the mixed run, gives the same gradients.
+    dropout = torch.nn.functional.dropout
+    for name in RATES:
+        rows = [i for i, n in enumerate(TRAIN_ORDER) if n == name]
+        keep = torch.stack(masks[name])
+
+        def recorded(x, p=0.5, training=True, inplace=False):
+            if training and x.shape == keep.shape:
+                return x * keep / (1 - p)
+            return dropout(x, p, training, inplace)
+
+        monkeypatch.setattr(torch.nn.functional, "dropout", recorded)
+        model.set_adapter(name)
+        model.zero_grad()
+        (model(x[rows]).logits * weights[rows]).sum().backward()
+        monkeypatch.setattr(torch.nn.functional, "dropout", dropout)
+        alone = _adapter_grads(model, name)
+        assert alone.keys() == mixed[name].keys() and len(alone) == 1 + 3 + 4 + 2  # prompts, gates, temperatures, head
+        for key, grad in alone.items():
+            assert grad.abs().sum() > 0, key
+            torch.testing.assert_close(mixed[name][key], grad, rtol=1e-3, atol=1e-3 * grad.abs().max().item(), msg=key)
+
+
+def test_mixed_batch_under_gradient_checkpointing_is_refused_with_gradients_and_runs_without():
+    base = make_backbone("vit_clf")
+    base.activation_checkpointing_enable()
+    model = get_peft_model(base, gated_vpt.GatedPromptConfig(num_prompt_tokens=3), adapter_name="a")
+    model.add_adapter("b", gated_vpt.GatedPromptConfig(num_prompt_tokens=3))
+    model.train()
+    x = images(2)
+    with pytest.raises(ValueError, match="gradient checkpointing.*torch.no_grad"):
+        model(x, adapter_names=["a", "b"])
+    with torch.no_grad():
+        assert model(x, adapter_names=["a", "b"]).logits.shape == (2, 3)

@@ -17,14 +17,27 @@ def _mae():
                                              decoder_intermediate_size=32, mask_ratio=0.0))
 
 
-def test_init_sin_cos_gives_encoder_and_decoder_their_fixed_positions():
+def _sin_cos_2d(dim: int, grid: int) -> torch.Tensor:
+    """MAE's fixed positions, from the formula: for the patch at (row, col) of a grid x grid layout (row-major), the
+    first half of the channels encodes col and the second half row, each half as [sin(pos * w), cos(pos * w)] with
+    w_k = 10000^(-k / (dim / 4)), k = 0 .. dim/4 - 1; the CLS position is zero."""
+    omega = 10000.0 ** (-torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+
+    def encode(position: torch.Tensor) -> torch.Tensor:
+        angles = position[:, None].double() * omega[None]
+        return torch.cat((angles.sin(), angles.cos()), dim=1)
+
+    rows, cols = torch.arange(grid).repeat_interleave(grid), torch.arange(grid).repeat(grid)
+    patches = torch.cat((encode(cols), encode(rows)), dim=1)
+    return torch.cat((torch.zeros(1, dim, dtype=torch.float64), patches)).float()
+
+
+def test_init_sin_cos_gives_encoder_and_decoder_the_2d_sin_cos_formula():
     model = _mae()
     pretrain.init_sin_cos_(model)
-    positions = model.vit.embeddings.position_embeddings[0, 1:]
-    assert positions.abs().sum() > 0 and model.decoder.decoder_pos_embed.abs().sum() > 0
-    # 2D sin-cos: every patch position is distinct, and the values are sines and cosines
-    assert torch.unique(positions, dim=0).shape[0] == 16
-    assert positions.abs().max() <= 1.0 + 1e-6
+    torch.testing.assert_close(model.vit.embeddings.position_embeddings[0], _sin_cos_2d(32, 4), rtol=0, atol=1e-6)
+    torch.testing.assert_close(model.decoder.decoder_pos_embed[0], _sin_cos_2d(16, 4), rtol=0, atol=1e-6)
+    assert not model.vit.embeddings.position_embeddings.requires_grad  # fixed, as in MAE
 
 
 def test_standardise_head_makes_the_mae_head_features_zero_mean_unit_std():

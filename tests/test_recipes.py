@@ -62,6 +62,34 @@ BACKBONE_CHECKPOINTS = {"mae": ("mae_pretrain_vit_base.pth", "timm/vit_base_patc
                         "mocov3": ("linear-vit-b-300ep.pth.tar",)}
 
 
+# METHOD.md, "Results to reproduce": (backbone, method) -> the paper's numbers.
+FGVC_TOP1 = {  # CUB, Flowers, Cars, Dogs, NABirds
+    ("mae", "vpt-shallow"): (42.15, 69.15, 43.38, 77.07, 57.43), ("mae", "vpt-deep"): (68.33, 80.05, 67.67, 78.83, 65.22),
+    ("mae", "gated"): (70.56, 78.55, 71.70, 78.90, 67.26),
+    ("mocov3", "vpt-shallow"): (79.05, 90.47, 71.91, 81.97, 72.92),
+    ("mocov3", "vpt-deep"): (82.67, 94.41, 79.18, 83.33, 75.99), ("mocov3", "gated"): (82.86, 93.71, 79.02, 83.37, 76.02),
+}
+FGVC_ORDER = ("fgvc-cub", "fgvc-flowers", "fgvc-cars", "fgvc-dogs", "fgvc-nabirds")
+VTAB_GROUP_MEANS = {  # Natural, Specialized, Structured
+    ("mae", "vpt-shallow"): (39.96, 69.65, 27.50), ("mae", "vpt-deep"): (36.02, 60.61, 26.57),
+    ("mae", "gated"): (47.61, 76.86, 36.80),
+    ("mocov3", "vpt-shallow"): (67.34, 82.26, 37.55), ("mocov3", "vpt-deep"): (70.27, 83.04, 42.38),
+    ("mocov3", "gated"): (74.84, 83.38, 49.10),
+}
+VTAB_GROUPS = {  # METHOD.md's class-count list, in group order: 7 Natural, 4 Specialized, 8 Structured
+    "Natural": ("Caltech101", "CIFAR-100", "DTD", "Flowers102", "Pets", "SVHN", "SUN397"),
+    "Specialized": ("Camelyon", "EuroSAT", "Resisc45", "Retinopathy"),
+    "Structured": ("Clevr-Count", "Clevr-Dist", "DMLab", "KITTI-Dist", "dSpr-Loc", "dSpr-Ori", "sNORB-Azim", "sNORB-Elev"),
+}
+ADE20K_MIOU = {  # single-scale, multi-scale
+    ("mae", "vpt-shallow"): (34.20, 35.23), ("mae", "vpt-deep"): (37.76, 38.80), ("mae", "gated"): (38.44, 39.81),
+    ("mocov3", "vpt-shallow"): (34.55, 36.18), ("mocov3", "vpt-deep"): (35.50, 37.15), ("mocov3", "gated"): (36.81, 38.55),
+}
+METHOD_SETTINGS = {  # (prompt_mode, gated, learnable_temperature)
+    "gated": ("shallow", True, True), "vpt-shallow": ("shallow", False, False), "vpt-deep": ("deep", False, False),
+}
+
+
 def table5() -> dict[tuple[str, str], tuple[int, int, float, float]]:
     rows = {}
     for line in TABLE5.strip().splitlines():
@@ -111,6 +139,56 @@ def test_gated_recipes_match_table5_and_class_counts():
         assert args["transform"] == stem.split("-")[0] and args["image_size"] == 224, name
         assert (args["num_train_epochs"], args["warmup_epochs"], args["scheduler_step"]) == (100, 10, "epoch"), name
         assert args["head_pooling"] == {"mae": "mean", "mocov3": "cls"}[backbone], name
+
+
+def _parse_name(name: str) -> tuple[str, str, str]:
+    """``mae-fgvc-cub-vpt-deep.json`` -> ("mae", "fgvc-cub", "vpt-deep")."""
+    backbone, rest = name.removesuffix(".json").split("-", 1)
+    for method in ("vpt-shallow", "vpt-deep"):
+        if rest.endswith("-" + method):
+            return backbone, rest.removesuffix("-" + method), method
+    return backbone, rest, "gated"
+
+
+def test_every_recipe_carries_the_spec_settings_and_the_papers_numbers():
+    """All 78 files, baselines included, read as JSON (not through the generator): the method, Table 5's batch
+    size, the class count, METHOD.md's training recipe, prompt dropout 0.1 on prompts from block 0, one seed, and
+    the number the paper reports for exactly this backbone, task and method."""
+    task_of_stem = {stem: task for task, (stem, _) in TASKS.items()}
+    group_of_task = {task: group for group, tasks in VTAB_GROUPS.items() for task in tasks}
+    assert set(group_of_task) == {task for task, (stem, _) in TASKS.items() if stem.startswith("vtab-")}
+    table = table5()
+    seen = set()
+    for path in list_recipes():
+        recipe = json.loads(path.read_text())
+        args, paper = recipe["args"], recipe["paper"]
+        backbone, stem, method = _parse_name(path.name)
+        task = task_of_stem[stem]
+        seen.add((backbone, task, method))
+        batch, prompts, _, _ = table[(backbone, task)]
+        where = path.name
+        assert (args["prompt_mode"], args["gated"], args["learnable_temperature"]) == METHOD_SETTINGS[method], where
+        assert args["num_prompt_tokens"] == (10 if method == "vpt-deep" else prompts), where
+        assert args["per_device_train_batch_size"] == batch and args["num_labels"] == TASKS[task][1], where
+        assert (args["prompt_dropout"], args["prompt_start_block"], args["seed"]) == (0.1, 0, 0), where
+        assert (args["optimizer"], args["momentum"], args["weight_decay"]) == ("sgd", 0.9, 0.0), where
+        if stem == "ade20k":
+            assert recipe["task_type"] == "semantic-segmentation", where
+            single, multi = ADE20K_MIOU[(backbone, method)]
+            assert paper["reported_miou_single_scale"] == single and paper["reported_miou_multi_scale"] == multi, where
+            continue
+        assert (args["num_train_epochs"], args["warmup_epochs"], args["scheduler_step"]) == (100, 10, "epoch"), where
+        assert (args["image_size"], args["transform"]) == (224, stem.split("-")[0]), where
+        assert args["head_pooling"] == {"mae": "mean", "mocov3": "cls"}[backbone], where
+        if stem.startswith("fgvc-"):
+            assert paper["reported_top1"] == FGVC_TOP1[(backbone, method)][FGVC_ORDER.index(stem)], where
+        else:
+            group = group_of_task[task]
+            assert paper["vtab_group"] == group and paper["reported_top1"] is None, where
+            mean = VTAB_GROUP_MEANS[(backbone, method)][("Natural", "Specialized", "Structured").index(group)]
+            assert paper["reported_group_mean_top1"] == mean, where
+    assert {(b, t) for b, t, m in seen if m == "gated"} == set(table)  # every Table 5 cell has its gated recipe
+    assert len(seen) == 78
 
 
 def test_spot_checks():

@@ -70,6 +70,57 @@ def test_head_maps_tokens_to_pixel_logits():
         head(tokens[:, :10], grid_size=(4, 6), output_size=(32, 48))
 
 
+def _pup_by_hand(head, tokens, grid, output_size, norm):
+    """SETR-PUP as documented, from the head's weights: LayerNorm (eps 1e-6) on the tokens, the last grid_h * grid_w
+    rows laid out row-major on the grid, then per stage conv 3x3 (no bias) -> norm -> ReLU -> bilinear resize
+    (align_corners False) to a geometric progression of sizes ending exactly at output_size, then a 1x1 conv."""
+    ln = head.token_norm
+    x = (tokens - tokens.mean(-1, keepdim=True)) / torch.sqrt(tokens.var(-1, unbiased=False, keepdim=True) + 1e-6)
+    x = x * ln.weight + ln.bias
+    (grid_h, grid_w), batch = grid, tokens.shape[0]
+    x = x[:, -grid_h * grid_w :].reshape(batch, grid_h, grid_w, -1).permute(0, 3, 1, 2)
+    stages = len(head.stages)
+    for index, stage in enumerate(head.stages, start=1):
+        x = F.conv2d(x, stage.conv.weight, padding=1)
+        if norm == "batch":
+            shape = (1, -1, 1, 1)
+            bn = stage.norm
+            x = (x - bn.running_mean.view(shape)) / torch.sqrt(bn.running_var.view(shape) + bn.eps)
+            x = x * bn.weight.view(shape) + bn.bias.view(shape)
+        else:
+            gn = stage.norm
+            groups = x.view(batch, gn.num_groups, -1)
+            groups = (groups - groups.mean(-1, keepdim=True)) / torch.sqrt(groups.var(-1, unbiased=False, keepdim=True) + gn.eps)
+            x = groups.view_as(x) * gn.weight.view(1, -1, 1, 1) + gn.bias.view(1, -1, 1, 1)
+        x = torch.clamp(x, min=0)
+        size = output_size if index == stages else tuple(
+            round(g * (o / g) ** (index / stages)) for g, o in zip(grid, output_size)
+        )
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    weight = head.classifier.weight[:, :, 0, 0]
+    return torch.einsum("kc,bchw->bkhw", weight, x) + head.classifier.bias.view(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_head_output_matches_an_independent_computation(norm):
+    torch.manual_seed(0)
+    head = ProgressiveUpsamplingHead(hidden_size=16, num_labels=7, num_stages=3, channels=8, norm=norm).eval()
+    with torch.no_grad():
+        for parameter in head.parameters():
+            parameter.add_(0.2 * torch.randn_like(parameter))
+        for stage in head.stages:
+            if norm == "batch":
+                stage.norm.running_mean.normal_()
+                stage.norm.running_var.uniform_(0.5, 2.0)
+            else:
+                assert stage.norm.num_groups == 8  # gcd(32, channels)
+        tokens = 2 + 3 * torch.randn(2, 1 + 5 + 4 * 6, 16)
+        got = head(tokens, grid_size=(4, 6), output_size=(35, 50))
+        want = _pup_by_hand(head, tokens, (4, 6), (35, 50), norm)
+    assert got.shape == (2, 7, 35, 50)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 # --- the model with gated prompts --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", SEGMENTATION_BACKBONES)

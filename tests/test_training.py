@@ -166,16 +166,22 @@ def test_saved_adapter_reproduces_the_reported_accuracy(uninterrupted, assets):
 
 
 def test_interrupted_run_resumes_to_the_same_adapter(uninterrupted, assets, tmp_path):
+    """Interrupted after the warm-up epoch, mid-epoch, where the learning rate is 0.2: the resumed run ends with
+    the uninterrupted run's adapter only if the trainable weights, the optimizer's momentum, the scheduler's
+    position and the RNG (prompt dropout, augmentation) are all restored; dropping any one of them changes it."""
     output, _ = uninterrupted
     interrupted = tmp_path / "interrupted"
-    # Killed after 5 updates in the first epoch: the last checkpoint is step_4 (step_2 is pruned: keep 1), the fifth
-    # update is lost.
-    assert script.main(_argv(assets, interrupted, max_train_steps=5, save_total_limit=1)) == {}
+    # Killed after 9 updates (6 per epoch): the last checkpoint is step_8, in epoch 1, and the ninth update is lost;
+    # --save_total_limit 1 has pruned the older ones (step_2, step_4, epoch_0).
+    assert script.main(_argv(assets, interrupted, max_train_steps=9, save_total_limit=1)) == {}
     assert not (interrupted / "adapter").exists()
-    assert sorted(p.name for p in interrupted.iterdir()) == ["step_4"]
+    assert sorted(p.name for p in interrupted.iterdir() if p.is_dir()) == ["step_8"]
+    checkpoint = json.loads((interrupted / "step_8" / "state.json").read_text())["state"]
+    assert (checkpoint["epoch"], checkpoint["batches_in_epoch"], checkpoint["completed_steps"]) == (1, 4, 8)
+    assert json.loads((interrupted / "step_8" / "scheduler.json").read_text())["_last_lr"] == pytest.approx([0.2, 2.0])
     script.main(_argv(assets, interrupted, resume_from_checkpoint="latest", save_total_limit=1))
     # The newest checkpoint is kept, and the one the run resumed from is never deleted.
-    assert sorted(p.name for p in interrupted.iterdir() if p.is_dir() and p.name != "adapter") == ["epoch_2", "step_4"]
+    assert sorted(p.name for p in interrupted.iterdir() if p.is_dir() and p.name != "adapter") == ["epoch_2", "step_8"]
     expected, resumed = _adapter(output), _adapter(interrupted)
     assert expected.keys() == resumed.keys()
     for key in expected:
@@ -306,8 +312,11 @@ def test_checkpoint_round_trip_restores_weights_buffers_optimizer_scheduler_and_
             assert torch.equal(restored.state_dict()[name], tensor), name
     assert int(restored[2].num_batches_tracked) == 4 and int(restored[0].num_batches_tracked) == 0
     assert restored_scheduler.state_dict() == scheduler.state_dict()
-    for group, other in zip(optimizer.state_dict()["state"].values(), restored_optimizer.state_dict()["state"].values()):
-        assert group.keys() == other.keys() and all(torch.equal(group[k], other[k]) for k in group)
+    saved, loaded = optimizer.state_dict(), restored_optimizer.state_dict()
+    assert len(saved["state"]) == 6 and loaded["state"].keys() == saved["state"].keys()  # AdamW state per trainable tensor
+    for index, values in saved["state"].items():
+        assert values.keys() == loaded["state"][index].keys() and all(torch.equal(values[k], loaded["state"][index][k]) for k in values)
+    assert [(g["lr"], g["initial_lr"]) for g in loaded["param_groups"]] == [(g["lr"], g["initial_lr"]) for g in saved["param_groups"]]
     assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob("*.bin"))
     without_norm = torch.nn.Sequential(torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 3), torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
     without_norm[0].requires_grad_(False)

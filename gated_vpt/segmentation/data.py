@@ -182,9 +182,13 @@ class SegmentationTransform:
     Example:
 
     ```py
+    >>> from PIL import Image
     >>> transform = SegmentationTransform(LabelSpec(150, reduce_labels=True), crop_size=512, train=True,
     ...                                   mean=(0.5,) * 3, std=(0.5,) * 3)
-    >>> pixel_values, labels = transform(pil_image, pil_mask, torch.Generator().manual_seed(0))  # (3, 512, 512), (512, 512)
+    >>> image, mask = Image.new("RGB", (683, 512)), Image.new("L", (683, 512))
+    >>> pixel_values, labels = transform(image, mask, torch.Generator().manual_seed(0))
+    >>> tuple(pixel_values.shape), tuple(labels.shape)
+    ((3, 512, 512), (512, 512))
     ```
     """
 

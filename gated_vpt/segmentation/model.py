@@ -111,11 +111,14 @@ class SegmentationModel(nn.Module):
     Example:
 
     ```py
-    >>> from transformers import ViTMAEModel
-    >>> backbone = ViTMAEModel.from_pretrained("facebook/vit-mae-base", mask_ratio=0.0)
-    >>> model = SegmentationModel(backbone, SegmentationHeadConfig(num_labels=150, aux_blocks=(5, 9)))
-    >>> peft_model = get_segmentation_peft_model(model, GatedPromptConfig(num_prompt_tokens=100, gate_init=10.0))
-    >>> out = peft_model(pixel_values, labels=masks)    # out.loss, out.logits (batch, 150, H, W)
+    >>> from transformers import ViTMAEConfig, ViTMAEModel
+    >>> backbone = ViTMAEModel(ViTMAEConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4,
+    ...     num_attention_heads=2, intermediate_size=64, mask_ratio=0.0))
+    >>> model = SegmentationModel(backbone, SegmentationHeadConfig(num_labels=5, aux_blocks=(1, 2), channels=8))
+    >>> peft_model = get_segmentation_peft_model(model, GatedPromptConfig(num_prompt_tokens=10, gate_init=10.0))
+    >>> out = peft_model(torch.randn(2, 3, 32, 32), labels=torch.randint(0, 5, (2, 32, 32)))
+    >>> out.logits.shape, out.loss.ndim  # (batch, labels, H, W) and a scalar loss
+    (torch.Size([2, 5, 32, 32]), 0)
     ```
     """
 
@@ -214,7 +217,13 @@ def load_pretrained_backbone(model_name_or_path: Union[str, Path], **kwargs) -> 
     Example:
 
     ```py
-    >>> backbone = load_pretrained_backbone("facebook/vit-mae-base")   # ViTMAEModel with mask_ratio=0.0
+    >>> backbone = load_pretrained_backbone("facebook/vit-mae-base")  # doctest: +SKIP
+    >>> from transformers import ViTMAEConfig, ViTMAEForPreTraining
+    >>> ViTMAEForPreTraining(ViTMAEConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    ...                                   intermediate_size=64)).save_pretrained("mae")  # a local checkpoint works too
+    >>> backbone = load_pretrained_backbone("mae")
+    >>> type(backbone).__name__, backbone.config.mask_ratio
+    ('ViTMAEModel', 0.0)
     ```
     """
     import transformers
@@ -269,8 +278,16 @@ def load_segmentation_adapter(
     Example:
 
     ```py
-    >>> backbone = ViTMAEModel.from_pretrained("facebook/vit-mae-base", mask_ratio=0.0)
-    >>> model = load_segmentation_adapter(backbone, "user/mae-ade20k-gated").eval()
+    >>> from transformers import ViTMAEConfig, ViTMAEModel
+    >>> backbone = ViTMAEModel(ViTMAEConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4,
+    ...     num_attention_heads=2, intermediate_size=64, mask_ratio=0.0))
+    >>> head_config = SegmentationHeadConfig(num_labels=5, aux_blocks=(1, 2), channels=8)
+    >>> trained = get_segmentation_peft_model(SegmentationModel(backbone, head_config),
+    ...                                       GatedPromptConfig(num_prompt_tokens=10))
+    >>> save_segmentation_adapter(trained, "adapter")  # doctest: +ELLIPSIS
+    PosixPath('adapter')
+    >>> model = load_segmentation_adapter(backbone, "adapter").eval()  # a folder, or a Hub id:
+    >>> model = load_segmentation_adapter(backbone, "user/mae-ade20k-gated").eval()  # doctest: +SKIP
     ```
     """
     from huggingface_hub import hf_hub_download

@@ -80,9 +80,9 @@ class ProgressiveUpsamplingHead(nn.Module):
 
     ```py
     >>> head = ProgressiveUpsamplingHead(hidden_size=768, num_labels=150, num_stages=4)
-    >>> tokens = torch.randn(2, 1 + 100 + 32 * 32, 768)      # [CLS, 100 prompts, 32x32 patches] of a 512 px input
-    >>> head(tokens, grid_size=(32, 32), output_size=(512, 512)).shape
-    torch.Size([2, 150, 512, 512])
+    >>> tokens = torch.randn(2, 1 + 100 + 14 * 14, 768)      # [CLS, 100 prompts, 14x14 patches] of a 224 px input
+    >>> head(tokens, grid_size=(14, 14), output_size=(224, 224)).shape
+    torch.Size([2, 150, 224, 224])
     ```
     """
 
@@ -118,7 +118,10 @@ class AuxiliaryHeads(nn.Module):
 
     ```py
     >>> heads = AuxiliaryHeads(blocks=(5, 9), hidden_size=768, num_labels=150)
-    >>> logits = heads({5: tokens_5, 9: tokens_9}, grid_size=(32, 32), output_size=(512, 512))  # {5: ..., 9: ...}
+    >>> tokens = torch.randn(2, 1 + 100 + 14 * 14, 768)  # a block's [CLS, 100 prompts, 14x14 patches], 224 px input
+    >>> logits = heads({5: tokens, 9: tokens}, grid_size=(14, 14), output_size=(224, 224))
+    >>> {block: tuple(value.shape) for block, value in logits.items()}
+    {5: (2, 150, 224, 224), 9: (2, 150, 224, 224)}
     ```
     """
 

@@ -281,8 +281,9 @@ class ImageTransform:
     Example:
 
     ```py
+    >>> from PIL import Image
     >>> transform = ImageTransform("fgvc", 224, IMAGENET_MEAN, IMAGENET_STD, num_channels=3, train=True)
-    >>> transform(pil_image, torch.Generator().manual_seed(0)).shape
+    >>> transform(Image.new("RGB", (500, 375)), torch.Generator().manual_seed(0)).shape
     torch.Size([3, 224, 224])
     ```
     """

@@ -8,9 +8,9 @@ backbone folder; unknown while the folder is missing).
 Example:
 
 ```py
->>> report = DryRunReport(args, num_train_images=800, groups={"all": 0.5})
->>> report.trainable = (1941, 1220127)
->>> print(report.format())
+report = DryRunReport(args, num_train_images=800, groups={"all": 0.5})
+report.trainable = (1941, 1220127)
+print(report.format())
 ```
 """
 

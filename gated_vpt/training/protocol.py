@@ -118,7 +118,7 @@ class Protocol:
     ```py
     >>> protocol = Protocol("mae gated VTAB-1k", benchmark_tasks("vtab1k", "mae", "gated"), Path("outputs/p"))
     >>> [run.command() for run in protocol.pending_runs()][:1]
-    ['accelerate launch --num_processes 1 examples/train_image_classification.py --config ... --recipe_stage tune ...']
+    ['accelerate launch --num_processes 1 .../examples/train_image_classification.py --config .../hub_configs/mae-vtab-caltech101.json --recipe_stage tune --learning_rate 0.05 --seed 0 --output_dir outputs/p/caltech101/tune/lr0.05_seed0']
     ```
     """
 

@@ -58,8 +58,24 @@ def write_results(
     Example:
 
     ```py
-    >>> write_results(accelerator.unwrap_model(model), "outputs/run", {"test_accuracy": 0.81}, state.history,
-    ...               task="image-classification", title="mae-tiny")
+    >>> import gated_vpt
+    >>> from peft import get_peft_model
+    >>> from transformers import ViTConfig, ViTForImageClassification
+    >>> base = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4,
+    ...     num_attention_heads=2, intermediate_size=64, num_labels=3))
+    >>> model = get_peft_model(base, gated_vpt.GatedPromptConfig())  # ... then train it
+    >>> history = [{"epoch": 0, "train_loss": 1.1, "lr": 0.1}]  # the loop's state.history
+    >>> write_results(model, "outputs/run", {"test_accuracy": 0.81}, history, task="image-classification", title="tiny")
+    test_accuracy 0.8100; adapter and results in outputs/run
+    | block | gate | temperature | selection ratio |
+    |---:|---:|---:|---:|
+    | 0 | 0.0067 | 1.0000 | 0.3311 |
+    | 1 | 0.0067 | 1.0000 | 0.3333 |
+    | 2 | 0.0067 | 1.0000 | 0.3356 |
+    | 3 | - | 1.0000 | - |
+    <BLANKLINE>
+    Share of the inserted prompts reaching the last block unchanged: 0.9801
+    PosixPath('outputs/run/adapter')
     ```
     """
     output = Path(output_dir)

@@ -5,12 +5,12 @@ results written by the main process). The arguments are those of ``gated_vpt.tra
 Example (the shape of ``examples/train_semantic_segmentation.py``):
 
 ```py
->>> accelerator = start_accelerator(args)
->>> resume_path = checked_resume_path(args.resume_from_checkpoint, args.output_dir, run_config)
->>> model, optimizer, train_loader, eval_loaders = prepare(accelerator, model, optimizer, train_loader, eval_loaders)
->>> state = initial_state(accelerator, resume_path, model, optimizer, scheduler)
->>> state = train(accelerator, model, optimizer, scheduler, train_loader, ..., LoopSettings.from_args(args, run_config), state)
->>> metrics = finish_run(accelerator, model, {"test_miou": ...}, state, args, task="semantic-segmentation")
+accelerator = start_accelerator(args)
+resume_path = checked_resume_path(args.resume_from_checkpoint, args.output_dir, run_config)
+model, optimizer, train_loader, eval_loaders = prepare(accelerator, model, optimizer, train_loader, eval_loaders)
+state = initial_state(accelerator, resume_path, model, optimizer, scheduler)
+state = train(accelerator, model, optimizer, scheduler, train_loader, ..., LoopSettings.from_args(args, run_config), state)
+metrics = finish_run(accelerator, model, {"test_miou": ...}, state, args, task="semantic-segmentation")
 ```
 """
 

@@ -4,10 +4,14 @@ Load it by path (``evaluate.load`` of a Hub name needs the network):
 
 ```py
 >>> import evaluate
+>>> import numpy as np
 >>> from gated_vpt.segmentation.metrics import MEAN_IOU_PATH
 >>> metric = evaluate.load(MEAN_IOU_PATH)
->>> metric.compute(predictions=[pred_mask], references=[true_mask], num_labels=150, ignore_index=255)
-{'mean_iou': ..., 'mean_accuracy': ..., 'overall_accuracy': ..., 'per_category_iou': [...], ...}
+>>> true_mask = np.array([[0, 0, 1], [1, 2, 255]])  # 255: ignored
+>>> pred_mask = np.array([[0, 1, 1], [1, 2, 2]])
+>>> scores = metric.compute(predictions=[pred_mask], references=[true_mask], num_labels=3, ignore_index=255)
+>>> round(scores["mean_iou"], 4), [round(iou, 4) for iou in scores["per_category_iou"]]
+(0.7222, [0.5, 0.6667, 1.0])
 ```
 
 The module-level functions are the whole computation: ``area_totals`` counts, per class, the intersection, union,
