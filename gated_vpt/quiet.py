@@ -12,9 +12,18 @@ Each context manager restores the previous state on exit, so other code's warnin
 Example:
 
 ```py
+>>> import warnings
+>>> from peft import get_peft_model
+>>> from transformers import ViTConfig, ViTModel
+>>> from gated_vpt import GatedPromptConfig
 >>> from gated_vpt.quiet import peft_wrapping
->>> with peft_wrapping():
-...     model = get_peft_model(base, GatedPromptConfig())
+>>> base = ViTModel(ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2))
+>>> with warnings.catch_warnings(record=True) as caught:
+...     warnings.simplefilter("always")  # show every warning ...
+...     with peft_wrapping():  # ... but peft's use of the deprecated property
+...         model = get_peft_model(base, GatedPromptConfig())
+>>> [str(w.message) for w in caught if "is_gradient_checkpointing" in str(w.message)]
+[]
 ```
 """
 

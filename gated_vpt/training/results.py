@@ -66,7 +66,7 @@ def write_results(
     >>> model = get_peft_model(base, gated_vpt.GatedPromptConfig())  # ... then train it
     >>> history = [{"epoch": 0, "train_loss": 1.1, "lr": 0.1}]  # the loop's state.history
     >>> write_results(model, "outputs/run", {"test_accuracy": 0.81}, history, task="image-classification", title="tiny")
-    test_accuracy 0.8100; adapter and results in outputs/run
+    <BLANKLINE>
     | block | gate | temperature | selection ratio |
     |---:|---:|---:|---:|
     | 0 | 0.0067 | 1.0000 | 0.3311 |
@@ -75,6 +75,12 @@ def write_results(
     | 3 | - | 1.0000 | - |
     <BLANKLINE>
     Share of the inserted prompts reaching the last block unchanged: 0.9801
+    <BLANKLINE>
+    test_accuracy 0.8100
+    Wrote outputs/run/adapter/ (adapter and model card), metrics.json, gates.png, learning_curve.png in outputs/run
+    Next: gated-vpt info outputs/run
+          gated-vpt predict outputs/run <image files or folders>
+          gated-vpt push outputs/run <user>/<repo>
     PosixPath('outputs/run/adapter')
     ```
     """
