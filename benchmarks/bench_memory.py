@@ -21,18 +21,19 @@ import torch
 
 from .cli import common_parser, main
 from .measure import pick_device, time_call
-from .prototypes import PROTOTYPES
 from .report import environment, mib, ratio, table
-from .setups import CONFIGS, build
+from .setups import CONFIGS, GATED, PLAIN, build
 from .steps import Runner, random_batch
 
-# configuration:checkpointing[:prototype]
+# configuration:checkpointing[:plain]
 DEFAULT_CASES = [
     "full_ft:off",
     "full_ft:on",
     "ideal:off",
     "gated_temp:off",
+    "gated_temp:off:plain",
     "gated_temp:on",
+    "gated_temp:on:plain",
 ]
 
 
@@ -44,14 +45,16 @@ def enable_checkpointing(backbone: torch.nn.Module) -> None:
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = common_parser(__doc__, size="vit-b16", batch=32)
     parser.add_argument("--attention", choices=("eager", "sdpa"), default="sdpa")
-    parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, metavar="CONFIG:on|off[:PROTOTYPE]",
-                        help="Cases to measure; the first full_ft:off one is the reference.")
+    parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, metavar="CONFIG:on|off[:plain]",
+                        help="Cases to measure: configuration, checkpointing on or off, and ':plain' for a gated_vpt "
+                        "configuration with its fast path off. full_ft:off is the reference.")
     args = parser.parse_args(argv)
     for case in args.cases:
-        config, checkpointing, *prototype = case.split(":")
-        if config not in CONFIGS or checkpointing not in ("on", "off") or (prototype and prototype[0] not in PROTOTYPES):
-            parser.error(f"invalid case {case!r}: use CONFIG:on|off[:PROTOTYPE] with CONFIG in {', '.join(CONFIGS)} and "
-                         f"PROTOTYPE in {', '.join(sorted(PROTOTYPES))}.")
+        config, checkpointing, *plain = case.split(":")
+        if config not in CONFIGS or checkpointing not in ("on", "off") or plain not in ([], ["plain"]) or (
+                plain and config not in GATED):
+            parser.error(f"invalid case {case!r}: use CONFIG:on|off[:plain] with CONFIG in {', '.join(CONFIGS)} (':plain' "
+                         f"only for {', '.join(GATED)}).")
     if "full_ft:off" not in args.cases:
         parser.error("--cases must include full_ft:off: peaks are compared against it.")
     if args.quick:
@@ -59,12 +62,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     return args
 
 
-def measure_case(args, device, name: str, checkpointing: bool, prototype: Optional[str]) -> tuple[float, int]:
-    setup = build(name, args.size, args.prompts, device)
+def measure_case(args, device, name: str, checkpointing: bool, plain: bool) -> tuple[float, int]:
+    setup = build(name + (PLAIN if plain else ""), args.size, args.prompts, device)
     if checkpointing:
         enable_checkpointing(setup.backbone)
-    if prototype:
-        PROTOTYPES[prototype](setup.model)
     pixel_values, labels = random_batch(args.size, args.batch, device)
     runner = Runner(setup, pixel_values, labels)
     runner.prepare(args.attention, training=True)
@@ -82,15 +83,16 @@ def run(args: argparse.Namespace) -> str:
     device = pick_device(args.device)
     results = []
     for case in args.cases:
-        name, switch, *prototypes = case.split(":")
-        checkpointing, prototype = switch == "on", (prototypes or [None])[0]
-        seconds, peak = measure_case(args, device, name, checkpointing, prototype)
-        results.append((name, checkpointing, prototype, seconds, peak))
-        print(f"{name} checkpointing={checkpointing} prototype={prototype}: {seconds:.1f} s", file=sys.stderr, flush=True)
+        name, switch, *plain = case.split(":")
+        checkpointing = switch == "on"
+        seconds, peak = measure_case(args, device, name, checkpointing, bool(plain))
+        path = ("plain" if plain else "fast") if name in GATED else "-"
+        results.append((name, checkpointing, path, seconds, peak))
+        print(f"{name} checkpointing={checkpointing} path={path}: {seconds:.1f} s", file=sys.stderr, flush=True)
         gc.collect()
-    full = next(peak for name, ckpt, proto, _, peak in results if name == "full_ft" and not ckpt)
-    rows = [[name, "on" if ckpt else "off", proto or "-", f"{seconds:.2f}", mib(peak), ratio(peak, full)]
-            for name, ckpt, proto, seconds, peak in results]
+    full = next(peak for name, ckpt, _, _, peak in results if name == "full_ft" and not ckpt)
+    rows = [[name, "on" if ckpt else "off", path, f"{seconds:.2f}", mib(peak), ratio(peak, full)]
+            for name, ckpt, path, seconds, peak in results]
     sections = [
         f"## Peak training memory: {args.size}, batch {args.batch}, {args.prompts} prompts, {args.attention} attention, "
         f"device {device.type}",
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> str:
         f"- one step per case ({args.clock} clock, single run, not a median; CPU: under the memory profiler); peak = tensor bytes live "
         "at the start (weights, momentum buffers, inputs) plus the most allocated during the step",
         "",
-        table(["config", "checkpointing", "prototype", "step s", "peak MiB", "peak x full FT"], rows),
+        table(["config", "checkpointing", "path", "step s", "peak MiB", "peak x full FT"], rows),
     ]
     return "\n".join(sections) + "\n"
 

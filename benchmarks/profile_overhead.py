@@ -2,7 +2,7 @@
 
 Both models run ``--steps`` training steps (or inference batches) under the profiler after one warm-up; operators
 are listed by how much more self time (CPU, plus device time on CUDA) they take in the configuration than in the
-ideal, per step. ``--prototype`` applies a proposed core change (benchmarks/prototypes.py) to the configuration.
+ideal, per step. ``--plain`` runs a gated_vpt configuration with its fast path off.
 
     python -m benchmarks.profile_overhead --size vit-s16 --batch 8 --kind train --attention sdpa
 """
@@ -18,9 +18,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from .cli import common_parser, main
 from .measure import pick_device, synchronize
-from .prototypes import PROTOTYPES
 from .report import environment, table
-from .setups import CONFIGS, build
+from .setups import CONFIGS, GATED, PLAIN, build
 from .steps import Runner, random_batch
 
 
@@ -30,9 +29,11 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--kind", choices=("train", "inference"), default="train")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--attention", choices=("eager", "sdpa"), default="sdpa")
-    parser.add_argument("--prototype", nargs="*", choices=sorted(PROTOTYPES), default=[])
+    parser.add_argument("--plain", action="store_true", help="Run the gated_vpt configuration with its fast path off.")
     parser.add_argument("--top", type=int, default=15, help="Operators listed.")
     args = parser.parse_args(argv)
+    if args.plain and args.config not in GATED:
+        parser.error(f"--plain applies to the gated_vpt configurations only: {', '.join(GATED)}.")
     if args.quick:
         args.size, args.batch, args.steps = "tiny", 4, 1
     return args
@@ -59,10 +60,7 @@ def run(args: argparse.Namespace) -> str:
     pixel_values, labels = random_batch(args.size, args.batch, device)
     results = {}
     for name in ("ideal", args.config):
-        setup = build(name, args.size, args.prompts, device)
-        if name == args.config:
-            for prototype in args.prototype:
-                PROTOTYPES[prototype](setup.model)
+        setup = build(name + (PLAIN if args.plain and name == args.config else ""), args.size, args.prompts, device)
         runner = Runner(setup, pixel_values, labels)
         runner.prepare(args.attention, training=args.kind == "train")
         results[name] = profile_runner(runner, args.kind, args.steps, device)
@@ -77,10 +75,9 @@ def run(args: argparse.Namespace) -> str:
     total_config = sum(value[1] for value in config.values()) / 1e3
     total_ideal = sum(value[1] for value in ideal.values()) / 1e3
     rows.append(["(all operators)", "", "", f"{total_config:.2f}", f"{total_ideal:.2f}", f"{total_config - total_ideal:+.2f}"])
-    prototypes = ", ".join(args.prototype) or "none"
     sections = [
         f"## Profiler diff: {args.config} vs ideal, {args.kind}, {args.size}, batch {args.batch}, {args.attention} "
-        f"attention, device {device.type}, prototypes: {prototypes}",
+        f"attention, device {device.type}, {'plain' if args.plain else 'fast'} path",
         environment(device),
         f"- self time per {args.kind} step, averaged over {args.steps} profiled steps; sorted by |difference|",
         "",

@@ -31,6 +31,8 @@ SIZES: dict[str, dict] = {
     "vit-b16": dict(image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
 }
 CONFIGS = ("ideal", "full_ft", "linear_probe", "lora", "vpt_shallow", "vpt_deep", "gated", "gated_temp", "clip_gated_temp")
+GATED = ("vpt_shallow", "vpt_deep", "gated", "gated_temp", "clip_gated_temp")
+PLAIN = "@plain"  # suffix of a gated_vpt configuration run with the fast path off (gated_vpt.fast_path(False))
 PROMPT_DROPOUT = 0.1
 
 
@@ -41,6 +43,7 @@ class Setup:
     name: str
     model: nn.Module
     backbone: PreTrainedModel
+    fast_path: bool = True
 
     def trainable(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -143,12 +146,15 @@ BACKBONE_BUILDERS: dict[str, Callable[..., PreTrainedModel]] = {"clip_gated_temp
 
 
 def build(name: str, size: str, num_prompts: int, device: torch.device, seed: int = 0) -> Setup:
-    """Configuration ``name`` (one of ``CONFIGS``) on a fresh random ``size`` backbone, moved to ``device``."""
-    if name not in BUILDERS:
-        raise ValueError(f"Unknown configuration {name!r}; choose from {', '.join(CONFIGS)}.")
-    backbone = BACKBONE_BUILDERS.get(name, build_backbone)(size, seed=seed)
-    model = BUILDERS[name](backbone, num_prompts).to(device)
-    return Setup(name=name, model=model, backbone=backbone)
+    """Configuration ``name`` (one of ``CONFIGS``, a gated_vpt one optionally suffixed ``PLAIN``) on a fresh random
+    ``size`` backbone, moved to ``device``."""
+    config, plain = name.removesuffix(PLAIN), name.endswith(PLAIN)
+    if config not in BUILDERS or (plain and config not in GATED):
+        raise ValueError(f"Unknown configuration {name!r}; choose from {', '.join(CONFIGS)} (gated_vpt ones also with "
+                         f"{PLAIN!r}: {', '.join(GATED)}).")
+    backbone = BACKBONE_BUILDERS.get(config, build_backbone)(size, seed=seed)
+    model = BUILDERS[config](backbone, num_prompts).to(device)
+    return Setup(name=name, model=model, backbone=backbone, fast_path=not plain)
 
 
 def build_multi_adapter(size: str, num_prompts: int, num_adapters: int, device: torch.device, seed: int = 0) -> Setup:

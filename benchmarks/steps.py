@@ -7,6 +7,8 @@ from typing import Callable, Optional
 import torch
 from torch.nn import functional as F
 
+import gated_vpt
+
 from .measure import live_bytes, model_state_tensors, transient_peak_bytes
 from .setups import SIZES, Setup, logits_of
 
@@ -31,12 +33,13 @@ class Runner:
 
     def train_step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(logits_of(self.setup.model(self.pixel_values)), self.labels)
-        loss.backward()
+        with gated_vpt.fast_path(self.setup.fast_path):
+            loss = F.cross_entropy(logits_of(self.setup.model(self.pixel_values)), self.labels)
+            loss.backward()
         self.optimizer.step()
 
     def inference(self, adapter_names: Optional[list[str]] = None) -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), gated_vpt.fast_path(self.setup.fast_path):
             kwargs = {} if adapter_names is None else {"adapter_names": adapter_names}
             self.setup.model(self.pixel_values, **kwargs)
 

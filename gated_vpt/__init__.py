@@ -15,9 +15,12 @@ __all__ = [
     "GatedPromptBlock",
     "GatedPromptConfig",
     "GatedPromptModel",
+    "fast_path",
+    "fast_path_enabled",
     "gate_report",
     "init_classifier_",
     "load_adapter",
+    "set_fast_path",
     "supported_model_types",
 ]
 
@@ -25,9 +28,10 @@ __all__ = [
 def load_core() -> None:
     """Import the core and register the method with peft: what importing the package does (idempotent)."""
     global BACKBONES, BlockReport, GateReport, GatedPromptBlock, GatedPromptConfig, GatedPromptModel
-    global gate_report, init_classifier_, load_adapter, supported_model_types
+    global fast_path, fast_path_enabled, gate_report, init_classifier_, load_adapter, set_fast_path, supported_model_types
     from .backbones import BACKBONES, supported_model_types
     from .config import GatedPromptConfig
+    from .fast_path import fast_path, fast_path_enabled, set_fast_path
     from .heads import init_classifier_
     from .introspection import BlockReport, GateReport, gate_report
     from .layer import GatedPromptBlock

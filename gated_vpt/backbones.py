@@ -1,7 +1,9 @@
 """The per-backbone table: everything that differs between the supported transformers models.
 
-Each entry says where the query projection sits in a block, how many special tokens precede the patches, which head
-pooling the paper uses for that family and what the model's own head reads from the final sequence. The blocks are
+Each entry says how one block is built (``BlockLayout``: its layer norms, attention projections, MLP and layer
+scales, from which the fast path computes a block, and where the query projection sits), how many special tokens
+precede the patches, which head pooling the paper uses for that family and what the model's own head reads from the
+final sequence. The blocks are
 found below the vision tower (the base model, or its ``vision_model`` for the CLIP and SigLIP classification
 classes) at ``layers``, ``encoder.layer`` or ``encoder.layers``: transformers moved ViT's blocks from
 ``encoder.layer`` to ``layers`` in 5.9, and CLIP and SigLIP keep theirs at ``encoder.layers``.
@@ -9,13 +11,43 @@ classes) at ``layers``, ``encoder.layer`` or ``encoder.layers``: transformers mo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Literal
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Optional
 
 from torch import nn
 
 BLOCK_CONTAINERS = ("layers", "encoder.layer", "encoder.layers")
 HeadReads = Literal["cls", "probe", "mean"]
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Paths (below an encoder block) of the parts of a pre-norm transformer block, in the order it runs them:
+
+    ``x = x + scale1(o(attention(q(n1), k(n1), v(n1))))`` with ``n1 = norm_before(x)``, then
+    ``x = x + scale2(mlp(norm_after(x)))``. ``attention`` is the self-attention module: it holds the four
+    projections (plain ``nn.Linear``), ``head_dim``, the logit scale (attribute ``scaling``) and the ``config`` that
+    picks the attention kernel. ``layer_scales`` are per-channel scale modules (Dinov2), or None.
+    """
+
+    norm_before: str = "layernorm_before"
+    norm_after: str = "layernorm_after"
+    attention: str = "attention"
+    projections: tuple[str, str, str, str] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    scaling: str = "scaling"
+    mlp: str = "mlp"
+    layer_scales: Optional[tuple[str, str]] = None
+
+    @property
+    def query(self) -> str:
+        return f"{self.attention}.{self.projections[0]}"
+
+
+_DINOV2_BLOCK = BlockLayout(norm_before="norm1", norm_after="norm2", layer_scales=("layer_scale1", "layer_scale2"))
+_CLIP_BLOCK = BlockLayout(  # CLIP and SigLIP encoder layers
+    norm_before="layer_norm1", norm_after="layer_norm2", attention="self_attn",
+    projections=("q_proj", "k_proj", "v_proj", "out_proj"), scaling="scale",
+)
 
 
 @dataclass(frozen=True)
@@ -25,14 +57,17 @@ class BackboneSpec:
     ``head`` is what the model's own head reads from the final sequence: ``"cls"`` row 0 (after the final
     LayerNorm), ``"probe"`` every row through an attention-pooling probe (SigLIP), ``"mean"`` the mean of the
     non-special rows. It decides how ``heads.head_input`` realises the head pooling. ``classes`` limits a model type
-    to the classes whose head ``head`` describes (empty: every class of the type).
+    to the classes whose head ``head`` describes (empty: every class of the type). ``fast_path``: whether ``block``
+    describes the family's blocks completely, so that gated_vpt may compute them itself (skipping rows whose output is
+    discarded); False runs every block through its own forward.
     """
 
     special_tokens: Callable[[object], int]
     pooling: Literal["cls", "mean"] = "cls"
-    query: str = "attention.q_proj"
+    block: BlockLayout = field(default_factory=BlockLayout)
     head: HeadReads = "cls"
     classes: tuple[str, ...] = ()
+    fast_path: bool = True
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -40,16 +75,16 @@ BACKBONES: dict[str, BackboneSpec] = {
     "vit_mae": BackboneSpec(special_tokens=lambda config: 1, pooling="mean"),
     "vit_msn": BackboneSpec(special_tokens=lambda config: 1),
     "deit": BackboneSpec(special_tokens=lambda config: 2),
-    "dinov2": BackboneSpec(special_tokens=lambda config: 1),
-    "dinov2_with_registers": BackboneSpec(special_tokens=lambda config: 1 + config.num_register_tokens),
-    "clip_vision_model": BackboneSpec(special_tokens=lambda config: 1, query="self_attn.q_proj"),
+    "dinov2": BackboneSpec(special_tokens=lambda config: 1, block=_DINOV2_BLOCK),
+    "dinov2_with_registers": BackboneSpec(special_tokens=lambda config: 1 + config.num_register_tokens, block=_DINOV2_BLOCK),
+    "clip_vision_model": BackboneSpec(special_tokens=lambda config: 1, block=_CLIP_BLOCK),
     "clip": BackboneSpec(
-        special_tokens=lambda config: 1, pooling="mean", query="self_attn.q_proj", head="mean",
+        special_tokens=lambda config: 1, pooling="mean", block=_CLIP_BLOCK, head="mean",
         classes=("CLIPForImageClassification",),
     ),
-    "siglip_vision_model": BackboneSpec(special_tokens=lambda config: 0, query="self_attn.q_proj", head="probe"),
+    "siglip_vision_model": BackboneSpec(special_tokens=lambda config: 0, block=_CLIP_BLOCK, head="probe"),
     "siglip": BackboneSpec(
-        special_tokens=lambda config: 0, pooling="mean", query="self_attn.q_proj", head="mean",
+        special_tokens=lambda config: 0, pooling="mean", block=_CLIP_BLOCK, head="mean",
         classes=("SiglipForImageClassification",),
     ),
     "ijepa": BackboneSpec(special_tokens=lambda config: 0, pooling="mean", head="mean"),

@@ -18,16 +18,81 @@ import torch
 TEMPERATURE_RANGE = (0.01, 10.0)
 
 
-def gate_prompts(block_output: torch.Tensor, prompts_in: torch.Tensor, gate_logit: torch.Tensor, num_special: int) -> torch.Tensor:
+def gate_prompts(
+    block_output: torch.Tensor, prompts_in: torch.Tensor, gate_logit: torch.Tensor, num_special: int, in_place: bool = False
+) -> torch.Tensor:
     """Return ``block_output`` with its prompt rows replaced by ``g * out + (1 - g) * prompts_in``.
 
     CLS, other special tokens and patches keep the block's output unchanged. ``gate_logit`` is a scalar or
-    broadcasts against (batch, 1, 1).
+    broadcasts against (batch, 1, 1). ``in_place=True`` writes into ``block_output`` (which no one else may hold);
+    otherwise it is copied once. Either way the backward pass keeps only the prompt rows' change (batch, P, D), not
+    the block output.
     """
-    end = num_special + prompts_in.shape[1]
-    gate = torch.sigmoid(gate_logit)
-    mixed = torch.lerp(prompts_in, block_output[:, num_special:end], gate)
-    return torch.cat((block_output[:, :num_special], mixed, block_output[:, end:]), dim=1)
+    return _GatePromptRows.apply(block_output, prompts_in, gate_logit, num_special, in_place)
+
+
+class _GatePromptRows(torch.autograd.Function):
+    """The gate on the prompt rows only: no concatenation of the sequence, and a backward pass that makes one copy
+    of the incoming gradient (prompt rows scaled by ``g``) instead of autograd's zero-filled slice gradients."""
+
+    @staticmethod
+    def forward(ctx, output, prompts_in, gate_logit, start, in_place):
+        end = start + prompts_in.shape[1]
+        gate = torch.sigmoid(gate_logit)
+        rows = output[:, start:end]
+        delta = rows - prompts_in
+        mixed = torch.lerp(prompts_in, rows, gate)
+        if not in_place:
+            output = output.clone()
+        output[:, start:end] = mixed
+        if in_place:
+            ctx.mark_dirty(output)
+        ctx.save_for_backward(delta, gate)
+        ctx.rows = (start, end)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad):
+        delta, gate = ctx.saved_tensors
+        start, end = ctx.rows
+        rows = grad[:, start:end]
+        grad_output = grad.clone()
+        grad_output[:, start:end].mul_(gate)
+        grad_prompts = rows * (1 - gate) if ctx.needs_input_grad[1] else None
+        grad_logit = None
+        if ctx.needs_input_grad[2]:
+            grad_logit = (rows * delta).sum_to_size(gate.shape) * gate * (1 - gate)
+        return grad_output, grad_prompts, grad_logit, None, None
+
+
+def divide_query(query: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """``query / temperature``, contiguous in ``query``'s dimension order, keeping only the result for the backward
+    pass, which the attention kernel keeps anyway: no extra activation per block (autograd's division would keep the
+    undivided query as well).
+
+    ``temperature`` is a scalar or holds one value per sample (any shape with the batch first and ones after).
+    """
+    if temperature.dim():
+        temperature = temperature.reshape(temperature.shape[0], *(1,) * (query.dim() - 1))
+    return _DivideQuery.apply(query, temperature)
+
+
+class _DivideQuery(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, query, temperature):
+        out = torch.div(query, temperature, out=torch.empty(query.shape, dtype=query.dtype, device=query.device))
+        ctx.save_for_backward(out, temperature)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        out, temperature = ctx.saved_tensors
+        grad_query = grad / temperature if ctx.needs_input_grad[0] else None
+        grad_temperature = None
+        if ctx.needs_input_grad[1]:
+            # d(q / t)/dt = -q / t**2 = -out / t
+            grad_temperature = -(grad * out).sum_to_size(temperature.shape) / temperature
+        return grad_query, grad_temperature
 
 
 def clamp_temperatures_(temperatures: Iterable[torch.Tensor]) -> None:

@@ -1,13 +1,16 @@
 """The tuner layer: one wrapper per encoder block that runs the block on the prompted sequence.
 
-For each adapter, the block at ``prompt_start_block`` inserts the prompts (deep mode: every later block swaps in a
-fresh set), every prompted block runs under its temperature and gates its prompt rows (all but the last), and the
-last block hands the sequence to the head as ``heads.head_input`` says (usually: prompts removed, so the final
-LayerNorm and head see the usual sequence).
+For each adapter, the block at ``prompt_start_block`` inserts the prompts, every prompted block runs under its
+temperature and gates its prompt rows (all but the last), and the last block hands the sequence to the head as
+``heads.head_input`` says (usually: prompts removed, so the final LayerNorm and head see the usual sequence). In deep
+mode every prompted block inserts its own fresh prompts and removes them again, since the next block discards them.
+Where ``fast_path`` applies, the block is computed from its ``BlockLayout`` and the prompt rows whose output is
+discarded are not computed at all (see ``gated_vpt.fast_path``).
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Optional
 
 import torch
@@ -15,12 +18,13 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from torch.nn import functional as F
 
-from .backbones import HeadReads
+from .backbones import BlockLayout, HeadReads
 from .config import GatedPromptConfig
-from .gate import TEMPERATURE_RANGE, gate_prompts
+from .fast_path import BlockParts, fast_path_enabled, forward_block
+from .gate import TEMPERATURE_RANGE, divide_query, gate_prompts
 from .heads import head_input
 from .layout import GATE, PROMPT, TEMPERATURE, block_tensor_shapes
-from .prompts import insert_prompts, new_prompts, prompt_rows, remove_prompts, replace_prompts
+from .prompts import insert_prompts, new_prompts, prompt_rows, remove_prompts
 
 NOT_MERGEABLE = (
     "Gated prompts cannot be merged into the backbone weights (they add tokens to the sequence), so merge_adapter, "
@@ -62,6 +66,7 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         hidden_size: int,
         prompt_bound: float,
         head: HeadReads,
+        layout: Optional[BlockLayout] = None,
     ) -> None:
         super().__init__()
         self.base_layer = base_layer
@@ -80,6 +85,9 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         self._per_sample: Optional[tuple[list[str], torch.Tensor]] = None
         self._base_samples: Optional[torch.Tensor] = None  # rows of a mixed batch that peft's "__base__" names
         self._plain = False
+        self._layout = layout
+        # adapter name -> (_stamp of what the entry was computed from, (keys, values) of its prompts); eval mode only
+        self._prompt_kv_cache: dict[str, tuple[tuple, tuple[torch.Tensor, torch.Tensor]]] = {}
         self._query_hook = query.register_forward_hook(self._scale_query)
         self.register_state_dict_post_hook(_saved_temperatures_in_range)
 
@@ -170,12 +178,15 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         values = torch.stack([params[n] if n in params else params[next(iter(params))].new_tensor(missing) for n in names])
         return values[index].view(-1, 1, 1)
 
+    def _temperature(self, name: str, dtype: torch.dtype) -> Optional[torch.Tensor]:
+        """The temperature that divides the queries (one per sample in a mixed batch), or None."""
+        temperature = self._per_adapter(self.gvpt_temperature, name, 1.0)
+        return None if temperature is None else temperature.to(dtype)
+
     def _scale_query(self, module: nn.Module, args: Any, query: torch.Tensor) -> Optional[torch.Tensor]:
         name = self._adapter()
-        if name is None:
-            return None
-        temperature = self._per_adapter(self.gvpt_temperature, name, 1.0)
-        return None if temperature is None else query / temperature.to(query.dtype)
+        temperature = None if name is None else self._temperature(name, query.dtype)
+        return None if temperature is None else divide_query(query, temperature)
 
     def _prompts_for(self, name: str, batch_size: int) -> torch.Tensor:
         if self._per_sample is None:
@@ -201,10 +212,11 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
             self._per_sample, self._plain = None, True
             plain = hidden_states[rows[True]]
             start, num_special, num_prompts = config.prompt_start_block, self.num_special_tokens, config.num_prompt_tokens
-            if start < self.index:
+            shallow = config.prompt_mode == "shallow"  # only shallow prompts are carried from block to block
+            if shallow and start < self.index:
                 plain = remove_prompts(plain, num_special, num_prompts)
             plain = self.base_layer(plain, attention_mask, **kwargs)
-            if start <= self.index and not self.is_last:
+            if shallow and start <= self.index and not self.is_last:
                 plain = insert_prompts(plain, plain.new_zeros(plain.shape[0], num_prompts, plain.shape[-1]), num_special)
         finally:
             self._per_sample, self._base_samples, self._plain = routing, base, False
@@ -230,30 +242,109 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
                 "rather than flex attention."
             )
         config = self.gvpt_config[name]
-        num_special = self.num_special_tokens
-        if name in self.gvpt_prompt:
+        num_special, num_prompts = self.num_special_tokens, config.num_prompt_tokens
+        carries = config.prompt_mode == "shallow" and not self.is_last  # the next block takes these prompt rows
+        mean_head = self.is_last and config.head_pooling == "mean"  # the head averages them
+        parts = self._fast_parts(kwargs)
+        keep = carries or mean_head or parts is None  # compute the prompt rows' outputs
+        fresh = name in self.gvpt_prompt
+        prompts = prompt_kv = None
+        if fresh and not keep and not self.training and not torch.is_grad_enabled():
+            prompts, prompt_kv = None, self._cached_prompt_keys_values(parts, name, hidden_states.dtype)
+        elif fresh:
             prompts = self._prompts_for(name, hidden_states.shape[0]).to(hidden_states.dtype)
-            place = insert_prompts if self.index == config.prompt_start_block else replace_prompts
-            hidden_states = place(hidden_states, prompts, num_special)
-        prompts_in = prompt_rows(hidden_states, num_special, config.num_prompt_tokens)
-        output = self.base_layer(hidden_states, None, **kwargs)
+            if keep:
+                hidden_states, prompts = insert_prompts(hidden_states, prompts, num_special), None
         gate_logit = self._per_adapter(self.gvpt_gate, name, float("inf"))
+        prompts_in = None if gate_logit is None else prompt_rows(hidden_states, num_special, num_prompts)
+        if parts is None:
+            output = self.base_layer(hidden_states, None, **kwargs)
+        else:
+            output = self._forward_fast(parts, name, hidden_states, prompts, prompt_kv, keep)
+            if not keep:
+                return output
         if gate_logit is not None:
-            output = gate_prompts(output, prompts_in, gate_logit.to(output.dtype), num_special)
+            output = gate_prompts(output, prompts_in, gate_logit.to(output.dtype), num_special, in_place=parts is not None)
         if self.is_last:
-            output = head_input(output, config.head_pooling, self.head, num_special, config.num_prompt_tokens)
-        return output
+            return head_input(output, config.head_pooling, self.head, num_special, num_prompts)
+        return output if carries else remove_prompts(output, num_special, num_prompts)
+
+    def _fast_parts(self, kwargs: dict) -> Optional[BlockParts]:
+        """The block's parts when the fast path applies to this call, else None (the plain path)."""
+        if not fast_path_enabled() or self._layout is None or any(v is not None and v is not False for v in kwargs.values()):
+            return None
+        block = self.base_layer
+        if any(child.training for child in block.children()) or any(hasattr(m, "_hf_hook") for m in block.modules()):
+            return None
+        parts = BlockParts.of(block, self._layout)
+        return parts if parts is not None and parts.attention_function() is not None else None
+
+    def _forward_fast(
+        self,
+        parts: BlockParts,
+        name: str,
+        hidden_states: torch.Tensor,
+        prompts: Optional[torch.Tensor],
+        prompt_kv: Optional[tuple[torch.Tensor, torch.Tensor]],
+        keep: bool,
+    ) -> torch.Tensor:
+        def run(hidden_states: torch.Tensor, prompts: Optional[torch.Tensor]) -> torch.Tensor:
+            return forward_block(
+                parts, hidden_states, self.num_special_tokens, self.gvpt_config[name].num_prompt_tokens, prompts=prompts,
+                prompt_keys_values=prompt_kv, keep_prompt_rows=keep, temperature=self._temperature(name, hidden_states.dtype),
+            )
+
+        block = self.base_layer
+        if getattr(block, "gradient_checkpointing", False) and block.training and torch.is_grad_enabled():
+            # as the block's own forward would be; prompts are passed so that they get gradients
+            return block._gradient_checkpointing_func(run, hidden_states, prompts)
+        return run(hidden_states, prompts)
+
+    def _cached_prompt_keys_values(self, parts: BlockParts, name: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values of the fresh prompts, (1 or batch, P, D): in eval mode they do not depend on the image.
+        Each adapter's entry is recomputed when any tensor it came from has changed (storage or in-place version)."""
+        names = [name] if self._per_sample is None else self._per_sample[0]
+        pairs = []
+        for adapter in names:
+            prompt = self.gvpt_prompt[adapter]
+            sources = (prompt, *parts.key_value_parameters())
+            cached = self._prompt_kv_cache.get(adapter)
+            if cached is None or not _unchanged(cached[0], sources, dtype):
+                cached = (_stamp(sources, dtype), parts.keys_values(prompt.to(dtype).unsqueeze(0)))
+                self._prompt_kv_cache[adapter] = cached
+            pairs.append(cached[1])
+        if self._per_sample is None:
+            return pairs[0]
+        index = self._per_sample[1]
+        return tuple(torch.cat(tensors)[index] for tensors in zip(*pairs))
 
     def train(self, mode: bool = True) -> "GatedPromptBlock":
         """Only the prompt dropout follows ``mode``; the frozen block's modules stay in eval mode (no dropout, no
         drop-path). The block's own flag does follow ``mode``: transformers checkpoints a block only in training."""
         self.training = mode
+        self._prompt_kv_cache.clear()
         self.base_layer.eval()
         self.base_layer.training = mode
         return self
 
+    def __getstate__(self) -> dict:
+        """Pickled (and deep-copied) without the key/value cache: it refers to this block's tensors weakly."""
+        return {**self.__dict__, "_prompt_kv_cache": {}}
+
     def __repr__(self) -> str:
         return "gated_vpt." + super().__repr__()
+
+
+def _stamp(tensors: tuple[torch.Tensor, ...], dtype: torch.dtype) -> tuple:
+    """What identifies the current values of ``tensors``: each tensor object (weakly), its storage and in-place version."""
+    return dtype, tuple((weakref.ref(t), t.data_ptr(), t._version) for t in tensors)
+
+
+def _unchanged(stamp: tuple, tensors: tuple[torch.Tensor, ...], dtype: torch.dtype) -> bool:
+    entries = stamp[1]
+    return stamp[0] == dtype and len(entries) == len(tensors) and all(
+        ref() is t and pointer == t.data_ptr() and version == t._version for (ref, pointer, version), t in zip(entries, tensors)
+    )
 
 
 def _saved_temperatures_in_range(module: GatedPromptBlock, state_dict: dict, prefix: str, local_metadata: dict) -> None:

@@ -73,13 +73,14 @@ class GatedPromptModel(BaseTuner):
         backbone = self._backbone
         block = GatedPromptBlock(
             target,
-            query=target.get_submodule(backbone.spec.query),
+            query=target.get_submodule(backbone.spec.block.query),
             index=backbone.block_names.index(current_key),
             num_blocks=backbone.num_blocks,
             num_special_tokens=backbone.num_special_tokens,
             hidden_size=backbone.hidden_size,
             prompt_bound=prompt_init_bound(backbone.patch_size, backbone.num_channels, backbone.hidden_size),
             head=backbone.spec.head,
+            layout=backbone.spec.block if backbone.spec.fast_path else None,
         )
         block.update_layer(adapter_name, peft_config)
         if adapter_name not in self.active_adapters:

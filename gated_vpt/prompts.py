@@ -25,12 +25,6 @@ def insert_prompts(hidden_states: torch.Tensor, prompts: torch.Tensor, num_speci
     return torch.cat((hidden_states[:, :num_special], prompts, hidden_states[:, num_special:]), dim=1)
 
 
-def replace_prompts(hidden_states: torch.Tensor, prompts: torch.Tensor, num_special: int) -> torch.Tensor:
-    """Swap the carried prompt rows for fresh ones (VPT-deep)."""
-    end = num_special + prompts.shape[1]
-    return torch.cat((hidden_states[:, :num_special], prompts, hidden_states[:, end:]), dim=1)
-
-
 def prompt_rows(hidden_states: torch.Tensor, num_special: int, num_prompts: int) -> torch.Tensor:
     return hidden_states[:, num_special : num_special + num_prompts]
 

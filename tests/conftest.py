@@ -171,6 +171,21 @@ def pixels() -> torch.Tensor:
     return images()
 
 
+@pytest.fixture(autouse=True)
+def fast_path_restored():
+    """Every test starts with gated_vpt's fast path on (the default), whatever an earlier test switched."""
+    gated_vpt.set_fast_path(True)
+    yield
+
+
+@pytest.fixture
+def plain_path():
+    """Run the test on the plain path (every wrapped block's own forward), e.g. to observe the blocks with hooks:
+    the fast path computes blocks from their parts and never calls them."""
+    with gated_vpt.fast_path(False):
+        yield
+
+
 @pytest.fixture
 def single_thread():
     """One intra-op thread: tiny models gain nothing from more, and lose a lot when the cores are shared.

@@ -7,6 +7,7 @@ import pytest
 import torch
 from peft import get_peft_model
 
+import gated_vpt
 from conftest import images, main_output, make_backbone, randomize_adapter_
 from gated_vpt import GatedPromptBlock, GatedPromptConfig
 from reference import read_adapter, reference_forward
@@ -60,35 +61,39 @@ def test_flex_attention_is_refused_clearly_and_the_suggested_sdpa_gives_the_refe
     torch.testing.assert_close(got, reference_forward(frozen, pixels, read_adapter(model)), rtol=1e-5, atol=1e-5)
 
 
-def _gradients(checkpointing: bool):
+def _gradients(checkpointing: bool, fast: bool = True, **config):
     base = make_backbone("vit_clf")
     if checkpointing:
         base.activation_checkpointing_enable()
-    model = randomize_adapter_(get_peft_model(base, GatedPromptConfig(num_prompt_tokens=3, prompt_dropout=0.0)))
+    model = randomize_adapter_(get_peft_model(base, GatedPromptConfig(num_prompt_tokens=3, prompt_dropout=0.0, **config)))
     model.train()
-    attention_calls = []
+    norm_calls = []  # both paths run each block's first LayerNorm on its rows once
     for block in blocks(model):
-        block.base_layer.attention.register_forward_pre_hook(lambda module, args: attention_calls.append(1))
-    loss = model(images(batch=3), labels=torch.tensor([0, 1, 2])).loss
-    in_forward = len(attention_calls)
-    loss.backward()
+        block.base_layer.layernorm_before.register_forward_pre_hook(lambda module, args: norm_calls.append(1))
+    with gated_vpt.fast_path(fast):
+        loss = model(images(batch=3), labels=torch.tensor([0, 1, 2])).loss
+        in_forward = len(norm_calls)
+        loss.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
-    return grads, in_forward, len(attention_calls) - in_forward
+    return grads, in_forward, len(norm_calls) - in_forward
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
-    plain, _, _ = _gradients(checkpointing=False)
-    checkpointed, _, _ = _gradients(checkpointing=True)
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
+@pytest.mark.parametrize("mode", ["shallow", "deep"])
+def test_gradient_checkpointing_gives_the_same_gradients(fast, mode):
+    plain, _, _ = _gradients(checkpointing=False, fast=False, prompt_mode=mode)
+    checkpointed, _, _ = _gradients(checkpointing=True, fast=fast, prompt_mode=mode)
     assert plain.keys() == checkpointed.keys() and len(plain) > 0
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_gradient_checkpointing_recomputes_the_blocks():
-    """With checkpointing on, the backward pass runs every block's attention again (it saves the memory the
-    user asked for); without it, it does not."""
-    _, forward_plain, backward_plain = _gradients(checkpointing=False)
-    _, forward_checkpointed, backward_checkpointed = _gradients(checkpointing=True)
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
+def test_gradient_checkpointing_recomputes_the_blocks(fast):
+    """With checkpointing on, the backward pass runs every block again (it saves the memory the user asked for);
+    without it, it does not."""
+    _, forward_plain, backward_plain = _gradients(checkpointing=False, fast=fast)
+    _, forward_checkpointed, backward_checkpointed = _gradients(checkpointing=True, fast=fast)
     assert forward_plain == forward_checkpointed == 4 and backward_plain == 0
     assert backward_checkpointed == 4
 

@@ -222,17 +222,17 @@ def test_eager_and_sdpa_agree_with_the_reference(backbone, pixels):
 
 
 def _gradients(backbone: str, checkpointing: bool) -> tuple[dict, int]:
-    """The trainable parameters' gradients of a loss, and how often the blocks' query projections ran (forward and
-    backward: transformers recomputes a checkpointed block's ``forward``, inside its hooks)."""
+    """The trainable parameters' gradients of a loss, and how often the blocks' first norms ran (forward and backward:
+    transformers recomputes a checkpointed block's ``forward``, inside its hooks; so does the fast path)."""
     base = make_backbone(backbone)
     if checkpointing:
         base.activation_checkpointing_enable()
     model = randomize_adapter_(get_peft_model(base, GatedPromptConfig(num_prompt_tokens=3, prompt_dropout=0.0)))
     model.train()
     calls = []
-    for name, module in model.named_modules():
-        if name.endswith("q_proj"):
-            module.register_forward_pre_hook(lambda module, args: calls.append(1))
+    norm_before = gated_vpt.BACKBONES[base.config.model_type].block.norm_before
+    for block in (m for m in model.modules() if isinstance(m, GatedPromptBlock)):
+        block.base_layer.get_submodule(norm_before).register_forward_pre_hook(lambda module, args: calls.append(1))
     pixels = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     _main(model, pixels, backbone).square().mean().backward()
     return {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}, len(calls)
@@ -273,6 +273,7 @@ def test_siglip_attention_pooling_reads_the_image_tokens_only_unless_mean_poolin
     assert seen == [rows] and output.last_hidden_state.shape[1] == rows
 
 
+@pytest.mark.usefixtures("plain_path")
 def test_clip_prompts_enter_after_the_pre_encoder_layernorm(pixels):
     """CLIP's pre_layrnorm runs on the embeddings before block 0; the prompts are inserted at the block, so block 0
     sees them unnormalised, and the CLS and patch rows exactly as the plain model's block 0 does."""

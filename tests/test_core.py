@@ -9,6 +9,7 @@ import torch
 from peft import PeftConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 
+import gated_vpt
 from conftest import images, main_output, make_backbone, randomize_adapter_
 from gated_vpt import GatedPromptBlock, GatedPromptConfig
 from reference import read_adapter, reference_forward
@@ -30,6 +31,7 @@ def blocks(model):
 
 def record_block_io(model):
     """Inputs and outputs of the wrapped (inner) blocks, and outputs of the wrappers, appended during forwards."""
+    assert not gated_vpt.fast_path_enabled(), "use the plain_path fixture: the fast path does not call the inner blocks"
     record = {"inner_in": [], "inner_out": [], "outer_out": []}
     for block in blocks(model):
         block.base_layer.register_forward_pre_hook(lambda module, args: record["inner_in"].append(args[0]))
@@ -60,6 +62,7 @@ def test_vpt_shallow_is_the_gated_method_with_open_gates_at_unit_temperature(pix
         assert (gated(pixels).logits - want).abs().max() > 1e-4, "the temperature has no effect"
 
 
+@pytest.mark.usefixtures("plain_path")
 def test_huge_gate_init_carries_the_prompts_unchanged_to_the_last_block(pixels):
     model = prompted(randomize=False, gate_init=50.0, prompt_dropout=0.0)
     record = record_block_io(model)
@@ -74,6 +77,7 @@ def test_huge_gate_init_carries_the_prompts_unchanged_to_the_last_block(pixels):
     assert (out - base_out).abs().max() > 1e-3
 
 
+@pytest.mark.usefixtures("plain_path")
 def test_deep_prompts_replace_the_carried_ones_before_every_block(pixels):
     model = prompted(prompt_mode="deep", prompt_start_block=1)
     record = record_block_io(model)
@@ -84,6 +88,7 @@ def test_deep_prompts_replace_the_carried_ones_before_every_block(pixels):
         assert torch.equal(block_in[:, 1:4], block.gvpt_prompt["default"].expand(2, -1, -1))
 
 
+@pytest.mark.usefixtures("plain_path")
 @pytest.mark.parametrize("start", [0, 2])
 def test_prompts_enter_after_the_special_tokens_without_position_embedding(start, pixels):
     model = prompted("deit_clf", prompt_start_block=start)  # DeiT: CLS and distillation token
@@ -97,6 +102,7 @@ def test_prompts_enter_after_the_special_tokens_without_position_embedding(start
     assert torch.equal(record["inner_in"][start], torch.cat((sequence[:, :2], prompts, sequence[:, 2:]), dim=1))
 
 
+@pytest.mark.usefixtures("plain_path")
 @pytest.mark.parametrize("backbone", ["vit_clf", "deit_clf", "dinov2_reg"])
 def test_gates_mix_prompt_rows_with_the_block_input_and_leave_other_tokens_alone(backbone, pixels):
     model = prompted(backbone)
@@ -319,6 +325,7 @@ def test_prompt_dropout_is_active_in_training_mode_only():
         assert torch.equal(model(x).logits, model(x).logits)
 
 
+@pytest.mark.usefixtures("plain_path")
 @pytest.mark.parametrize("mode", ["shallow", "deep"])
 def test_prompt_dropout_zeroes_prompt_rows_only_at_the_configured_rate_with_inverse_scaling(mode):
     """On entry to each block that inserts prompts, the CLS and patch rows are exactly what reached it (the

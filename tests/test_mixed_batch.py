@@ -121,6 +121,7 @@ def _adapter_grads(model, name: str) -> dict:
     return {k: p.grad.clone() for k, p in _adapter_params(model, name).items()}
 
 
+@pytest.mark.usefixtures("plain_path")  # the prompts are read where they enter the wrapped block
 def test_mixed_batch_in_training_drops_each_samples_prompts_at_its_own_rate_and_matches_each_adapter_alone(monkeypatch):
     adapters = {name: dict(prompt_dropout=rate) for name, rate in RATES.items()}
     model = _model("vit_clf", adapters)

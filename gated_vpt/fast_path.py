@@ -1,0 +1,181 @@
+"""The fast path: gated_vpt computes a prompted block itself, from the backbone table's ``BlockLayout``.
+
+Where a block's prompt outputs are thrown away (VPT-deep: every block, since the next one brings fresh prompts;
+a CLS head: the last block), the prompt rows enter attention only as keys and values: their queries, attention
+output and MLP are not computed, and gradients still reach the prompts through the keys and values. The
+temperature divides the queries without keeping an extra activation (``gate.divide_query``), and the caller gates
+the prompt rows in place, since it owns the block's output.
+
+The plain path, the block's own forward with the temperature applied by a hook on its query projection, is the
+reference the fast path is tested against. gated_vpt takes it when the fast path does not apply (an attention
+kernel other than eager or sdpa, outputs recorded with ``output_hidden_states`` / ``output_attentions``, a block
+the layout does not describe, accelerate's offload hooks), and everywhere after ``set_fast_path(False)``.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .backbones import BlockLayout
+from .gate import divide_query
+from .prompts import insert_prompts, remove_prompts
+
+_ENABLED = [True]
+
+
+def set_fast_path(enabled: bool) -> None:
+    """Switch gated_vpt's fast path on (the default) or off for the whole process. Off, every prompted block runs
+    through its own forward on the full prompted sequence: slower, the same numbers to float precision.
+
+    Example:
+
+    ```py
+    >>> import gated_vpt
+    >>> gated_vpt.set_fast_path(False)  # e.g. to compare against the plain path
+    >>> gated_vpt.fast_path_enabled()
+    False
+    >>> gated_vpt.set_fast_path(True)
+    ```
+    """
+    _ENABLED[0] = bool(enabled)
+
+
+def fast_path_enabled() -> bool:
+    return _ENABLED[0]
+
+
+@contextmanager
+def fast_path(enabled: bool) -> Iterator[None]:
+    """``with gated_vpt.fast_path(False): ...`` runs the body with the fast path switched as given, then restores it."""
+    previous = _ENABLED[0]
+    set_fast_path(enabled)
+    try:
+        yield
+    finally:
+        set_fast_path(previous)
+
+
+@dataclass(frozen=True)
+class BlockParts:
+    """The modules of one encoder block, found through its ``BlockLayout``."""
+
+    norm_before: nn.Module
+    norm_after: nn.Module
+    attention: nn.Module
+    query: nn.Linear
+    key: nn.Linear
+    value: nn.Linear
+    output: nn.Linear
+    mlp: nn.Module
+    layer_scales: Optional[tuple[nn.Module, nn.Module]]
+    scaling: float
+    eager: Callable
+
+    @classmethod
+    def of(cls, block: nn.Module, layout: BlockLayout) -> Optional["BlockParts"]:
+        """The parts of ``block``, or None when it does not match ``layout`` (a missing module, or a projection that
+        is not a plain ``nn.Linear``, e.g. quantised or adapted by another method)."""
+        try:
+            attention = block.get_submodule(layout.attention)
+            projections = [attention.get_submodule(name) for name in layout.projections]
+            parts = dict(
+                norm_before=block.get_submodule(layout.norm_before),
+                norm_after=block.get_submodule(layout.norm_after),
+                mlp=block.get_submodule(layout.mlp),
+                layer_scales=tuple(block.get_submodule(name) for name in layout.layer_scales) if layout.layer_scales else None,
+                scaling=getattr(attention, layout.scaling),
+            )
+        except AttributeError:
+            return None
+        eager = getattr(sys.modules.get(type(attention).__module__), "eager_attention_forward", None)
+        if eager is None or any(type(projection) is not nn.Linear for projection in projections):
+            return None
+        return cls(attention=attention, query=projections[0], key=projections[1], value=projections[2],
+                   output=projections[3], eager=eager, **parts)
+
+    def attention_function(self) -> Optional[Callable]:
+        """transformers' attention kernel this block is configured for, when it is one the fast path runs."""
+        implementation = self.attention.config._attn_implementation
+        if implementation == "eager":
+            return self.eager
+        return ALL_ATTENTION_FUNCTIONS["sdpa"] if implementation == "sdpa" else None
+
+    def key_value_parameters(self) -> tuple[torch.Tensor, ...]:
+        """What the keys and values of given rows depend on besides the rows: the first norm and two projections."""
+        modules = (self.norm_before, self.key, self.value)
+        return tuple(p for module in modules for p in module.parameters(recurse=False))
+
+    def keys_values(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        normed = self.norm_before(rows)
+        return _linear(self.key, normed), _linear(self.value, normed)
+
+
+def forward_block(
+    parts: BlockParts,
+    hidden_states: torch.Tensor,
+    num_special: int,
+    num_prompts: int,
+    prompts: Optional[torch.Tensor] = None,
+    prompt_keys_values: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    keep_prompt_rows: bool = True,
+    temperature: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """One block, as its own forward computes it (eval mode), on ``[special, prompts, patches]``.
+
+    ``hidden_states`` holds the prompt rows right after the special tokens, unless ``prompts`` (batch, P, D) or their
+    precomputed ``prompt_keys_values`` are given: then the prompts join this block as keys and values only.
+    ``keep_prompt_rows=False`` returns ``[special, patches]`` without computing the prompt rows' queries, attention
+    output or MLP. ``temperature`` divides the queries (a scalar or one per sample).
+    """
+    if keep_prompt_rows and (prompts is not None or prompt_keys_values is not None):
+        raise ValueError("forward_block: insert the prompts into hidden_states to keep their rows.")
+    attend = parts.attention_function()
+    batch = hidden_states.shape[0]
+    residual = hidden_states
+    normed = parts.norm_before(hidden_states)
+    keys_in = None
+    if prompts is None and prompt_keys_values is None:
+        keys_in = normed
+        if not keep_prompt_rows:
+            normed = remove_prompts(normed, num_special, num_prompts)
+            residual = remove_prompts(residual, num_special, num_prompts)
+    elif prompt_keys_values is None:
+        keys_in = insert_prompts(normed, parts.norm_before(prompts), num_special)
+
+    head_dim = parts.attention.head_dim
+
+    def heads(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.view(batch, tensor.shape[1], -1, head_dim).transpose(1, 2)
+
+    query = heads(_linear(parts.query, normed))
+    if temperature is not None:
+        query = divide_query(query, temperature)
+    if keys_in is not None:
+        key, value = _linear(parts.key, keys_in), _linear(parts.value, keys_in)
+    else:
+        prompt_key, prompt_value = (t.expand(batch, -1, -1) for t in prompt_keys_values)
+        key = insert_prompts(_linear(parts.key, normed), prompt_key, num_special)
+        value = insert_prompts(_linear(parts.value, normed), prompt_value, num_special)
+    attended = attend(parts.attention, query, heads(key), heads(value), None, dropout=0.0, scaling=parts.scaling)[0]
+    attended = _linear(parts.output, attended.reshape(batch, query.shape[2], -1))
+    if parts.layer_scales:
+        attended = parts.layer_scales[0](attended)
+    hidden_states = attended + residual
+    mlp = parts.mlp(parts.norm_after(hidden_states))
+    if parts.layer_scales:
+        mlp = parts.layer_scales[1](mlp)
+    return mlp + hidden_states
+
+
+def _linear(module: nn.Linear, rows: torch.Tensor) -> torch.Tensor:
+    """The projection without calling the module: its hooks (gated_vpt's own temperature hook on the query) belong to
+    the plain path."""
+    return F.linear(rows, module.weight, module.bias)
