@@ -19,6 +19,7 @@ from accelerate.logging import get_logger
 from peft import get_peft_model
 from transformers import AutoConfig
 
+from gated_vpt.quiet import peft_wrapping
 from gated_vpt.recipes import CLASSIFICATION
 from gated_vpt.training import args as cli
 from gated_vpt.training.checkpointing import checked_resume_path
@@ -47,13 +48,14 @@ EMBEDDED_MODEL = str(Path(__file__).resolve().parent.parent / "assets" / "mae-ti
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Gated visual prompt tuning for image classification.")
+    parser = argparse.ArgumentParser(description="Gated visual prompt tuning for image classification.",
+                                     formatter_class=cli.HelpFormatter)
     cli.add_config_args(parser)
     cli.add_model_args(parser, default_model=EMBEDDED_MODEL)
-    cli.add_data_args(parser, layouts=True)
-    parser.add_argument("--transform", choices=("fgvc", "vtab"), default="vtab",
-                        help="'fgvc': resize, random crop, flip (VPT's FGVC); 'vtab': resize only (VTAB-1k).")
-    parser.add_argument("--image_size", type=int, default=None, help="Input size (default: the backbone's).")
+    data = cli.add_data_args(parser, layouts=True)
+    data.add_argument("--transform", choices=("fgvc", "vtab"), default="vtab",
+                      help="'fgvc': resize, random crop, flip (VPT's FGVC); 'vtab': resize only (VTAB-1k).")
+    data.add_argument("--image_size", type=int, default=None, help="Input size (default: the backbone's).")
     cli.add_prompt_args(parser)
     cli.add_optimization_args(parser, learning_rate=0.5, batch_size=64, epochs=40)
     cli.add_run_args(parser, default_output_dir="outputs/image-classification")
@@ -78,9 +80,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     run_config = cli.run_config(args, accelerator.num_processes)
     resume_path = checked_resume_path(args.resume_from_checkpoint, args.output_dir, run_config)
 
-    model = get_peft_model(load_image_classifier(args.model_name_or_path, data.labels), prompt_config(args))
+    with peft_wrapping():
+        model = get_peft_model(load_image_classifier(args.model_name_or_path, data.labels), prompt_config(args))
     if args.gradient_checkpointing:
-        model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.get_base_model().activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = count_parameters(model)
     logger.info(f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
 

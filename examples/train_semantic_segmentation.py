@@ -57,7 +57,8 @@ def _int_list(text: str) -> list[int]:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(description="Gated visual prompt tuning for semantic segmentation (SETR-PUP).")
+    parser = argparse.ArgumentParser(description="Gated visual prompt tuning for semantic segmentation (SETR-PUP).",
+                                     formatter_class=cli.HelpFormatter)
     cli.add_config_args(parser)
     parser.add_argument("--quick", action="store_true",
                         help="Offline: synthetic shapes, a tiny random ViT, 3 epochs (flags still override).")
@@ -122,7 +123,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if args.decoder_norm == "batch" and accelerator.num_processes > 1 and accelerator.device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # SETR's SyncBN (torch syncs BN on GPUs only)
     if args.gradient_checkpointing:
-        model.get_base_model().backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.get_base_model().backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = count_parameters(model)
     logger.info(f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
 

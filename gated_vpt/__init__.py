@@ -4,18 +4,10 @@ Importing the package registers the method with peft, so ``peft.get_peft_model(m
 and ``PeftModel.from_pretrained(base, adapter_dir)`` work.
 """
 
-from .backbones import BACKBONES, supported_model_types
-from .config import GatedPromptConfig
-from .fast_path import fast_path, fast_path_enabled, set_fast_path
-from .heads import init_classifier_
-from .introspection import BlockReport, GateReport, gate_report
-from .layer import GatedPromptBlock
-from .loading import load_adapter
-from .model import GatedPromptModel
-from .registration import register
+import sys
+from pathlib import Path
 
-register()
-
+__version__ = "0.1.0"
 __all__ = [
     "BACKBONES",
     "BlockReport",
@@ -31,4 +23,33 @@ __all__ = [
     "set_fast_path",
     "supported_model_types",
 ]
-__version__ = "0.1.0"
+
+
+def load_core() -> None:
+    """Import the core and register the method with peft: what importing the package does (idempotent)."""
+    global BACKBONES, BlockReport, GateReport, GatedPromptBlock, GatedPromptConfig, GatedPromptModel
+    global fast_path, fast_path_enabled, gate_report, init_classifier_, load_adapter, set_fast_path, supported_model_types
+    from .backbones import BACKBONES, supported_model_types
+    from .config import GatedPromptConfig
+    from .fast_path import fast_path, fast_path_enabled, set_fast_path
+    from .heads import init_classifier_
+    from .introspection import BlockReport, GateReport, gate_report
+    from .layer import GatedPromptBlock
+    from .loading import load_adapter
+    from .model import GatedPromptModel
+    from .registration import register
+
+    register()
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        load_core()
+        return globals()[name]
+    raise AttributeError(f"module 'gated_vpt' has no attribute {name!r}")
+
+
+# The gated-vpt command defers this until a command runs (gated_vpt.cli), so that its --help answers before torch,
+# transformers and peft would be loaded; everywhere else importing the package loads the core.
+if Path((getattr(sys, "argv", None) or [""])[0]).name not in ("gated-vpt", "gated-vpt.exe"):
+    load_core()

@@ -55,6 +55,11 @@ NON_COMMERCIAL_BASES = ("facebook/vit-mae-",)
 _ADAPTER_LINE = re.compile(r'^adapter_id = "(?P<id>[^"]*)"$', re.MULTILINE)
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 _NOT_METRICS = ("loss", "runtime", "per_second", "epoch", "step")
+# Paths inside a checkout of this repository (e.g. the embedded assets/mae-tiny) are named relative to it.
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+# No package index serves gated-vpt: it installs from a checkout of its repository.
+_LOCAL_NOTE = "  # a local folder: the path to your copy"
+INSTALL = "`pip install -e .` in a checkout of the gated-vpt repository"
 
 
 def write_model_card(
@@ -106,6 +111,8 @@ def write_model_card(
     tags = (*CARD_TAGS, task, pipeline_tag)
     base_model = base_model or settings.get("base_model_name_or_path") or _name_or_path(model)
     hub_base = base_model if _is_hub_id(base_model) else None
+    local_base = bool(base_model) and hub_base is None
+    base_model = _portable(base_model)
     metrics = {name: float(value) for name, value in (metrics or {}).items() if isinstance(value, (int, float))}
     image = _place_image(Path(gates_image), output_dir) if gates_image is not None else None
     if model is not None and hasattr(model.get_base_model(), "add_model_tags"):
@@ -119,17 +126,17 @@ def write_model_card(
         tags=sorted({*tags, "transformers", *([f"base_model:adapter:{hub_base}"] if hub_base else [])}),
         datasets=[dataset] if _is_hub_id(dataset) else None,
         metrics=sorted({_metric_id(name) for name in metrics if _is_quality_metric(name)}) or None,
-        model_name=(repo_id or output_dir.resolve().name).split("/")[-1],
+        model_name=(repo_id or _run_name(output_dir)).split("/")[-1],
         eval_results=_eval_results(metrics, dataset, task),
     )
-    adapter_id = repo_id or str(output_dir)
+    adapter_id = repo_id or _portable(str(output_dir))
     usage = (
-        _segmentation_usage_section(adapter_id, base_model, settings)
+        _segmentation_usage_section(adapter_id, base_model, settings, local_base)
         if task == SEGMENTATION
-        else _usage_section(adapter_id, base_model, settings, _num_labels(model, output_dir))
+        else _usage_section(adapter_id, base_model, settings, _num_labels(model, output_dir), local_base)
     )
     sections = [
-        _title(base_model, dataset, task),
+        _title(base_model, local_base, dataset, task),
         _config_section(settings),
         _metrics_section(metrics, dataset),
         _gates_section(model, output_dir, settings, adapter_name, image),
@@ -198,6 +205,24 @@ def _is_hub_id(name: Optional[str]) -> bool:
     return bool(name) and _HUB_ID.fullmatch(name) is not None and not Path(name).exists()
 
 
+def _portable(name: Optional[str]) -> Optional[str]:
+    """A Hub id as it is; a local path without the machine's absolute part: relative to a checkout of this repository
+    or to the working directory when inside one, else the folder's name."""
+    if not name or _is_hub_id(name) or not Path(name).is_absolute():
+        return name
+    path = Path(name).resolve()
+    for root in (REPOSITORY_ROOT, Path.cwd().resolve()):
+        if path.is_relative_to(root):
+            return path.relative_to(root).as_posix()
+    return path.name
+
+
+def _run_name(output_dir: Path) -> str:
+    """The adapter's name: its folder's, or the run's when the folder is a training run's ``adapter/``."""
+    path = output_dir.resolve()
+    return path.parent.name if path.name == "adapter" else path.name
+
+
 def _place_image(image: Path, output_dir: Path) -> Path:
     if not image.is_file():
         raise FileNotFoundError(f"gates_image={str(image)!r} does not exist; save the gate plot first or leave it out.")
@@ -248,8 +273,8 @@ def _num_labels(model: Optional[nn.Module], output_dir: Path) -> Optional[int]:
         return handle.get_slice(keys[0]).get_shape()[0] if keys else None
 
 
-def _title(base_model: Optional[str], dataset: Optional[str], task: str) -> str:
-    base = f" for `{base_model}`" if base_model else ""
+def _title(base_model: Optional[str], local_base: bool, dataset: Optional[str], task: str) -> str:
+    base = f" for `{base_model}`" + (" (a local model folder, not on the Hub)" if local_base else "") if base_model else ""
     data = f", trained on `{dataset}`" if dataset else ""
     return (
         f"# Gated visual prompt tuning adapter{base}\n\n"
@@ -304,7 +329,9 @@ def _gates_section(model: Optional[nn.Module], output_dir: Path, settings: dict,
     ).rstrip()
 
 
-def _usage_section(adapter_id: str, base_model: Optional[str], settings: dict, num_labels: Optional[int]) -> str:
+def _usage_section(
+    adapter_id: str, base_model: Optional[str], settings: dict, num_labels: Optional[int], local_base: bool
+) -> str:
     model_type = (settings.get("backbone") or {}).get("model_type")
     base_class = BASE_CLASSES.get(model_type, DEFAULT_BASE_CLASS)
     base_id = base_model or "<the base model this adapter was trained on>"
@@ -317,12 +344,12 @@ from peft import PeftModel
 from transformers import {base_class}
 
 adapter_id = "{adapter_id}"
-base = {base_class}.from_pretrained("{base_id}"{labels})
+base = {base_class}.from_pretrained("{base_id}"{labels}){_LOCAL_NOTE if local_base else ""}
 model = PeftModel.from_pretrained(base, adapter_id).eval()
 # or, with file checks and clear errors: model = gated_vpt.load_adapter(base, adapter_id)
 ```
 
-From the command line (`pip install gated-vpt`):
+From the command line ({INSTALL}):
 
 ```bash
 gated-vpt info {adapter_id}
@@ -333,7 +360,7 @@ Several adapters can share one frozen backbone and be mixed in one batch, each i
 `model.load_adapter(other_id, adapter_name="other")`, then `model(pixel_values, adapter_names=["default", "other", ...])`."""
 
 
-def _segmentation_usage_section(adapter_id: str, base_model: Optional[str], settings: dict) -> str:
+def _segmentation_usage_section(adapter_id: str, base_model: Optional[str], settings: dict, local_base: bool) -> str:
     model_type = (settings.get("backbone") or {}).get("model_type")
     backbone_class, arguments = BACKBONE_CLASSES.get(model_type, DEFAULT_BACKBONE_CLASS)
     base_id = base_model or "<the base model this adapter was trained on>"
@@ -346,14 +373,14 @@ from gated_vpt.segmentation import load_segmentation_adapter
 from transformers import {backbone_class}
 
 adapter_id = "{adapter_id}"
-backbone = {backbone_class}.from_pretrained("{base_id}"{extra})
+backbone = {backbone_class}.from_pretrained("{base_id}"{extra}){_LOCAL_NOTE if local_base else ""}
 model = load_segmentation_adapter(backbone, adapter_id).eval()
 # model(pixel_values).logits: (batch, classes, height, width) at the input size; sliding-window and
 # multi-scale prediction: gated_vpt.segmentation.inference.predict
 ```
 
 The head settings (classes and their names, ignore index, auxiliary blocks) are in `segmentation_head.json`.
-From the command line (`pip install gated-vpt`):
+From the command line ({INSTALL}):
 
 ```bash
 gated-vpt info {adapter_id}

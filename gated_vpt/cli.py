@@ -2,6 +2,7 @@
 
 Examples:
 
+    gated-vpt info outputs/image-classification              # a training run's output folder (or its adapter/)
     gated-vpt push out/cub-gated user/mae-cub-gated          # token from HF_TOKEN or `hf auth login`
     gated-vpt pull user/mae-cub-gated --revision v1 -o adapters/cub
     gated-vpt info user/mae-cub-gated --json
@@ -12,6 +13,9 @@ Examples:
 
 Errors (a missing repo or revision, no network, a bad or foreign adapter, an unreadable image, no token) are
 printed as one line, ``gated-vpt: error: ...``, with exit status 1; ``--debug`` shows the traceback instead.
+
+Heavy libraries (torch, transformers, peft, huggingface_hub) are imported inside the commands that use them, so
+``--help`` answers at once.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from . import load_core
 from .tokens import refuse_token_options
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -41,6 +46,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         return protocol.main(argv[1:]) or 0
     args = _parser().parse_args(argv)
+    load_core()  # after parsing: --help and usage errors need none of it
     try:
         return args.run(args) or 0
     except USER_ERRORS as error:
@@ -58,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     push = commands.add_parser("push", help="upload a local adapter directory to a Hub repo (with its model card)")
-    push.add_argument("directory", help="adapter directory written by model.save_pretrained")
+    push.add_argument("directory", help="adapter directory written by model.save_pretrained, or a training run's output folder")
     push.add_argument("repo_id", help="target repo, e.g. user/mae-cub-gated (created when missing)")
     refuse_token_options(push, "--token")
     push.add_argument("--private", action="store_true", default=None, help="create the repo as private")
@@ -71,16 +77,17 @@ def _parser() -> argparse.ArgumentParser:
     pull.set_defaults(run=_pull)
 
     info = commands.add_parser("info", help="show an adapter's config, per-block gates and temperatures, and file sizes")
-    _add_source(info, "adapter", "adapter directory or Hub repo id")
+    _add_source(info, "adapter", "adapter directory, training run output folder or Hub repo id")
     info.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     info.set_defaults(run=_info)
 
     predict = commands.add_parser("predict", help="classify images with a base model plus an adapter")
-    _add_source(predict, "adapter", "adapter directory or Hub repo id")
+    _add_source(predict, "adapter", "adapter directory, training run output folder or Hub repo id")
     predict.add_argument("images", nargs="+", help="image files or folders of images")
     predict.add_argument("--base", help="base model id or directory (default: the adapter config's base_model_name_or_path)")
     predict.add_argument("--top-k", type=int, default=5, help="labels printed per image (default 5)")
-    predict.add_argument("--labels", help="label names: a text file with one per line, or a JSON list or {index: name}")
+    predict.add_argument("--labels", help="label names: a text file with one per line, or a JSON list or {index: name} "
+                         "(default: the adapter's id2label.json, written by the training scripts)")
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--json", action="store_true", help="print one JSON object per image")
     predict.set_defaults(run=_predict)
@@ -145,12 +152,25 @@ def _pull(args: argparse.Namespace) -> None:
     print(path)
 
 
-def _info(args: argparse.Namespace) -> None:
+def _adapter_dir(args: argparse.Namespace) -> Path:
+    """The adapter's local directory, its files checked: a folder (an adapter, or a run's output folder holding
+    ``adapter/``) as it is, a Hub repo id through the Hub (or its cache)."""
+    from .loading import read_adapter_files, run_adapter_dir
+
+    if Path(args.adapter).is_dir():
+        directory = run_adapter_dir(args.adapter)
+        read_adapter_files(directory)
+        return directory
     from .hub import fetch_adapter
+
+    return fetch_adapter(args.adapter, revision=args.revision)
+
+
+def _info(args: argparse.Namespace) -> None:
     from .introspection import gate_report
     from .loading import read_adapter_files
 
-    directory = fetch_adapter(args.adapter, revision=args.revision)
+    directory = _adapter_dir(args)
     config, state_dict = read_adapter_files(directory)
     report = gate_report(directory)
     files = {file.name: file.stat().st_size for file in sorted(directory.iterdir()) if file.is_file()}
@@ -165,7 +185,8 @@ def _info(args: argparse.Namespace) -> None:
         return
     keys = ("base_model_name_or_path", "num_prompt_tokens", "prompt_mode", "prompt_start_block", "gated", "gate_init",
             "learnable_temperature", "prompt_dropout", "head_pooling", "modules_to_save", "backbone")
-    print(f"Adapter {args.adapter} ({directory})\n")
+    where = "" if Path(args.adapter) == directory else f" ({directory})"
+    print(f"Adapter {args.adapter}{where}\n")
     print("\n".join(f"  {key}: {config.get(key)}" for key in keys))
     print("\nParameters: " + ", ".join(f"{name} {count:,}" for name, count in parameters.items()))
     print(f"\n{report.format_table()}\n")
@@ -212,15 +233,14 @@ def _read_image(path: Path):
 def _load_classifier(args: argparse.Namespace):
     """The base model with the adapter loaded, its image processor and the label names."""
     import transformers
-    from transformers import AutoImageProcessor, ViTImageProcessor
+    from transformers import AutoImageProcessor
 
     from .card import BASE_CLASSES, DEFAULT_BASE_CLASS
-    from .hub import fetch_adapter
-    from .loading import load_adapter, read_adapter_files
+    from .loading import load_adapter, read_adapter_files, read_labels
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    directory = fetch_adapter(args.adapter, revision=args.revision)
+    directory = _adapter_dir(args)
     config, state_dict = read_adapter_files(directory)
     base_id = args.base or config.get("base_model_name_or_path")
     if not base_id:
@@ -233,15 +253,20 @@ def _load_classifier(args: argparse.Namespace):
     base = model_class.from_pretrained(base_id, num_labels=num_labels, ignore_mismatched_sizes=True)
     model = load_adapter(base, directory).eval()
     try:
-        processor = AutoImageProcessor.from_pretrained(base_id)
+        processor = AutoImageProcessor.from_pretrained(base_id, backend="pil")
     except OSError:
         size = base.config.image_size
         print(f"note: {base_id} has no image processor config; resizing to {size}x{size} with ViT defaults.", file=sys.stderr)
-        processor = ViTImageProcessor(size={"height": size, "width": size})
-    return model, processor, _label_names(args.labels, base.config, num_labels)
+        # The Pillow backend by name: transformers warns when ViTImageProcessor falls back to it without torchvision.
+        processor_class = getattr(transformers, "ViTImageProcessorPil", None) or transformers.ViTImageProcessor
+        processor = processor_class(size={"height": size, "width": size})
+    return model, processor, _label_names(args.labels, read_labels(directory), base.config, num_labels)
 
 
-def _label_names(path: Optional[str], config, num_labels: int) -> list[str]:
+def _label_names(path: Optional[str], saved: Optional[list[str]], config, num_labels: int) -> list[str]:
+    """--labels, else the adapter's saved names, else the base model's config."""
+    if path is None and saved is not None and len(saved) == num_labels:
+        return saved
     if path is None:
         return [config.id2label.get(i, f"LABEL_{i}") for i in range(num_labels)]
     text = Path(path).read_text()

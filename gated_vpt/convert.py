@@ -21,12 +21,11 @@ import math
 import re
 import sys
 from pathlib import Path
-from typing import Literal, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Literal, Optional, Sequence, Union
 
-import torch
-from transformers import ViTConfig, ViTForImageClassification, ViTModel
-
-from .backbones import resolve_backbone
+if TYPE_CHECKING:  # torch and transformers load inside the functions, so `gated-vpt convert --help` answers at once
+    import torch
+    from transformers import ViTConfig
 
 ModelType = Literal["mocov3", "mae"]
 MODEL_TYPES = ("mocov3", "mae")
@@ -116,6 +115,8 @@ def convert_checkpoint(
     >>> model = ViTForImageClassification.from_pretrained("backbones/mocov3-vit-b16-linear", num_labels=200)  # doctest: +SKIP
     ```
     """
+    from transformers import ViTForImageClassification, ViTModel
+
     output_dir = Path(output_dir)
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model_type={model_type!r} is not supported: use one of {MODEL_TYPES}.")
@@ -170,6 +171,8 @@ def _checkpoint_file(source: Union[str, Path], revision: Optional[str]) -> tuple
 def read_checkpoint(path: Union[str, Path], trust_checkpoint: bool = False) -> dict:
     """Read a ``.safetensors`` file, or (with ``trust_checkpoint=True``) a PyTorch pickle through
     ``torch.load(weights_only=True)``."""
+    import torch
+
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -255,6 +258,10 @@ def _convert(
     state_dict: dict, model_type: str, num_attention_heads: Optional[int], drop_head: bool
 ) -> tuple[ViTConfig, dict[str, torch.Tensor], list[str]]:
     """``convert_timm_vit_state_dict``, plus the pretraining-only keys it dropped."""
+    from transformers import ViTForImageClassification
+
+    from .backbones import resolve_backbone
+
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model_type={model_type!r} is not supported: use one of {MODEL_TYPES}.")
     encoder, dropped = _encoder_weights(state_dict, model_type)
@@ -308,6 +315,8 @@ def _convert(
 
 def _weights_in(checkpoint: object, model_type: ModelType, path: Path) -> dict[str, torch.Tensor]:
     """The state dict inside an official file: under 'state_dict' (MoCo v3) or 'model' (MAE), or the file itself."""
+    import torch
+
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get(CONTAINER_KEY[model_type]), dict):
         checkpoint = checkpoint[CONTAINER_KEY[model_type]]
     if not isinstance(checkpoint, dict) or not any(isinstance(v, torch.Tensor) for v in checkpoint.values()):
@@ -340,6 +349,8 @@ def _encoder_weights(state_dict: dict, model_type: ModelType) -> tuple[dict[str,
 
 
 def _config_from_weights(encoder: dict, model_type: ModelType, num_attention_heads: Optional[int]) -> ViTConfig:
+    from transformers import ViTConfig
+
     hidden, channels, patch_h, patch_w = encoder["patch_embed.proj.weight"].shape
     if patch_h != patch_w:
         raise ValueError(f"patch_embed.proj.weight has non-square patches {patch_h}x{patch_w}; transformers' ViT needs square ones.")
@@ -372,11 +383,15 @@ def _config_from_weights(encoder: dict, model_type: ModelType, num_attention_hea
 
 def _empty(cls: type, config: ViTConfig, **kwargs) -> torch.nn.Module:
     """A model without storage (meta device), for strict checks and assign-loading."""
+    import torch
+
     with torch.device("meta"):
         return cls(config, **kwargs)
 
 
 def _check_strict_load(config: ViTConfig, weights: dict[str, torch.Tensor], with_classifier: bool) -> None:
+    from transformers import ViTForImageClassification
+
     model = _empty(ViTForImageClassification, config)
     expected = model.state_dict()
     missing = [key for key in expected if key not in weights and (with_classifier or not key.startswith("classifier."))]

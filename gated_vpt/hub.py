@@ -1,8 +1,9 @@
 """Pushing adapters to the Hub and pulling them back, with a gated_vpt model card and errors that say what to do.
 
-``model.push_to_hub(repo_id)`` (from transformers) also works, but on a new repo it uploads transformers' generic
-card; ``push_adapter`` uploads the adapter's files with this package's card. Tokens are passed to
-huggingface_hub only: they are never printed, logged or written into a file.
+Every way of pushing uploads this package's card: ``push_adapter``, ``gated-vpt push``, the training scripts'
+``--push_to_hub`` and peft's own ``model.push_to_hub(repo_id)`` on a gated_vpt model (``push_to_hub`` below; for
+other peft methods peft's behaviour is unchanged). Tokens are passed to huggingface_hub only: they are never
+printed, logged or written into a file.
 """
 
 from __future__ import annotations
@@ -13,19 +14,27 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
-from huggingface_hub import HfApi, constants, get_token, snapshot_download
+from huggingface_hub import CommitInfo, HfApi, constants, get_token, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 from torch import nn
 
 from .card import is_gated_vpt_card, set_adapter_id, write_model_card
-from .loading import CONFIG_NAME, WEIGHTS_NAME, read_adapter_files, resolve_adapter_dir
+from .loading import (
+    CONFIG_NAME,
+    LABELS_NAME,
+    WEIGHTS_NAME,
+    read_adapter_files,
+    resolve_adapter_dir,
+    run_adapter_dir,
+    write_labels,
+)
 from .segmentation.model import HEAD_CONFIG_NAME, SegmentationHeadConfig
 from .tokens import TOKEN_SOURCES
 
 CARD_NAME = "README.md"
-# Beside the adapter's config and weights: the card, a segmentation adapter's head settings (class names, ignore
-# index) and the gate pictures.
-SIDE_FILES = [CARD_NAME, HEAD_CONFIG_NAME, "*.png"]
+# Beside the adapter's config and weights: the card, the class names (a segmentation adapter's are in its head
+# settings, with the ignore index) and the gate pictures.
+SIDE_FILES = [CARD_NAME, LABELS_NAME, HEAD_CONFIG_NAME, "*.png"]
 UPLOADED_FILES = [CONFIG_NAME, WEIGHTS_NAME, *SIDE_FILES]
 
 
@@ -37,11 +46,13 @@ def push_adapter(
     private: Optional[bool] = None,
     commit_message: str = "Upload gated_vpt adapter",
     adapter_name: Optional[str] = None,
+    revision: Optional[str] = None,
 ) -> str:
-    """Upload an adapter (a ``PeftModel`` or a directory saved by ``save_pretrained``) to ``repo_id`` and return the
-    new commit's sha. The repo is created when missing. From a model, ``adapter_name`` (default: the active one) is
-    pushed with a new card; from a directory, its gated_vpt card is pointed at ``repo_id``, or a new card is
-    written when it has none (or only peft's template).
+    """Upload an adapter (a ``PeftModel``, a directory saved by ``save_pretrained`` or a training run's output
+    folder) to ``repo_id`` (branch ``revision``, default main) and return the new commit's sha. The repo is created
+    when missing. From a model, ``adapter_name`` (default: the active one) is pushed with a new card and its class
+    names; from a directory, its gated_vpt card is pointed at ``repo_id``, or a new card is written when it has
+    none (or only peft's template).
 
     Example:
 
@@ -51,6 +62,45 @@ def push_adapter(
     >>> sha = push_adapter("out/cub-gated", "user/mae-cub-gated")  # doctest: +SKIP
     ```
     """
+    return _push(source, repo_id, token=token, private=private, commit_message=commit_message,
+                 adapter_name=adapter_name, revision=revision).oid
+
+
+def push_to_hub(
+    model: nn.Module,
+    repo_id: str,
+    *,
+    commit_message: Optional[str] = None,
+    commit_description: Optional[str] = None,
+    private: Optional[bool] = None,
+    token: Union[bool, str, None] = None,
+    revision: Optional[str] = None,
+    create_pr: bool = False,
+    **unused: object,
+) -> CommitInfo:
+    """What peft's ``model.push_to_hub(repo_id, ...)`` does for a gated_vpt model (``gated_vpt`` routes the call
+    here; transformers' own version would upload its empty template card): the active adapter, its card and class
+    names, with transformers' arguments. Serialization arguments (``max_shard_size``, ``tags``) do not apply to a
+    few-kilobyte adapter and are ignored."""
+    return _push(
+        model, repo_id, token=None if isinstance(token, bool) else token, private=private,
+        commit_message=commit_message or "Upload gated_vpt adapter", commit_description=commit_description,
+        revision=revision, create_pr=create_pr,
+    )
+
+
+def _push(
+    source: Union[nn.Module, str, Path],
+    repo_id: str,
+    *,
+    token: Optional[str],
+    private: Optional[bool],
+    commit_message: str,
+    adapter_name: Optional[str] = None,
+    commit_description: Optional[str] = None,
+    revision: Optional[str] = None,
+    create_pr: bool = False,
+) -> CommitInfo:
     with tempfile.TemporaryDirectory() as staging:
         staging = Path(staging)
         if isinstance(source, nn.Module):
@@ -61,9 +111,10 @@ def push_adapter(
             head_config = getattr(source.get_base_model(), "head_config", None)
             if isinstance(head_config, SegmentationHeadConfig):
                 head_config.save(staging)
+            write_labels(staging, source)
             write_model_card(staging, source, repo_id=repo_id, adapter_name=adapter_name)
         else:
-            _stage_directory(Path(source), staging, repo_id)
+            _stage_directory(run_adapter_dir(source), staging, repo_id)
         token = token or get_token()
         if not token:
             raise PermissionError(
@@ -73,10 +124,12 @@ def push_adapter(
         api = HfApi(token=token)
         with _hub_errors(repo_id, write=True):
             api.create_repo(repo_id, private=private, exist_ok=True)
-            commit = api.upload_folder(
-                folder_path=staging, repo_id=repo_id, commit_message=commit_message, allow_patterns=UPLOADED_FILES
+            if revision is not None:
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+            return api.upload_folder(
+                folder_path=staging, repo_id=repo_id, commit_message=commit_message, allow_patterns=UPLOADED_FILES,
+                commit_description=commit_description, revision=revision, create_pr=create_pr,
             )
-    return commit.oid
 
 
 def pull_adapter(
@@ -114,7 +167,8 @@ def pull_adapter(
 
 
 def fetch_adapter(path_or_repo_id: Union[str, Path], revision: Optional[str] = None, token: Optional[str] = None) -> Path:
-    """The local directory of an adapter given as a directory or a Hub repo id, its files checked."""
+    """The local directory of an adapter given as a directory, a training run's output folder or a Hub repo id, its
+    files checked."""
     with _hub_errors(str(path_or_repo_id), revision=revision):
         directory = resolve_adapter_dir(path_or_repo_id, revision=revision, token=token)
     read_adapter_files(directory)

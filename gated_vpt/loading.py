@@ -27,9 +27,15 @@ from torch import nn
 
 from .config import GatedPromptConfig
 from .layout import check_tensors, expected_from_record
+from .quiet import peft_wrapping
+from .registration import register
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+# A classification adapter's class names, {"0": name, ...} as in transformers' id2label.
+LABELS_NAME = "id2label.json"
+# A training run's output folder holds its adapter in this subfolder.
+RUN_ADAPTER_DIR = "adapter"
 PICKLED_WEIGHTS = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
 
 
@@ -45,7 +51,8 @@ def load_adapter(
 ) -> PeftModel:
     """Load a gated_vpt adapter onto ``base_model`` (a transformers model, or a ``PeftModel`` to add it to).
 
-    ``path_or_repo_id`` is a local adapter directory or a Hub repo id (``revision`` pins a branch, tag or commit).
+    ``path_or_repo_id`` is a local adapter directory (or a training run's output folder holding ``adapter/``) or a
+    Hub repo id (``revision`` pins a branch, tag or commit).
 
     Example:
 
@@ -60,6 +67,7 @@ def load_adapter(
     >>> model = load_adapter(base, "user/mae-cub-gated", revision="v1")  # doctest: +SKIP
     ```
     """
+    register()  # a no-op once the package is imported (the gated-vpt command imports only what it needs)
     directory = resolve_adapter_dir(path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir)
     read_adapter_files(directory)
     # peft reads the config through GatedPromptConfig.from_pretrained, so GatedPromptModel checks the weights
@@ -67,7 +75,8 @@ def load_adapter(
     if isinstance(base_model, PeftModel):
         base_model.load_adapter(str(directory), adapter_name=adapter_name, is_trainable=is_trainable)
         return base_model
-    return PeftModel.from_pretrained(base_model, str(directory), adapter_name=adapter_name, is_trainable=is_trainable)
+    with peft_wrapping():
+        return PeftModel.from_pretrained(base_model, str(directory), adapter_name=adapter_name, is_trainable=is_trainable)
 
 
 def resolve_adapter_dir(
@@ -78,10 +87,11 @@ def resolve_adapter_dir(
     cache_dir: Optional[str] = None,
     subfolder: Optional[str] = None,
 ) -> Path:
-    """A local directory holding the adapter's two files, downloading them from the Hub when given a repo id."""
+    """A local directory holding the adapter's two files (a training run's ``adapter/`` when given the run's output
+    folder), downloading them from the Hub when given a repo id."""
     path = Path(path_or_repo_id) / (subfolder or "")
     if path.is_dir():
-        return path
+        return run_adapter_dir(path)
     if path.exists() or str(path_or_repo_id).startswith((".", "/", "~")) or str(path_or_repo_id).count("/") > 1:
         raise FileNotFoundError(f"{path_or_repo_id} is not an adapter directory (expected a folder with {CONFIG_NAME}).")
     repo_id = str(path_or_repo_id)
@@ -170,3 +180,36 @@ def require_backbone_record(config: GatedPromptConfig, where: Union[str, Path]) 
             "gated_vpt adapter saves; without it the weights cannot be checked, so the adapter is not loaded. "
             "Re-save it with gated_vpt."
         )
+
+
+def run_adapter_dir(path: Union[str, Path]) -> Path:
+    """``path``, or its ``adapter/`` subfolder when ``path`` is a training run's output folder."""
+    path = Path(path)
+    inner = path / RUN_ADAPTER_DIR
+    if not (path / CONFIG_NAME).is_file() and (inner / CONFIG_NAME).is_file():
+        return inner
+    return path
+
+
+def write_labels(directory: Union[str, Path], model: nn.Module) -> Optional[Path]:
+    """Save a classifier's class names (its base model's ``config.id2label``) as ``id2label.json`` beside the
+    adapter; None when the model has no classifier of that size or only placeholder names. ``gated-vpt predict``
+    prints these names."""
+    base = model.get_base_model()
+    id2label = getattr(getattr(base, "config", None), "id2label", None)
+    if not id2label or getattr(getattr(base, "classifier", None), "out_features", None) != len(id2label):
+        return None
+    if all(name == f"LABEL_{i}" for i, name in id2label.items()):  # transformers' placeholders name nothing
+        return None
+    path = Path(directory) / LABELS_NAME
+    path.write_text(json.dumps({str(i): str(name) for i, name in sorted(id2label.items())}, indent=1) + "\n")
+    return path
+
+
+def read_labels(directory: Union[str, Path]) -> Optional[list[str]]:
+    """The class names saved by ``write_labels``, in index order, or None when the adapter has none."""
+    path = Path(directory) / LABELS_NAME
+    if not path.is_file():
+        return None
+    names = json.loads(path.read_text())
+    return [names[str(i)] for i in range(len(names))]

@@ -3,10 +3,19 @@
 peft keeps its methods in the closed ``PeftType`` enum and refuses to register a name that is not a member, so
 the member is added here before ``register_peft_method`` is called. Both steps are idempotent: importing the
 package twice (or reloading it) leaves peft in the same state.
+
+peft's ``model.push_to_hub`` is transformers' ``PushToHubMixin.push_to_hub``, which writes its empty template card
+over the one peft saved, and offers no hook in between. For a model whose active adapter is gated_vpt the call is
+routed to ``gated_vpt.hub.push_to_hub`` (the upper layer, imported only then), which uploads this package's card;
+every other model keeps peft's behaviour.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+
+from peft import PeftModel
 from peft.utils.peft_types import PeftType, register_peft_method
 
 METHOD_NAME = "gated_vpt"
@@ -47,7 +56,24 @@ def register() -> PeftType:
         register_peft_method(
             name=METHOD_NAME, config_cls=GatedPromptConfig, model_cls=GatedPromptModel, prefix=PREFIX
         )
+    _route_push_to_hub()
     return peft_type
+
+
+def _route_push_to_hub() -> None:
+    """Send ``PeftModel.push_to_hub`` of gated_vpt models to ``gated_vpt.hub.push_to_hub`` (see the module notes)."""
+    original = PeftModel.push_to_hub
+    if getattr(original, "routes_gated_vpt", False):
+        return
+
+    @functools.wraps(original)
+    def push_to_hub(self, repo_id: str, *args, **kwargs):
+        if getattr(self.peft_config.get(self.active_adapter), "peft_type", None) == METHOD_NAME.upper() and not args:
+            return importlib.import_module("gated_vpt.hub").push_to_hub(self, repo_id, **kwargs)
+        return original(self, repo_id, *args, **kwargs)
+
+    push_to_hub.routes_gated_vpt = True
+    PeftModel.push_to_hub = push_to_hub
 
 
 def _forget(peft_type: PeftType) -> None:

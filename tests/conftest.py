@@ -9,6 +9,8 @@ Test modules import these by name (``from conftest import make_backbone``).
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
 import sys
 import tempfile
 import warnings
@@ -202,6 +204,34 @@ def load_example(name: str):
     sys.modules[name] = module  # dataclasses in the script look their module up
     spec.loader.exec_module(module)
     return module
+
+
+FRESH_PROCESS = """
+import json, sys
+from peft import PeftConfig
+try:
+    PeftConfig.from_pretrained(sys.argv[1])
+    without_import = "loaded"
+except Exception as error:
+    without_import = f"{type(error).__name__}: {error}"
+import gated_vpt, gated_vpt.introspection, gated_vpt.loading
+modules = sorted(sys.modules)
+print(json.dumps({"without_import": without_import, "modules_after_core_import": modules,
+                  "with_import": type(PeftConfig.from_pretrained(sys.argv[1])).__name__}))
+"""
+
+
+@pytest.fixture(scope="session")
+def fresh_process(tmp_path_factory) -> dict:
+    """What a new Python process sees, for the tests that need one (each start costs seconds, so one serves all):
+    peft alone loading a saved gated_vpt config (``without_import``: the error), the modules loaded once the core
+    (``gated_vpt``, its introspection and loading) is imported, and the config's class after that import."""
+    folder = tmp_path_factory.mktemp("fresh_process")
+    gated_vpt.GatedPromptConfig().save_pretrained(folder)
+    process = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(folder)], capture_output=True, text=True,
+                             timeout=300)
+    assert process.returncode == 0, process.stderr[-3000:]
+    return json.loads(process.stdout.splitlines()[-1])
 
 
 def write_vtab1k_task(folder: Path, classes: Sequence[int], sizes: tuple[int, int, int] = (24, 8, 16), seed: int = 0) -> dict:

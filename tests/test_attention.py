@@ -64,7 +64,7 @@ def test_flex_attention_is_refused_clearly_and_the_suggested_sdpa_gives_the_refe
 def _gradients(checkpointing: bool, fast: bool = True, **config):
     base = make_backbone("vit_clf")
     if checkpointing:
-        base.gradient_checkpointing_enable()
+        base.activation_checkpointing_enable()
     model = randomize_adapter_(get_peft_model(base, GatedPromptConfig(num_prompt_tokens=3, prompt_dropout=0.0, **config)))
     model.train()
     norm_calls = []  # both paths run each block's first LayerNorm on its rows once

@@ -226,7 +226,7 @@ def _gradients(backbone: str, checkpointing: bool) -> tuple[dict, int]:
     transformers recomputes a checkpointed block's ``forward``, inside its hooks; so does the fast path)."""
     base = make_backbone(backbone)
     if checkpointing:
-        base.gradient_checkpointing_enable()
+        base.activation_checkpointing_enable()
     model = randomize_adapter_(get_peft_model(base, GatedPromptConfig(num_prompt_tokens=3, prompt_dropout=0.0)))
     model.train()
     calls = []
@@ -334,7 +334,8 @@ def test_an_adapter_for_another_family_is_refused_before_any_change(saved, other
 
 @pytest.mark.parametrize("backbone, pipeline_tag", [("clip", "image-feature-extraction"), ("siglip_clf", "image-classification"),
                                                     ("ijepa_clf", "image-classification")])
-def test_card_of_a_new_family_names_its_pipeline_and_a_usage_snippet_that_runs(backbone, pipeline_tag, tmp_path, pixels):
+def test_card_of_a_new_family_names_its_pipeline_and_a_usage_snippet_that_runs(backbone, pipeline_tag, tmp_path, pixels,
+                                                                               monkeypatch):
     from huggingface_hub import ModelCard
 
     from gated_vpt.card import write_model_card
@@ -347,6 +348,7 @@ def test_card_of_a_new_family_names_its_pipeline_and_a_usage_snippet_that_runs(b
     assert card.data.pipeline_tag == pipeline_tag
     snippet = re.search(r"## Usage\n\n```python\n(.*?)```", card.text, re.S).group(1)
     scope: dict = {}
+    monkeypatch.chdir(tmp_path)  # the card names the local base and adapter folders, not their absolute paths
     exec(snippet, scope)
     with torch.no_grad():
         assert torch.equal(_main(scope["model"], pixels, backbone), _main(model, pixels, backbone))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
+import contextlib
+import importlib
+import io
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.cli import main  # noqa: E402
 from benchmarks.report import parse_table  # noqa: E402
 from benchmarks.setups import CONFIGS, GATED, PLAIN, SIZES, build, logits_of  # noqa: E402
 from benchmarks.steps import random_batch  # noqa: E402
@@ -23,13 +26,17 @@ D, L, P, CLASSES = TINY["hidden_size"], TINY["num_hidden_layers"], 10, 100
 HEAD = D * CLASSES + CLASSES
 
 
-def run_quick(module: str, tmp_path: Path, *extra: str) -> str:
+def run_quick(module: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *extra: str) -> str:
+    """``python -m benchmarks.<module> --quick ...``, run in this process (a new one would spend seconds importing
+    torch and peft again)."""
     out = tmp_path / f"{module}.md"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    subprocess.run(
-        [sys.executable, "-m", f"benchmarks.{module}", "--quick", "--device", "cpu", "--out", str(out), *extra],
-        cwd=ROOT, env=env, check=True, capture_output=True, text=True,
-    )
+    argv = ["--quick", "--device", "cpu", "--out", str(out), *extra]
+    benchmark = importlib.import_module(f"benchmarks.{module}")
+    # As `python -m` sets them (the report quotes the command).
+    monkeypatch.setattr(sys, "argv", [benchmark.__file__, *argv])
+    monkeypatch.setitem(sys.modules, "__main__", types.SimpleNamespace(__spec__=benchmark.__spec__))
+    with contextlib.redirect_stdout(io.StringIO()):
+        main(benchmark.parse_args, benchmark.run, argv)
     return out.read_text()
 
 
@@ -53,8 +60,8 @@ EXPECTED_TRAINABLE = {
 
 
 @pytest.mark.slow
-def test_bench_step_quick_reports_every_configuration_and_attention(tmp_path):
-    markdown = run_quick("bench_step", tmp_path)
+def test_bench_step_quick_reports_every_configuration_and_attention(tmp_path, monkeypatch):
+    markdown = run_quick("bench_step", tmp_path, monkeypatch)
     headers, rows = parse_table(markdown, "config")
     assert headers == ["config", "attention", "train ms", "train x ideal", "train x full FT", "train spread",
                        "infer ms", "infer x ideal", "infer x full FT", "infer spread", "train peak MiB",
@@ -99,8 +106,8 @@ def test_bench_step_quick_reports_every_configuration_and_attention(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_memory_quick_shows_checkpointing_cases(tmp_path):
-    markdown = run_quick("bench_memory", tmp_path)
+def test_bench_memory_quick_shows_checkpointing_cases(tmp_path, monkeypatch):
+    markdown = run_quick("bench_memory", tmp_path, monkeypatch)
     headers, rows = parse_table(markdown, "config")
     assert headers == ["config", "checkpointing", "path", "step s", "peak MiB", "peak x full FT"]
     assert [tuple(row[:3]) for row in rows] == [("full_ft", "off", "-"), ("full_ft", "on", "-"), ("ideal", "off", "-"),

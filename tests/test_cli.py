@@ -4,6 +4,8 @@ against the local Hub server in test_hub.py)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -17,6 +19,9 @@ from transformers import ViTForImageClassification, ViTImageProcessor
 import gated_vpt
 from conftest import make_backbone, randomize_adapter_
 from gated_vpt.cli import main
+from gated_vpt.loading import write_labels
+
+ROOT = Path(__file__).resolve().parents[1]
 
 COMMANDS = ("push", "pull", "info", "predict")
 
@@ -131,7 +136,7 @@ def test_predict_without_a_known_base_asks_for_one(files, tmp_path, capsys):
     assert "pass --base" in capsys.readouterr().err
 
 
-def test_convert_forwards_its_arguments_untouched(monkeypatch):
+def test_convert_forwards_its_arguments_untouched_under_the_command_name(monkeypatch):
     received = []
     convert = types.ModuleType("gated_vpt.convert")
     convert.main = lambda argv, prog: received.append((argv, prog)) or 3
@@ -139,3 +144,66 @@ def test_convert_forwards_its_arguments_untouched(monkeypatch):
     monkeypatch.setattr(gated_vpt, "convert", convert, raising=False)
     assert main(["convert", "--help", "in.pth", "--out", "x"]) == 3
     assert received == [(["--help", "in.pth", "--out", "x"], "gated-vpt convert")]
+
+
+@pytest.fixture(scope="module")
+def run_folder(files, tmp_path_factory):
+    """A training run's output folder: the adapter in adapter/ with its class names, as the scripts write it."""
+    run = tmp_path_factory.mktemp("run")
+    base = ViTForImageClassification.from_pretrained(files / "base", id2label={0: "cat", 1: "dog", 2: "bird"})
+    model = PeftModel.from_pretrained(base, files / "adapter")
+    model.save_pretrained(run / "adapter")
+    assert write_labels(run / "adapter", model) == run / "adapter" / "id2label.json"
+    (run / "metrics.json").write_text("{}")
+    return run
+
+
+def test_info_and_predict_take_a_run_folder_and_print_the_saved_labels(files, run_folder, capsys):
+    assert main(["info", str(run_folder)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"Adapter {run_folder} ({run_folder / 'adapter'})\n")
+    assert gated_vpt.gate_report(files / "adapter").format_table() in text and "id2label.json (" in text
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == len(set(lines))  # nothing printed twice
+
+    image = files / "images" / "photo0.png"
+    assert main(["predict", str(run_folder), str(image), "--top-k", "3", "--json"]) == 0
+    captured = capsys.readouterr()
+    [row] = [json.loads(line) for line in captured.out.splitlines()]
+    scores, indices = _expected_top(files, [image], 3)
+    assert [t["label"] for t in row["top"]] == [["cat", "dog", "bird"][i] for i in indices[0]]
+    assert captured.err == ""  # no notes or library warnings
+
+
+def test_info_of_an_adapter_folder_names_it_once(files, capsys):
+    assert main(["info", str(files / "adapter")]) == 0
+    assert capsys.readouterr().out.count(str(files / "adapter")) == 1
+
+
+def _modules_loaded_by(tmp_path: Path, *argvs: list[str]) -> set[str]:
+    """Run the installed command's entry point (a script named gated-vpt, as pip writes it) on each argv in one
+    process, and return the top-level modules it imported."""
+    script = tmp_path / "gated-vpt"
+    script.write_text(
+        "import contextlib, io, json, sys\n"
+        "from gated_vpt.cli import main\n"
+        "for argv in json.loads(sys.argv.pop()):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        assert main(argv) == 0\n"
+        "print(json.dumps(sorted({name.split('.')[0] for name in sys.modules})))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.run([sys.executable, str(script), json.dumps(argvs)], capture_output=True, text=True, env=env,
+                             cwd=tmp_path, timeout=120)
+    assert process.returncode == 0, process.stderr[-2000:]
+    return set(json.loads(process.stdout.splitlines()[-1]))
+
+
+def test_help_of_every_command_loads_no_heavy_library(tmp_path):
+    argvs = [["--help"], *([command, "--help"] for command in (*COMMANDS, "convert", "protocol")), ["data", "check", "--help"]]
+    assert not {"torch", "transformers", "peft", "huggingface_hub"} & _modules_loaded_by(tmp_path, *argvs)
+
+
+def test_the_installed_command_runs_its_commands_with_the_method_registered(files, tmp_path):
+    # The entry point defers loading the core until a command runs; info reads the config through peft's registry.
+    assert "peft" in _modules_loaded_by(tmp_path, ["info", str(files / "adapter")], ["info", str(files / "adapter"), "--json"])

@@ -135,10 +135,11 @@ def test_card_after_save_pretrained_is_one_complete_card(saved, tmp_path):
     assert "| Prompt tokens | 3 |" in text and "| eval_accuracy | 0.8125 |" in text
 
 
-def test_card_usage_snippet_runs_when_copied(saved):
+def test_card_usage_snippet_runs_when_copied(saved, monkeypatch):
     text = (saved["v1"] / "README.md").read_text()
     snippet = re.search(r"## Usage\n\n```python\n(.*?)```", text, re.S).group(1)
     scope: dict = {}
+    monkeypatch.chdir(saved["root"])  # the card names the local base and adapter folders, not their absolute paths
     exec(snippet, scope)
     expected = PeftModel.from_pretrained(ViTForImageClassification.from_pretrained(saved["base"]), saved["v1"]).eval()
     x = torch.randn(2, 3, 16, 16)
@@ -156,10 +157,13 @@ def test_resaving_after_the_card_keeps_it(saved, tmp_path):
     assert {"gated-vpt", "visual-prompt-tuning"} <= set(ModelCard.load(tmp_path / "README.md").data.tags)
 
 
-def test_card_for_a_local_base_keeps_local_paths_out_of_the_metadata(saved):
+def test_card_for_a_local_base_keeps_local_paths_out(saved):
     data = ModelCard.load(saved["v1"] / "README.md").data
     assert data.base_model is None and not any(str(saved["base"]) in tag for tag in data.tags)
-    assert f'from_pretrained("{saved["base"]}", num_labels=3)' in (saved["v1"] / "README.md").read_text()
+    text = (saved["v1"] / "README.md").read_text()
+    assert str(saved["root"]) not in text and data.model_name == "v1"
+    assert 'from_pretrained("base", num_labels=3)  # a local folder: the path to your copy' in text
+    assert "# Gated visual prompt tuning adapter for `base` (a local model folder, not on the Hub)" in text
 
 
 def test_card_needs_something_to_describe(tmp_path):
@@ -180,8 +184,9 @@ def base():
     return ViTForImageClassification.from_pretrained(BASE).eval()
 x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 local1, local2 = (PeftModel.from_pretrained(base(), v).eval() for v in (V1, V2))
-local1.push_to_hub(REPO)                                   # transformers' push, first version
+local1.push_to_hub(REPO)                                   # peft's (transformers') push, first version
 sha1 = HfApi().repo_info(REPO).sha
+card1 = ModelCard.load(REPO).content
 sha2 = push_adapter(local2, REPO)                          # this package's push, second version
 latest = PeftModel.from_pretrained(base(), REPO).eval()    # plain peft, by repo id
 pinned = PeftModel.from_pretrained(base(), REPO, revision=sha1).eval()
@@ -199,8 +204,16 @@ with torch.no_grad():
         loader=torch.equal(loader(x).logits, want1), versions_differ=not torch.equal(want1, want2),
         named=torch.equal(named(x).logits, want2),
         mixed=torch.equal(mixed[[0, 3]], want1[[0, 3]]) and torch.equal(mixed[[1, 2]], want2[[1, 2]]),
-        card=ModelCard.load(REPO).content,
+        card=ModelCard.load(REPO).content, card1=card1,
     )
+"""
+
+# The training script's --push_to_hub, on the embedded backbone and digits for one short epoch.
+SCRIPT_PUSH = """
+from conftest import load_example
+script = load_example("train_image_classification")
+script.main(["--num_train_epochs", "1", "--warmup_epochs", "0", "--checkpointing_steps", "none",
+             "--output_dir", {output!r}, "--push_to_hub", "--hub_model_id", "test-org/from-script"])
 """
 
 
@@ -255,10 +268,20 @@ def pushed(hub, saved, saved_segmentation, tmp_path_factory):
     root = saved_segmentation["root"]
     segmentation = SEGMENTATION_ROUND_TRIP.format(adapter=str(root / "adapter"), base=str(root / "base"),
                                                   pulled=str(root / "pulled"))
-    steps = _run_steps([{"code": code}, {"code": segmentation}], _env(hub.url, home))
+    script = SCRIPT_PUSH.format(output=str(tmp_path_factory.mktemp("script_run")))
+    env = _env(hub.url, home)
+    env["PYTHONPATH"] += os.pathsep + str(ROOT / "tests")
+    steps = _run_steps([{"code": code}, {"code": segmentation}, {"code": script}], env)
     for step in steps:
         assert step["status"] == 0, step["result"]
     return {**steps[0]["result"], "segmentation": steps[1]["result"]}
+
+
+def _assert_gated_vpt_card(text: str, repo: str) -> None:
+    card = ModelCard(text)
+    assert card.data.library_name == "peft" and "gated-vpt" in card.data.tags and "More Information Needed" not in text
+    assert f'adapter_id = "{repo}"' in card.content and f"gated-vpt info {repo}" in card.content
+    assert "/tmp/" not in text and str(ROOT) not in text and "pip install -e ." in text
 
 
 def test_python_push_and_pull_by_repo_id_and_revision_are_bit_identical(hub, pushed):
@@ -272,10 +295,20 @@ def test_adapters_pulled_from_the_hub_share_one_base_in_a_mixed_batch(pushed):
 
 
 def test_push_adapter_uploads_the_gated_vpt_card_pointed_at_the_repo(hub, pushed):
-    card = ModelCard(pushed["card"])
-    assert card.data.library_name == "peft" and "gated-vpt" in card.data.tags
-    assert f'adapter_id = "{REPO}"' in card.content and f"gated-vpt info {REPO}" in card.content
+    _assert_gated_vpt_card(pushed["card"], REPO)
     assert set(hub.files(REPO)) == {"README.md", "adapter_config.json", "adapter_model.safetensors"}
+
+
+def test_peft_push_to_hub_uploads_the_gated_vpt_card(pushed):
+    _assert_gated_vpt_card(pushed["card1"], REPO)
+
+
+def test_training_script_push_uploads_the_card_and_class_names(hub, pushed):
+    files = hub.files("test-org/from-script")
+    _assert_gated_vpt_card(files["README.md"].decode(), "test-org/from-script")
+    assert "`assets/mae-tiny` (a local model folder, not on the Hub)" in files["README.md"].decode()
+    assert "scikit-learn digits" in files["README.md"].decode() and "gates.png" in files
+    assert json.loads(files["id2label.json"]) == {str(i): str(i) for i in range(10)}
 
 
 def test_segmentation_adapter_keeps_its_head_settings_and_card_through_the_hub(hub, pushed, saved_segmentation):

@@ -20,5 +20,7 @@ def test_ci_runs_the_readme_test_command():
 
 def test_readme_quick_start_runs_the_main_job_through_accelerate():
     readme = _commands((ROOT / "README.md").read_text())
-    assert any("accelerate launch examples/train_image_classification.py" in c for c in readme)
+    launch = "accelerate launch --config_file examples/accelerate_config.yaml examples/train_image_classification.py"
+    assert any(launch in c for c in readme)
     assert (ROOT / "examples" / "train_image_classification.py").is_file()
+    assert (ROOT / "examples" / "accelerate_config.yaml").is_file()

@@ -375,7 +375,7 @@ def test_decoder_learns_the_synthetic_shapes_far_above_chance():
 
 # --- the model card ----------------------------------------------------------------------------------------------
 
-def test_segmentation_card_has_its_task_metrics_and_a_usage_snippet_that_runs(tmp_path):
+def test_segmentation_card_has_its_task_metrics_and_a_usage_snippet_that_runs(tmp_path, monkeypatch):
     import re
 
     from huggingface_hub import ModelCard
@@ -400,6 +400,7 @@ def test_segmentation_card_has_its_task_metrics_and_a_usage_snippet_that_runs(tm
     snippet = re.search(r"## Usage\n\n```python\n(.*?)```", text, re.S).group(1)
     assert "ViTMAEModel.from_pretrained" in snippet and "mask_ratio=0.0" in snippet
     scope: dict = {}
+    monkeypatch.chdir(tmp_path)  # the card names the local base and adapter folders, not their absolute paths
     exec(snippet, scope)
     images = torch.randn(2, 3, 16, 20)
     with torch.no_grad():

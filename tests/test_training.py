@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import ViTImageProcessor, ViTMAEConfig, ViTMAEModel
@@ -114,8 +115,34 @@ def test_run_writes_adapter_metrics_plots_and_card(uninterrupted):
     assert gates[-1] is None and all(g != pytest.approx(torch.sigmoid(torch.tensor(-2.0)).item()) for g in gates[:-1])
     # 16 images x 3 classes, batches of 4 with 2-step accumulation: 6 updates per epoch.
     assert json.loads((output / "epoch_2" / "state.json").read_text())["state"]["completed_steps"] == 18
+    # --save_total_limit 2 (the default): the two newest checkpoints are kept (updates 16 and 18).
+    assert sorted(p.name for p in output.iterdir() if p.is_dir() and p.name != "adapter") == ["epoch_2", "step_16"]
     card = (output / "adapter" / "README.md").read_text()  # written by gated_vpt.card
     assert "gated-vpt" in card and "| test_accuracy |" in card and (output / "adapter" / "gates.png").is_file()
+    assert json.loads((output / "adapter" / "id2label.json").read_text()) == {str(i): c for i, c in enumerate(CLASSES)}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {f.name: f.stat().st_mode & 0o777 for f in (output / "adapter").iterdir()} == {
+        f.name: 0o666 & ~umask for f in (output / "adapter").iterdir()}
+    assert {f.stat().st_mode & 0o777 for f in (output / "epoch_2").iterdir()} == {0o666 & ~umask}
+
+
+def test_card_of_a_run_names_its_data_and_base_without_local_paths(uninterrupted, assets):
+    output, _ = uninterrupted
+    card = (output / "adapter" / "README.md").read_text()
+    assert str(assets) not in card and str(output) not in card and "/tmp" not in card
+    assert "`mae` (a local model folder, not on the Hub)" in card and "trained on `train (a local image folder)`" in card
+    assert ModelCard(card).data.model_name == output.name and "pip install -e ." in card
+
+
+def test_help_shows_defaults_in_groups(capsys):
+    with pytest.raises(SystemExit):
+        script.parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert [g for g in ("\nmodel:", "\ndata ", "\nmethod ", "\noptimisation ", "\nrun:") if g not in text] == []
+    for shown in ("(default: 0.5)", "(default: 40)", "(default: 64)", "(default: 0)", "(default:\n", "outputs/image-classification"):
+        assert shown in text, shown
+    assert script.parse_args(["--checkpointing_steps", "none", "--save_total_limit", "none"]).checkpointing_steps is None
 
 
 def test_saved_adapter_reproduces_the_reported_accuracy(uninterrupted, assets):
@@ -144,14 +171,17 @@ def test_interrupted_run_resumes_to_the_same_adapter(uninterrupted, assets, tmp_
     position and the RNG (prompt dropout, augmentation) are all restored; dropping any one of them changes it."""
     output, _ = uninterrupted
     interrupted = tmp_path / "interrupted"
-    # Killed after 9 updates (6 per epoch): the last checkpoint is step_8, in epoch 1, and the ninth update is lost.
-    assert script.main(_argv(assets, interrupted, max_train_steps=9)) == {}
+    # Killed after 9 updates (6 per epoch): the last checkpoint is step_8, in epoch 1, and the ninth update is lost;
+    # --save_total_limit 1 has pruned the older ones (step_2, step_4, epoch_0).
+    assert script.main(_argv(assets, interrupted, max_train_steps=9, save_total_limit=1)) == {}
     assert not (interrupted / "adapter").exists()
-    assert sorted(p.name for p in interrupted.glob("step_*")) == ["step_2", "step_4", "step_8"]
+    assert sorted(p.name for p in interrupted.iterdir() if p.is_dir()) == ["step_8"]
     checkpoint = json.loads((interrupted / "step_8" / "state.json").read_text())["state"]
     assert (checkpoint["epoch"], checkpoint["batches_in_epoch"], checkpoint["completed_steps"]) == (1, 4, 8)
     assert json.loads((interrupted / "step_8" / "scheduler.json").read_text())["_last_lr"] == pytest.approx([0.2, 2.0])
-    script.main(_argv(assets, interrupted, resume_from_checkpoint="latest"))
+    script.main(_argv(assets, interrupted, resume_from_checkpoint="latest", save_total_limit=1))
+    # The newest checkpoint is kept, and the one the run resumed from is never deleted.
+    assert sorted(p.name for p in interrupted.iterdir() if p.is_dir() and p.name != "adapter") == ["epoch_2", "step_8"]
     expected, resumed = _adapter(output), _adapter(interrupted)
     assert expected.keys() == resumed.keys()
     for key in expected:
@@ -214,13 +244,13 @@ def test_bad_input_is_refused_before_output_is_written(assets, tmp_path, overrid
     assert not output.exists()
 
 
-def test_grayscale_images_are_converted_for_an_rgb_backbone_with_a_note(assets, tmp_path, caplog):
+def test_grayscale_images_are_converted_silently_for_an_rgb_backbone(assets, tmp_path, caplog):
     from gated_vpt.training.classification import load_classification_data
 
     args = script.parse_args(_argv(assets, tmp_path / "out", image_size=16))
     with caplog.at_level(logging.WARNING):
         data = load_classification_data(args, num_channels=3)
-    assert "Images are L; they are converted to RGB" in caplog.text
+    assert caplog.text == ""  # an expected conversion, not a problem
     assert next(iter(data.train_loader))["pixel_values"].shape == (4, 3, 16, 16)
 
 
@@ -307,7 +337,8 @@ def test_bundled_accuracy_metric_loads_offline():
 def test_two_processes_match_one_process_with_the_same_global_batch(assets, tmp_path):
     overrides = dict(prompt_dropout=0.0, checkpointing_steps=1000, gradient_accumulation_steps=1, num_train_epochs=2)
     single = tmp_path / "single"
-    script.main(_argv(assets, single, per_device_train_batch_size=8, **overrides))
+    script.main(_argv(assets, single, per_device_train_batch_size=8, **{**overrides, "checkpointing_steps": "none"}))
+    assert not list(single.glob("epoch_*")) and not list(single.glob("step_*"))
     double = tmp_path / "double"
     # `accelerate launch --cpu --num_processes 2` starts ONE process unless MPI is set up; torchrun-style CPU
     # processes come from --multi_gpu with ACCELERATE_USE_CPU=1 (gloo backend).
@@ -353,6 +384,46 @@ def test_learning_curve_plots_each_task_s_scores(tmp_path):
     for name, history in (("classification", classification), ("segmentation", segmentation)):
         path = plot_learning_curve(history, tmp_path / f"{name}.png", title=name)
         assert Image.open(path).size == (600, 500)
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the plot functions save, kept open for inspection."""
+    from gated_vpt.training import plots
+
+    kept = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path: kept.append(figure) or Path(path))
+    yield kept
+    for figure in kept:
+        plots.plt.close(figure)
+
+
+def test_learning_curve_legend_sits_above_the_curves_and_epochs_are_whole(figures, tmp_path):
+    from gated_vpt.training.plots import plot_learning_curve
+
+    history = [{"epoch": e, "train_loss": 2.0 - e, "lr": 0.01, "validation_miou": 0.3 * e} for e in range(3)]
+    plot_learning_curve(history, tmp_path / "curve.png")
+    [figure] = figures
+    figure.canvas.draw()
+    top, bottom = figure.axes[0], figure.axes[1]
+    [legend] = [axis.get_legend() for axis in figure.axes if axis.get_legend() and axis.bbox.height > bottom.bbox.height]
+    assert legend.get_window_extent().y0 >= top.bbox.y1 - 1  # outside the plotting area
+    assert [t.get_text() for t in legend.get_texts()] == ["train loss", "validation_miou"]
+    ticks = [tick for tick in bottom.get_xticks() if 0 <= tick <= 2]
+    assert ticks == [0, 1, 2]
+
+
+def test_gate_plot_marks_the_initial_gate_and_the_blocks_without_one(figures, tmp_path):
+    from gated_vpt.introspection import BlockReport, GateReport
+    from gated_vpt.training.plots import plot_gates
+
+    blocks = [BlockReport(i, g, None if g is None else -1.0, 1.0 + i / 10, g, g) for i, g in enumerate([0.01, 0.002, None])]
+    plot_gates(GateReport(tuple(blocks), 0.5), tmp_path / "gates.png", gate_init=5.0)
+    [figure] = figures
+    gate_axis = figure.axes[0]
+    [line] = gate_axis.get_lines()
+    assert line.get_ydata()[0] == pytest.approx(torch.sigmoid(torch.tensor(-5.0)).item())
+    assert [(t.get_text(), t.get_position()[0]) for t in gate_axis.texts] == [("no gate", 2)]
 
 
 @pytest.mark.parametrize("warmup, total, power", [(0, 12, 0.9), (3, 12, 0.9), (0, 5, 1.0), (2, 6, 2.0)])

@@ -30,6 +30,7 @@ from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from ..backbones import resolve_backbone
 from ..config import GatedPromptConfig
+from ..quiet import peft_wrapping
 from .setr import AuxiliaryHeads, Norm, ProgressiveUpsamplingHead, num_upsampling_stages
 
 HEAD_CONFIG_NAME = "segmentation_head.json"
@@ -248,7 +249,8 @@ def get_segmentation_peft_model(
             f"GatedPromptConfig.modules_to_save={config.modules_to_save} leaves out {missing}: the segmentation heads "
             f"must be trained and saved with the adapter. Use modules_to_save={list(HEAD_MODULES)} or leave it unset."
         )
-    return get_peft_model(model, config, adapter_name=adapter_name)
+    with peft_wrapping():
+        return get_peft_model(model, config, adapter_name=adapter_name)
 
 
 def save_segmentation_adapter(peft_model: PeftModel, directory: Union[str, Path]) -> Path:

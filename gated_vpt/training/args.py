@@ -13,7 +13,7 @@ from gated_vpt.tokens import refuse_token_options
 
 # Settings that do not change what a run computes; everything else must match to resume a checkpoint.
 NON_SEMANTIC_ARGS = (
-    "config", "output_dir", "resume_from_checkpoint", "checkpointing_steps", "max_train_steps",
+    "config", "output_dir", "resume_from_checkpoint", "checkpointing_steps", "save_total_limit", "max_train_steps",
     "with_tracking", "report_to", "push_to_hub", "hub_model_id", "per_device_eval_batch_size",
     "gradient_checkpointing", "torch_compile", "dry_run",
 )
@@ -30,22 +30,45 @@ def parse_bool(text: Union[str, bool]) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default, except where its help already says it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS) or action.nargs == 0:
+            return text
+        return super()._get_help_string(action)
+
+
 def _checkpointing_steps(text: Union[str, int, None]) -> Union[str, int, None]:
     if text is None or text == "epoch" or isinstance(text, int):
         return text
+    if text.lower() == "none":
+        return None
     if text.isdigit() and int(text) > 0:
         return int(text)
-    raise argparse.ArgumentTypeError(f"expected 'epoch' or a positive number of optimizer updates, got {text!r}")
+    raise argparse.ArgumentTypeError(f"expected 'epoch', 'none' or a positive number of optimizer updates, got {text!r}")
+
+
+def _save_total_limit(text: Union[str, int, None]) -> Optional[int]:
+    if text is None or isinstance(text, int):
+        return text
+    if text.lower() == "none":
+        return None
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected a positive number of checkpoints or 'none' (keep all), got {text!r}")
 
 
 def add_model_args(parser: argparse.ArgumentParser, default_model: Optional[str]) -> None:
-    group = parser.add_argument_group("backbone")
+    group = parser.add_argument_group("model")
     group.add_argument("--model_name_or_path", default=default_model,
                        help="A Hub model id or a local directory in transformers format (default: the embedded tiny MAE).")
 
 
-def add_data_args(parser: argparse.ArgumentParser, layouts: bool = False) -> None:
-    """The data source flags; ``layouts`` adds ``--data_dir`` / ``--data_layout`` (the paper's benchmark folders)."""
+def add_data_args(parser: argparse.ArgumentParser, layouts: bool = False) -> argparse._ArgumentGroup:
+    """The data source flags; ``layouts`` adds ``--data_dir`` / ``--data_layout`` (the paper's benchmark folders).
+    Returns the group, for a script's own data flags."""
     group = parser.add_argument_group("data (default: the embedded digits, split 800/200/797)")
     if layouts:
         group.add_argument("--data_dir", default=None,
@@ -71,18 +94,20 @@ def add_data_args(parser: argparse.ArgumentParser, layouts: bool = False) -> Non
     group.add_argument("--image_normalization", choices=("backbone", "imagenet"), default="backbone",
                        help="Mean/std: the backbone's preprocessor_config.json, or ImageNet's fixed values (the paper's "
                             "recipes).")
+    return group
 
 
 def add_prompt_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("adapter (gated_vpt.GatedPromptConfig)")
-    group.add_argument("--num_prompt_tokens", type=int, default=5)
-    group.add_argument("--prompt_mode", choices=("shallow", "deep"), default="shallow")
+    group = parser.add_argument_group("method (gated_vpt.GatedPromptConfig)")
+    group.add_argument("--num_prompt_tokens", type=int, default=5, help="Prompt tokens inserted.")
+    group.add_argument("--prompt_mode", choices=("shallow", "deep"), default="shallow",
+                       help="'shallow': prompts inserted once; 'deep': fresh prompts before every block (VPT-deep).")
     group.add_argument("--gated", type=parse_bool, default=None, help="true/false (default: true for shallow prompts).")
     group.add_argument("--gate_init", type=float, default=5.0, help="Gate logits start at -gate_init.")
     group.add_argument("--learnable_temperature", type=parse_bool, default=None,
                        help="true/false (default: true for shallow prompts).")
-    group.add_argument("--prompt_dropout", type=float, default=0.1)
-    group.add_argument("--prompt_start_block", type=int, default=0)
+    group.add_argument("--prompt_dropout", type=float, default=0.1, help="Dropout on the prompts only.")
+    group.add_argument("--prompt_start_block", type=int, default=0, help="Block where the prompts are inserted.")
     group.add_argument("--head_pooling", choices=("auto", "cls", "mean"), default="auto",
                        help="'auto': the paper's head per backbone (README's backbone table: mean pooling for MAE, I-JEPA "
                        "and heads that average the tokens, CLS otherwise).")
@@ -90,29 +115,33 @@ def add_prompt_args(parser: argparse.ArgumentParser) -> None:
 
 def add_optimization_args(parser: argparse.ArgumentParser, learning_rate: float, batch_size: int, epochs: int) -> None:
     group = parser.add_argument_group("optimisation (the paper: SGD, momentum 0.9, no weight decay, warmup + cosine per epoch)")
-    group.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    group.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="Optimizer.")
     group.add_argument("--learning_rate", type=float, default=learning_rate, help="Used as given (no batch-size scaling).")
     group.add_argument("--gate_learning_rate", type=float, default=None,
                        help="Learning rate of the gate logits (default: --learning_rate). See docs/TRAINING.md.")
-    group.add_argument("--momentum", type=float, default=0.9)
-    group.add_argument("--weight_decay", type=float, default=0.0)
-    group.add_argument("--per_device_train_batch_size", type=int, default=batch_size)
-    group.add_argument("--per_device_eval_batch_size", type=int, default=256)
-    group.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    group.add_argument("--num_train_epochs", type=int, default=epochs)
+    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum.")
+    group.add_argument("--weight_decay", type=float, default=0.0, help="Weight decay (gates: none).")
+    group.add_argument("--per_device_train_batch_size", type=int, default=batch_size, help="Training batch per process.")
+    group.add_argument("--per_device_eval_batch_size", type=int, default=256, help="Evaluation batch per process.")
+    group.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Batches per optimizer update.")
+    group.add_argument("--num_train_epochs", type=int, default=epochs, help="Training epochs.")
     group.add_argument("--warmup_epochs", type=int, default=10, help="Linear warmup from 0 over this many epochs.")
     group.add_argument("--min_learning_rate", type=float, default=0.0,
                        help="Where the decay ends, for every parameter group (SETR's ADE20K: 1e-4).")
     group.add_argument("--scheduler_step", choices=("epoch", "step"), default="epoch",
                        help="Step the schedule once per epoch (the paper) or once per optimizer update.")
-    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--seed", type=int, default=0, help="Seed of the prompts, the head, data order and dropout.")
 
 
 def add_run_args(parser: argparse.ArgumentParser, default_output_dir: str) -> None:
     group = parser.add_argument_group("run")
-    group.add_argument("--output_dir", default=default_output_dir)
+    group.add_argument("--output_dir", default=default_output_dir, help="Where the adapter, results and checkpoints go.")
     group.add_argument("--checkpointing_steps", type=_checkpointing_steps, default="epoch",
-                       help="'epoch' (a checkpoint after every epoch) or N (also one every N optimizer updates).")
+                       help="'epoch' (a checkpoint after every epoch), N (also one every N optimizer updates) or "
+                            "'none' (no checkpoints).")
+    group.add_argument("--save_total_limit", type=_save_total_limit, default=2,
+                       help="Checkpoints kept in --output_dir, the newest; older ones are deleted (never the one the "
+                            "run resumed from). 'none' keeps all.")
     group.add_argument("--resume_from_checkpoint", default=None,
                        help="A checkpoint directory, or 'latest' for the latest one in --output_dir.")
     group.add_argument("--max_train_steps", type=int, default=None,
@@ -122,9 +151,10 @@ def add_run_args(parser: argparse.ArgumentParser, default_output_dir: str) -> No
     group.add_argument("--report_to", default="tensorboard", help="Trackers for --with_tracking ('all', 'tensorboard', ...).")
     group.add_argument("--push_to_hub", action="store_true",
                        help="Upload the adapter to --hub_model_id at the end (token: HF_TOKEN or `hf auth login`).")
-    group.add_argument("--hub_model_id", default=None)
+    group.add_argument("--hub_model_id", default=None, help="The Hub repo for --push_to_hub, e.g. <user>/<name>.")
     refuse_token_options(group, "--hub_token", "--token")  # the Hub token: HF_TOKEN or `hf auth login`
-    group.add_argument("--gradient_checkpointing", action="store_true")
+    group.add_argument("--gradient_checkpointing", action="store_true",
+                       help="Recompute the frozen blocks in the backward pass (less memory).")
     group.add_argument("--torch_compile", action="store_true", help="Compile the model with torch.compile (inductor).")
     group.add_argument("--dry_run", action="store_true",
                        help="Print the resolved run (backbone and whether it is prepared, data, updates per epoch, "

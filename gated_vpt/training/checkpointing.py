@@ -194,9 +194,9 @@ def check_run_config(path: Union[str, Path], run_config: dict) -> None:
         )
 
 
-def latest_checkpoint(output_dir: Union[str, Path]) -> Optional[Path]:
-    """The intact checkpoint in ``output_dir`` furthest into training (by optimizer updates, then position), or
-    None. Damaged checkpoints further on are skipped with a warning naming each one and why."""
+def checkpoints_by_progress(output_dir: Union[str, Path]) -> list[Path]:
+    """The checkpoints in ``output_dir`` whose state reads, oldest first (by optimizer updates, then position); the
+    others are skipped with a warning naming each one and why."""
     found = []
     for candidate in sorted(Path(output_dir).glob("*")):
         if not candidate.name.startswith(CHECKPOINT_PREFIXES) or not candidate.is_dir():
@@ -206,12 +206,38 @@ def latest_checkpoint(output_dir: Union[str, Path]) -> Optional[Path]:
             found.append(((state["completed_steps"], state["epoch"], state["batches_in_epoch"]), candidate))
         except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError):
             logger.warning(f"Skipping damaged checkpoint {candidate}: {checkpoint_problem(candidate) or STATE_FILE + ' is unreadable'}.")
-    for _, candidate in sorted(found, reverse=True):
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(output_dir: Union[str, Path]) -> Optional[Path]:
+    """The intact checkpoint in ``output_dir`` furthest into training (by optimizer updates, then position), or
+    None. Damaged checkpoints further on are skipped with a warning naming each one and why."""
+    for candidate in reversed(checkpoints_by_progress(output_dir)):
         problem = checkpoint_problem(candidate)
         if problem is None:
             return candidate
         logger.warning(f"Skipping damaged checkpoint {candidate}: {problem}.")
     return None
+
+
+def prune_checkpoints(output_dir: Union[str, Path], keep: int, protected: Optional[Path] = None) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints in ``output_dir``, never ``protected`` (the checkpoint a run
+    resumed from); returns the deleted ones."""
+    old = checkpoints_by_progress(output_dir)[:-keep]
+    deleted = [path for path in old if protected is None or path.resolve() != Path(protected).resolve()]
+    for path in deleted:
+        shutil.rmtree(path)
+    return deleted
+
+
+def follow_umask(directory: Union[str, Path]) -> None:
+    """Give the files in ``directory`` the mode the umask gives new files (usually 0644): safetensors' ``save_file``
+    (which peft's ``save_pretrained`` uses) writes 0600, unlike the JSON beside them."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for file in Path(directory).iterdir():
+        if file.is_file():
+            file.chmod(0o666 & ~umask)
 
 
 def resolve_resume_path(resume_from_checkpoint: str, output_dir: Union[str, Path]) -> Path:

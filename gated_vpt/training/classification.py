@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel, ViTForImageClassification
 
 from gated_vpt import GatedPromptConfig, init_classifier_
+from gated_vpt.quiet import transformers_loading
 
 from .data import (
     IMAGE_COLUMN_GUESSES,
@@ -33,7 +34,6 @@ from .data import (
     image_normalisation,
     label_names,
     load_image_datasets,
-    target_mode,
 )
 from .dry_run import DryRunReport, backbone_status, count_train_images, learning_rate_groups, quiet_loading
 from .metrics import load_metric
@@ -72,17 +72,11 @@ def load_classification_data(args: argparse.Namespace, num_channels: int) -> Cla
     if args.label_column_name is None and not set(LABEL_COLUMN_GUESSES) & set(train.column_names):
         check_class_folders(args.train_dir)  # a single class folder gets no label column: say that instead
     label_column = find_column(train, args.label_column_name, LABEL_COLUMN_GUESSES, "label", "--label_column_name")
-    modes = set()
     for role, split in datasets.items():
         for column, flag in ((image_column, "--image_column_name"), (label_column, "--label_column_name")):
             if column not in split.column_names:
                 raise ValueError(f"The {role} split has no column {column!r} (columns: {split.column_names}); set {flag}.")
-        modes.add(check_images(split, image_column, num_channels))
-    if modes - {target_mode(num_channels)}:
-        logger.warning(
-            f"Images are {'/'.join(sorted(modes))}; they are converted to {target_mode(num_channels)} to match the "
-            f"backbone's {num_channels} input channels."
-        )
+        check_images(split, image_column, num_channels)  # the transforms convert them to the backbone's channels
     labels = label_names(datasets, label_column, args.num_labels)
     check_label_coverage(datasets, label_column, labels)
     datasets = drop_unreadable_images(datasets, (image_column,), args.skip_bad_images)
@@ -124,13 +118,26 @@ def load_image_classifier(model_name_or_path: str, labels: list[str]) -> PreTrai
     load into ``ViTForImageClassification`` (transformers has no MAE classification head)."""
     config = AutoConfig.from_pretrained(model_name_or_path)
     model_class = ViTForImageClassification if config.model_type == "vit_mae" else AutoModelForImageClassification
-    model = model_class.from_pretrained(
-        model_name_or_path,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)},
-        ignore_mismatched_sizes=True,
-    )
+    # transformers' own messages here (MAE weights in a ViT class, a load report listing the new classifier) describe
+    # what is intended; the loading info is checked below instead, and anything unexpected is still reported.
+    with transformers_loading():
+        model, info = model_class.from_pretrained(
+            model_name_or_path,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)},
+            ignore_mismatched_sizes=True,
+            output_loading_info=True,
+        )
+    surprises = {
+        "missing": sorted(k for k in info["missing_keys"] if not k.startswith("classifier.")),
+        "unexpected": sorted(info["unexpected_keys"]),
+        "mismatched": sorted(str(k) for k in info["mismatched_keys"] if not str(k).startswith("classifier.")),
+    }
+    for kind, keys in surprises.items():
+        if keys:
+            logger.warning(f"{model_name_or_path}: {len(keys)} {kind} weights when loading {model_class.__name__}: {keys[:5]}")
+    logger.info(f"Loaded {model_name_or_path} ({config.model_type}) with a new {len(labels)}-class classifier.")
     init_classifier_(model.classifier)
     return model
 

@@ -19,7 +19,15 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpointing import TrainState, clear_staging, commit_checkpoint, latest_checkpoint, save_checkpoint
+from .checkpointing import (
+    TrainState,
+    clear_staging,
+    commit_checkpoint,
+    latest_checkpoint,
+    prune_checkpoints,
+    resolve_resume_path,
+    save_checkpoint,
+)
 from .results import write_stopped
 from .run import RunStopped
 
@@ -35,6 +43,8 @@ class LoopSettings:
     run_config: dict
     scheduler_step: str = "epoch"
     checkpointing_steps: Union[str, int, None] = "epoch"
+    save_total_limit: Optional[int] = None
+    resumed_from: Optional[Path] = None
     max_train_steps: Optional[int] = None
     with_tracking: bool = False
 
@@ -47,6 +57,8 @@ class LoopSettings:
             run_config=run_config,
             scheduler_step=args.scheduler_step,
             checkpointing_steps=args.checkpointing_steps,
+            save_total_limit=args.save_total_limit,
+            resumed_from=resolve_resume_path(args.resume_from_checkpoint, args.output_dir) if args.resume_from_checkpoint else None,
             max_train_steps=args.max_train_steps,
             with_tracking=args.with_tracking,
         )
@@ -183,4 +195,6 @@ def _checkpoint(accelerator, model, optimizer, scheduler, state: TrainState, set
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         commit_checkpoint(path)
+        if settings.save_total_limit is not None:
+            prune_checkpoints(settings.output_dir, settings.save_total_limit, settings.resumed_from)
     accelerator.wait_for_everyone()

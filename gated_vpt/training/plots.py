@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -9,14 +10,18 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from gated_vpt import GateReport  # noqa: E402
 
 
-def plot_gates(report: GateReport, path: Union[str, Path], title: str = "") -> Path:
+def plot_gates(report: GateReport, path: Union[str, Path], title: str = "", gate_init: Optional[float] = None) -> Path:
     """Bars of each block's gate ``sigmoid(gamma)``, its selection ratio (the share of the last block's prompt
-    input that block's output makes up, normalised as in the paper) and its attention temperature."""
+    input that block's output makes up, normalised as in the paper) and its attention temperature. A dashed line
+    marks where the gates started (``sigmoid(-gate_init)``, when given) and the temperatures (1); blocks without a
+    gate (the last one, and any before the prompts are inserted) are labelled so."""
     blocks = [b.block for b in report.blocks]
+    ungated = [b.block for b in report.blocks if b.gate is None]
     panels = [
         ("gate g = sigmoid(gamma)", [b.gate for b in report.blocks]),
         ("selection ratio", [b.selection_ratio for b in report.blocks]),
@@ -31,8 +36,14 @@ def plot_gates(report: GateReport, path: Union[str, Path], title: str = "") -> P
         axis.set_xticks(blocks)
         axis.set_xlabel("block")
         axis.set_title(name)
-        if name == "attention temperature":
-            axis.axhline(1.0, color="gray", linewidth=0.8, linestyle="--")
+        start = {"attention temperature": 1.0, "gate g = sigmoid(gamma)": _sigmoid(-gate_init) if gate_init is not None else None}
+        if start.get(name) is not None:
+            axis.axhline(start[name], color="gray", linewidth=0.8, linestyle="--", label=f"initial {start[name]:.3g}")
+            axis.legend(loc="upper left", fontsize="small", frameon=False)
+            axis.set_ylim(0, max([v for v in values if v is not None] + [start[name]]) * 1.25)
+        if name != "attention temperature":
+            for block in ungated:
+                axis.text(block, 0, "no gate", rotation=90, ha="center", va="bottom", fontsize="small", color="gray")
     if title:
         figure.suptitle(title)
     figure.tight_layout()
@@ -44,7 +55,7 @@ def plot_learning_curve(history: Sequence[dict], path: Union[str, Path], title: 
     rate(s) underneath. A score missing from some epochs (evaluated every N epochs) is drawn where it was recorded."""
     epochs = [record["epoch"] for record in history]
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    top.plot(epochs, [r["train_loss"] for r in history], label="train loss", color="tab:red")
+    lines = top.plot(epochs, [r["train_loss"] for r in history], label="train loss", color="tab:red")
     top.set_ylabel("loss")
     scores = score_keys(history)
     if scores:
@@ -52,20 +63,22 @@ def plot_learning_curve(history: Sequence[dict], path: Union[str, Path], title: 
         values = []
         for name in scores:
             points = [(r["epoch"], r[name]) for r in history if r.get(name) is not None]
-            right.plot(*zip(*points), marker=".", label=name)
+            lines += right.plot(*zip(*points), marker=".", label=name)
             values += [value for _, value in points]
         right.set_ylabel(scores[0] if len(scores) == 1 else "score")
         if all(0 <= value <= 1 for value in values):
             right.set_ylim(0, 1)
-        right.legend(loc="center right")
-    top.legend(loc="upper right")
+    # One legend above the curves, so it never hides them.
+    top.legend(lines, [line.get_label() for line in lines], loc="lower center", bbox_to_anchor=(0.5, 1.0),
+               ncol=len(lines), frameon=False, fontsize="small")
     for name in sorted({k for r in history for k in r if k.startswith("lr")}):
         bottom.plot(epochs, [r.get(name) for r in history], label=name)
     bottom.set_ylabel("learning rate")
     bottom.set_xlabel("epoch")
-    bottom.legend(loc="upper right", fontsize="small")
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    bottom.legend(loc="best", fontsize="small")
     if title:
-        top.set_title(title)
+        figure.suptitle(title)
     figure.tight_layout()
     return _save(figure, path)
 
@@ -81,6 +94,10 @@ def score_keys(history: Sequence[dict]) -> list[str]:
         if isinstance(value, (int, float)) and not isinstance(value, bool)
         and key != "epoch" and not key.endswith("loss") and not key.startswith("lr")
     })
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
 
 
 def plot_benchmark(

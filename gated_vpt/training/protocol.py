@@ -46,7 +46,6 @@ from .paper_benchmarks import (
     method_args,
 )
 from .protocol_report import TaskResult, read_score, write_report
-from .results import STOPPED_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +89,8 @@ class Run:
     @property
     def stopped(self) -> bool:
         """The run stopped for good (e.g. its loss turned non-finite): settled, without a score."""
+        from .results import STOPPED_FILE  # results imports peft and matplotlib: not for `--help`
+
         return (self.output_dir / STOPPED_FILE).is_file() and not self.finished
 
     @property

@@ -11,7 +11,10 @@ from peft import PeftModel
 
 from gated_vpt import gate_report
 from gated_vpt.card import write_model_card
+from gated_vpt.loading import write_labels
+from gated_vpt.recipes import CLASSIFICATION
 
+from .checkpointing import follow_umask
 from .plots import plot_gates, plot_learning_curve
 
 # A run's scores are the float metrics named after the split they were measured on (test_accuracy, validation_miou).
@@ -46,11 +49,11 @@ def write_results(
     save_adapter: Optional[Callable[[PeftModel, Path], object]] = None,
     hub_model_id: Optional[str] = None,
 ) -> Path:
-    """Write ``output_dir/adapter`` (``save_adapter(model, directory)``, default ``model.save_pretrained``, then the
-    model card for ``task`` with the run's scores), ``metrics.json`` (``metrics``, the gates and the per-epoch
-    ``history``), ``gates.png`` (when the adapter has gates or temperatures) and ``learning_curve.png``; print the
-    scores and the gate table; push the adapter to ``hub_model_id`` when given (the token from ``HF_TOKEN`` or the
-    stored login). Returns the adapter directory.
+    """Write ``output_dir/adapter`` (``save_adapter(model, directory)``, default ``model.save_pretrained``, the class
+    names and the model card for ``task`` with the run's scores), ``metrics.json`` (``metrics``, the gates and the
+    per-epoch ``history``), ``gates.png`` (when the adapter has gates or temperatures) and ``learning_curve.png``;
+    print the scores, the gate table, where everything went and the commands to run next; push the adapter to
+    ``hub_model_id`` when given (the token from ``HF_TOKEN`` or the stored login). Returns the adapter directory.
 
     Example:
 
@@ -63,7 +66,7 @@ def write_results(
     >>> model = get_peft_model(base, gated_vpt.GatedPromptConfig())  # ... then train it
     >>> history = [{"epoch": 0, "train_loss": 1.1, "lr": 0.1}]  # the loop's state.history
     >>> write_results(model, "outputs/run", {"test_accuracy": 0.81}, history, task="image-classification", title="tiny")
-    test_accuracy 0.8100; adapter and results in outputs/run
+    <BLANKLINE>
     | block | gate | temperature | selection ratio |
     |---:|---:|---:|---:|
     | 0 | 0.0067 | 1.0000 | 0.3311 |
@@ -72,6 +75,12 @@ def write_results(
     | 3 | - | 1.0000 | - |
     <BLANKLINE>
     Share of the inserted prompts reaching the last block unchanged: 0.9801
+    <BLANKLINE>
+    test_accuracy 0.8100
+    Wrote outputs/run/adapter/ (adapter and model card), metrics.json, gates.png, learning_curve.png in outputs/run
+    Next: gated-vpt info outputs/run
+          gated-vpt predict outputs/run <image files or folders>
+          gated-vpt push outputs/run <user>/<repo>
     PosixPath('outputs/run/adapter')
     ```
     """
@@ -81,20 +90,36 @@ def write_results(
         model.save_pretrained(adapter_dir)
     else:
         save_adapter(model, adapter_dir)
+    write_labels(adapter_dir, model)
     report = gate_report(model)
     gates_png = None
     if any(b.gate is not None or b.temperature is not None for b in report.blocks):
-        gates_png = plot_gates(report, output / "gates.png", title=title)
+        gates_png = plot_gates(report, output / "gates.png", title=title, gate_init=_gate_init(model))
     plot_learning_curve(history, output / "learning_curve.png")
     (output / "metrics.json").write_text(
         json.dumps({**metrics, "gates": report.to_dict(), "history": list(history)}, indent=1) + "\n"
     )
     scores = run_scores(metrics)
     write_model_card(adapter_dir, model, metrics=scores, gates_image=gates_png, dataset=dataset, task=task)
-    print(", ".join(f"{k} {v:.4f}" for k, v in scores.items()) + f"; adapter and results in {output}")
-    print(report.format_table())
+    follow_umask(adapter_dir)
+    print(f"\n{report.format_table()}\n")
+    print(", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    written = [f"{adapter_dir}/ (adapter and model card)", "metrics.json", *(p.name for p in (gates_png,) if p),
+               "learning_curve.png"]
+    print(f"Wrote {', '.join(written)} in {output}")
     if hub_model_id:
         from gated_vpt.hub import push_adapter
 
         push_adapter(adapter_dir, hub_model_id)
+        print(f"Pushed the adapter to {hub_model_id}")
+    print(f"Next: gated-vpt info {output}")
+    if task == CLASSIFICATION:
+        print(f"      gated-vpt predict {output} <image files or folders>")
+    if not hub_model_id:
+        print(f"      gated-vpt push {output} <user>/<repo>")
     return adapter_dir
+
+
+def _gate_init(model: PeftModel) -> Optional[float]:
+    config = model.peft_config[model.active_adapter]
+    return config.gate_init if config.gated else None

@@ -139,8 +139,21 @@ def finish_run(
     if accelerator.is_main_process:
         write_results(
             accelerator.unwrap_model(model), args.output_dir, metrics, state.history, task=task, title=title,
-            dataset=args.dataset_name, save_adapter=save_adapter,
+            dataset=_dataset_name(args), save_adapter=save_adapter,
             hub_model_id=args.hub_model_id if args.push_to_hub else None,
         )
     accelerator.wait_for_everyone()
     return metrics
+
+
+def _dataset_name(args: argparse.Namespace) -> str:
+    """The run's data as its card names it: a Hub id, a local folder's name, or the data built into the scripts."""
+    if args.dataset_name:
+        return args.dataset_name
+    if getattr(args, "data_dir", None):
+        return f"{Path(args.data_dir).name} (a local {args.data_layout or 'benchmark'} folder)"
+    if args.train_dir:
+        return f"{Path(args.train_dir).name} (a local image folder)"
+    if getattr(args, "quick", False):
+        return "synthetic shapes (gated_vpt.segmentation.synthetic)"
+    return "scikit-learn digits (sklearn.datasets.load_digits, split 800/200/797)"
