@@ -230,11 +230,11 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         return torch.cat((prompted, plain))[torch.argsort(order)]
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, **kwargs: Any) -> torch.Tensor:
-        if self._base_samples is not None and self._adapter() is not None:
-            return self._forward_with_base_samples(hidden_states, attention_mask, **kwargs)
         name = self._adapter()
         if name is None:
             return self.base_layer(hidden_states, attention_mask, **kwargs)
+        if self._base_samples is not None:
+            return self._forward_with_base_samples(hidden_states, attention_mask, **kwargs)
         if attention_mask is not None:
             raise ValueError(
                 "gated_vpt does not support attention masks: the mask was built for the sequence without prompts. "
