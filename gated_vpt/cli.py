@@ -46,7 +46,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         return protocol.main(argv[1:]) or 0
     args = _parser().parse_args(argv)
-    load_core()  # after parsing: --help and usage errors need none of it
+    if args.loads_core:  # after parsing: --help and usage errors need none of it, and info reads files only
+        load_core()
     try:
         return args.run(args) or 0
     except USER_ERRORS as error:
@@ -61,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="gated-vpt", description="Gated visual prompt tuning adapters: share them on the Hub, inspect and run them."
     )
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
+    parser.set_defaults(loads_core=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     push = commands.add_parser("push", help="upload a local adapter directory to a Hub repo (with its model card)")
@@ -79,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="show an adapter's config, per-block gates and temperatures, and file sizes")
     _add_source(info, "adapter", "adapter directory, training run output folder or Hub repo id")
     info.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    info.set_defaults(run=_info)
+    info.set_defaults(run=_info, loads_core=False)
 
     predict = commands.add_parser("predict", help="classify images with a base model plus an adapter")
     _add_source(predict, "adapter", "adapter directory, training run output folder or Hub repo id")

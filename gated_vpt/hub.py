@@ -3,7 +3,8 @@
 Every way of pushing uploads this package's card: ``push_adapter``, ``gated-vpt push``, the training scripts'
 ``--push_to_hub`` and peft's own ``model.push_to_hub(repo_id)`` on a gated_vpt model (``push_to_hub`` below; for
 other peft methods peft's behaviour is unchanged). Tokens are passed to huggingface_hub only: they are never
-printed, logged or written into a file.
+printed, logged or written into a file. Pulling and reading adapters needs neither peft nor transformers: the push
+side imports the card (which does) when it runs.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from huggingface_hub import CommitInfo, HfApi, constants, get_token, snapshot_do
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 from torch import nn
 
-from .card import is_gated_vpt_card, set_adapter_id, write_model_card
 from .loading import (
     CONFIG_NAME,
+    HEAD_CONFIG_NAME,
     LABELS_NAME,
     WEIGHTS_NAME,
     read_adapter_files,
@@ -28,7 +29,6 @@ from .loading import (
     run_adapter_dir,
     write_labels,
 )
-from .segmentation.model import HEAD_CONFIG_NAME, SegmentationHeadConfig
 from .tokens import TOKEN_SOURCES
 
 CARD_NAME = "README.md"
@@ -101,6 +101,9 @@ def _push(
     revision: Optional[str] = None,
     create_pr: bool = False,
 ) -> CommitInfo:
+    from .card import write_model_card
+    from .segmentation.model import SegmentationHeadConfig
+
     with tempfile.TemporaryDirectory() as staging:
         staging = Path(staging)
         if isinstance(source, nn.Module):
@@ -176,6 +179,8 @@ def fetch_adapter(path_or_repo_id: Union[str, Path], revision: Optional[str] = N
 
 
 def _stage_directory(directory: Path, staging: Path, repo_id: str) -> None:
+    from .card import is_gated_vpt_card, set_adapter_id, write_model_card
+
     read_adapter_files(directory)
     for pattern in UPLOADED_FILES:
         for file in directory.glob(pattern):

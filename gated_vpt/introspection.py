@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .gate import TEMPERATURE_RANGE, selection_weights
-from .layer import GatedPromptBlock
+from .loading import read_adapter_files
 
 _CANONICAL_KEY = re.compile(r"encoder\.layer\.(\d+)\.gvpt_(gate|temperature)$")
 
@@ -85,6 +85,8 @@ def gate_report(source: Union[nn.Module, str, Path], adapter_name: str = "defaul
 
 
 def _from_model(model: nn.Module, adapter_name: str) -> tuple[int, dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    from .layer import GatedPromptBlock  # peft and transformers: a saved adapter is reported without them
+
     blocks = [m for m in model.modules() if isinstance(m, GatedPromptBlock)]
     if not blocks:
         raise ValueError("This model has no gated_vpt adapter; create one with get_peft_model(model, GatedPromptConfig()).")
@@ -96,8 +98,6 @@ def _from_model(model: nn.Module, adapter_name: str) -> tuple[int, dict[int, tor
 
 
 def _from_directory(path: Path) -> tuple[int, dict[int, torch.Tensor], dict[int, torch.Tensor]]:
-    from .loading import read_adapter_files
-
     config, state_dict = read_adapter_files(path)
     found: dict[str, dict[int, torch.Tensor]] = {"gate": {}, "temperature": {}}
     for key, value in state_dict.items():

@@ -15,12 +15,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
 
 from .backbones import Backbone
-from .config import GatedPromptConfig
-from .registration import PREFIX
+from .settings import PREFIX, GatedPromptSettings
 
 PROMPT, GATE, TEMPERATURE = (PREFIX + name for name in ("prompt", "gate", "temperature"))
 PEFT_PREFIX = "base_model.model."
@@ -40,7 +38,7 @@ class Expected:
     what: str
 
 
-def block_tensor_shapes(config: GatedPromptConfig, index: int, num_blocks: int, hidden_size: int) -> dict[str, tuple[int, ...]]:
+def block_tensor_shapes(config: GatedPromptSettings, index: int, num_blocks: int, hidden_size: int) -> dict[str, tuple[int, ...]]:
     """The parameters block ``index`` of ``num_blocks`` holds for an adapter with ``config``, by name."""
     if index < config.prompt_start_block:
         return {}
@@ -59,9 +57,11 @@ def saved_key(module_key: str) -> str:
     return _BLOCK_KEY.sub(r"\1encoder.layer.\2.", module_key)
 
 
-def saved_modules(config: GatedPromptConfig, backbone: Backbone, model: nn.Module) -> dict[str, nn.Module]:
+def saved_modules(config: GatedPromptSettings, backbone: Backbone, model: nn.Module) -> dict[str, nn.Module]:
     """The modules ``config.modules_to_save`` names in ``model`` (peft's rule: a module whose name ends with an
     entry), unwrapped from peft's wrappers. Refuses entries that match nothing or reach into the encoder blocks."""
+    from peft.utils.other import AuxiliaryTrainingWrapper  # a saved file is checked without peft; a model has it
+
     names = config.modules_to_save or []
     found: dict[str, nn.Module] = {}
     matched = set()
@@ -94,11 +94,13 @@ def _refuse_overlap(names: list[str], module: str, block: str) -> None:
 
 def _inside_wrapper(model: nn.Module, key: str) -> bool:
     """Whether ``key`` lies inside a peft wrapper (its original or saved copies), not the wrapper itself."""
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
     parts = key.split(".")
     return any(isinstance(model.get_submodule(".".join(parts[:i])), AuxiliaryTrainingWrapper) for i in range(1, len(parts)))
 
 
-def expected_tensors(config: GatedPromptConfig, backbone: Backbone, model: nn.Module) -> dict[str, Expected]:
+def expected_tensors(config: GatedPromptSettings, backbone: Backbone, model: nn.Module) -> dict[str, Expected]:
     """Every tensor a saved adapter with ``config`` (already prepared for ``model``) must hold, by its key in the
     file."""
     expected = {}
@@ -111,7 +113,7 @@ def expected_tensors(config: GatedPromptConfig, backbone: Backbone, model: nn.Mo
     return expected
 
 
-def expected_from_record(config: GatedPromptConfig, tensors: dict[str, torch.Tensor]) -> dict[str, Expected]:
+def expected_from_record(config: GatedPromptSettings, tensors: dict[str, torch.Tensor]) -> dict[str, Expected]:
     """What a saved adapter must hold, without a model: the block tensors follow from ``config`` and its backbone
     record; tensors under a module in ``modules_to_save`` are taken as they are (only a model knows their shapes)."""
     record = config.backbone or {}
@@ -144,7 +146,7 @@ def _module_paths(key: str) -> list[str]:
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def _describe(name: str, config: GatedPromptConfig) -> str:
+def _describe(name: str, config: GatedPromptSettings) -> str:
     if name == PROMPT:
         return f"prompts (num_prompt_tokens={config.num_prompt_tokens}, prompt_mode={config.prompt_mode!r})"
     if name == GATE:

@@ -4,13 +4,15 @@
 script that never imports it gets ``KeyError: 'GATED_VPT'``). ``load_adapter`` imports the method for you.
 Either way the files are checked before the model changes (``gated_vpt.layout``): the config is validated as at
 construction, the weights must be exactly the adapter's own tensors, finite, and safetensors (pickles are refused).
+Reading and checking the files needs no peft (only attaching an adapter to a model does), so ``gated-vpt info``
+answers without loading it.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 from huggingface_hub import hf_hub_download
@@ -20,20 +22,22 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from peft import PeftModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from .config import GatedPromptConfig
 from .layout import check_tensors, expected_from_record
-from .quiet import peft_wrapping
-from .registration import register
+from .settings import GatedPromptSettings
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 # A classification adapter's class names, {"0": name, ...} as in transformers' id2label.
 LABELS_NAME = "id2label.json"
+# A segmentation adapter's decoder settings and class names (gated_vpt.segmentation).
+HEAD_CONFIG_NAME = "segmentation_head.json"
 # A training run's output folder holds its adapter in this subfolder.
 RUN_ADAPTER_DIR = "adapter"
 PICKLED_WEIGHTS = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
@@ -67,6 +71,11 @@ def load_adapter(
     >>> model = load_adapter(base, "user/mae-cub-gated", revision="v1")  # doctest: +SKIP
     ```
     """
+    from peft import PeftModel
+
+    from .quiet import peft_wrapping
+    from .registration import register
+
     register()  # a no-op once the package is imported (the gated-vpt command imports only what it needs)
     directory = resolve_adapter_dir(path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir)
     read_adapter_files(directory)
@@ -120,7 +129,7 @@ def resolve_adapter_dir(
 
 
 def read_adapter_files(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Read and check an adapter directory: its config is a valid gated_vpt config (``adapter_config``), its
+    """Read and check an adapter directory: its config holds valid gated_vpt settings (``GatedPromptSettings.from_saved``), its
     weights are readable safetensors holding exactly the tensors that config implies, all finite."""
     directory = Path(directory)
     config_path = directory / CONFIG_NAME
@@ -131,7 +140,7 @@ def read_adapter_files(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{config_path} is not valid JSON ({error}); re-save or re-download the adapter.") from error
-    parsed = adapter_config(config, config_path)
+    settings = GatedPromptSettings.from_saved(config, str(config_path))
     if not weights_path.is_file():
         pickled = [name for name in PICKLED_WEIGHTS if (directory / name).is_file()]
         hint = (
@@ -150,36 +159,8 @@ def read_adapter_files(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         ) from error
     if not any(".gvpt_" in key for key in state_dict):
         raise ValueError(f"{weights_path} holds no gated_vpt parameters (gvpt_prompt, gvpt_gate, ...); it is not this adapter's file.")
-    check_tensors(expected_from_record(parsed, state_dict), state_dict, str(weights_path))
+    check_tensors(expected_from_record(settings, state_dict), state_dict, str(weights_path))
     return config, state_dict
-
-
-def adapter_config(raw: object, where: Union[str, Path] = CONFIG_NAME) -> GatedPromptConfig:
-    """The ``GatedPromptConfig`` of a saved ``adapter_config.json`` (parsed JSON), validated as at construction
-    and with the record of the backbone it was made for; ``ValueError`` names what is wrong."""
-    if not isinstance(raw, dict):
-        raise ValueError(f"{where} holds a JSON {type(raw).__name__}, not an object of adapter settings; it is not an adapter config.")
-    if raw.get("peft_type") != "GATED_VPT":
-        raise ValueError(
-            f"{where} describes a {raw.get('peft_type')!r} adapter, not a gated_vpt one; load it with "
-            "peft.PeftModel.from_pretrained instead."
-        )
-    try:
-        config = GatedPromptConfig.from_peft_type(**raw)
-    except TypeError as error:
-        raise ValueError(f"{where} is not a valid gated_vpt config: {error}.") from error
-    require_backbone_record(config, where)
-    return config
-
-
-def require_backbone_record(config: GatedPromptConfig, where: Union[str, Path]) -> None:
-    """A saved adapter must say which backbone it was made for: without it, its shapes cannot be checked."""
-    if config.backbone is None:
-        raise ValueError(
-            f"{where} has no 'backbone' record (hidden size, number of blocks, special tokens), which every "
-            "gated_vpt adapter saves; without it the weights cannot be checked, so the adapter is not loaded. "
-            "Re-save it with gated_vpt."
-        )
 
 
 def run_adapter_dir(path: Union[str, Path]) -> Path:

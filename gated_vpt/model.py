@@ -19,9 +19,9 @@ from .gate import clamp_temperatures_
 from .heads import check_pooling
 from .layer import NOT_MERGEABLE, GatedPromptBlock
 from .layout import Expected, check_tensors, expected_tensors, saved_key, saved_modules
-from .loading import WEIGHTS_NAME, read_adapter_files, require_backbone_record, resolve_adapter_dir
+from .loading import WEIGHTS_NAME, read_adapter_files, resolve_adapter_dir
 from .prompts import prompt_init_bound
-from .registration import PREFIX
+from .settings import PREFIX
 
 BASE = "__base__"  # peft's name for "no adapter" in adapter_names
 
@@ -279,7 +279,7 @@ def check_saved_adapter(config: GatedPromptConfig, source: dict, model: nn.Modul
     weights are not exactly what ``config`` implies for ``model``; nothing is changed."""
     directory = resolve_adapter_dir(**source)
     _, tensors = read_adapter_files(directory)
-    require_backbone_record(config, directory / "adapter_config.json")
+    config.require_backbone_record(str(directory / "adapter_config.json"))
     if config.modules_to_save is None:
         config.modules_to_save = []  # saved configs record the modules they saved: none
     backbone = prepare_config(config, model)

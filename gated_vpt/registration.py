@@ -18,8 +18,7 @@ import importlib
 from peft import PeftModel
 from peft.utils.peft_types import PeftType, register_peft_method
 
-METHOD_NAME = "gated_vpt"
-PREFIX = "gvpt_"
+from .settings import METHOD_NAME, PREFIX
 
 
 def _extend_peft_type(name: str) -> PeftType:

@@ -4,8 +4,6 @@ against the local Hub server in test_hub.py)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -17,11 +15,9 @@ from PIL import Image
 from transformers import ViTForImageClassification, ViTImageProcessor
 
 import gated_vpt
-from conftest import make_backbone, randomize_adapter_
+from conftest import make_backbone, modules_loaded_by_command, randomize_adapter_
 from gated_vpt.cli import main
 from gated_vpt.loading import write_labels
-
-ROOT = Path(__file__).resolve().parents[1]
 
 COMMANDS = ("push", "pull", "info", "predict")
 
@@ -180,30 +176,18 @@ def test_info_of_an_adapter_folder_names_it_once(files, capsys):
     assert capsys.readouterr().out.count(str(files / "adapter")) == 1
 
 
-def _modules_loaded_by(tmp_path: Path, *argvs: list[str]) -> set[str]:
-    """Run the installed command's entry point (a script named gated-vpt, as pip writes it) on each argv in one
-    process, and return the top-level modules it imported."""
-    script = tmp_path / "gated-vpt"
-    script.write_text(
-        "import contextlib, io, json, sys\n"
-        "from gated_vpt.cli import main\n"
-        "for argv in json.loads(sys.argv.pop()):\n"
-        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
-        "        assert main(argv) == 0\n"
-        "print(json.dumps(sorted({name.split('.')[0] for name in sys.modules})))\n"
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.run([sys.executable, str(script), json.dumps(argvs)], capture_output=True, text=True, env=env,
-                             cwd=tmp_path, timeout=120)
-    assert process.returncode == 0, process.stderr[-2000:]
-    return set(json.loads(process.stdout.splitlines()[-1]))
-
-
 def test_help_of_every_command_loads_no_heavy_library(tmp_path):
     argvs = [["--help"], *([command, "--help"] for command in (*COMMANDS, "convert", "protocol")), ["data", "check", "--help"]]
-    assert not {"torch", "transformers", "peft", "huggingface_hub"} & _modules_loaded_by(tmp_path, *argvs)
+    assert not {"torch", "transformers", "peft", "huggingface_hub"} & modules_loaded_by_command(tmp_path, *argvs)
+
+
+def test_info_reads_an_adapter_without_peft_or_transformers(files, tmp_path):
+    # info reads and checks the files only (torch and safetensors), so it starts in about a second.
+    loaded = modules_loaded_by_command(tmp_path, ["info", str(files / "adapter")], ["info", str(files / "adapter"), "--json"])
+    assert "torch" in loaded and not {"peft", "transformers"} & loaded
 
 
 def test_the_installed_command_runs_its_commands_with_the_method_registered(files, tmp_path):
-    # The entry point defers loading the core until a command runs; info reads the config through peft's registry.
-    assert "peft" in _modules_loaded_by(tmp_path, ["info", str(files / "adapter")], ["info", str(files / "adapter"), "--json"])
+    # The entry point defers loading the core until a command runs; predict loads the adapter through peft.
+    predict = ["predict", str(files / "adapter"), str(files / "images"), "--base", str(files / "base")]
+    assert "peft" in modules_loaded_by_command(tmp_path, ["info", str(files / "adapter")], predict, predict)

@@ -250,7 +250,7 @@ def test_gradient_checkpointing_with_out_of_range_temperatures_matches_clamped_o
     def gradients(checkpointing, temperatures):
         base = make_backbone("vit_clf")
         if checkpointing:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model = get_peft_model(base, GatedPromptConfig(num_prompt_tokens=3, prompt_dropout=0.0)).train()
         with torch.no_grad():
             for t, value in zip(_temperatures(model), temperatures):

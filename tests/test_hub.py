@@ -24,7 +24,7 @@ from PIL import Image
 from transformers import ViTForImageClassification, ViTImageProcessor
 
 import gated_vpt
-from conftest import make_backbone, randomize_adapter_
+from conftest import make_backbone, modules_loaded_by_command, randomize_adapter_
 from gated_vpt.card import CITATION, write_model_card
 from hub_server import running_hub
 
@@ -364,6 +364,11 @@ def test_cli_info_of_a_hub_id(saved, cli_online):
     assert summary["config"]["num_prompt_tokens"] == 3
     assert summary["files"]["adapter_model.safetensors"] == (saved["v2"] / "adapter_model.safetensors").stat().st_size
     assert summary["parameters"]["gvpt_prompt"] == 3 * 32
+
+
+def test_cli_info_of_a_hub_id_needs_neither_peft_nor_transformers(cli_online, cli_home, hub, tmp_path):
+    loaded = modules_loaded_by_command(tmp_path, ["info", REPO], env=_env(hub.url, cli_home))
+    assert "huggingface_hub" in loaded and not {"peft", "transformers"} & loaded
 
 
 def test_cli_predict_through_a_pinned_hub_adapter_matches_the_model(saved, cli_online):

@@ -30,10 +30,10 @@ from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from ..backbones import resolve_backbone
 from ..config import GatedPromptConfig
+from ..loading import HEAD_CONFIG_NAME
 from ..quiet import peft_wrapping
 from .setr import AuxiliaryHeads, Norm, ProgressiveUpsamplingHead, num_upsampling_stages
 
-HEAD_CONFIG_NAME = "segmentation_head.json"
 HEAD_MODULES = ("decode_head", "aux_heads")
 # The transformers class (and arguments) that loads a checkpoint's encoder without task heads, by model type:
 # ViTMAE without random masking, ViT without the pooler, any other family through AutoModel.
