@@ -42,12 +42,18 @@ class GatedPromptConfig(PeftConfig, GatedPromptSettings):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs) -> "GatedPromptConfig":
-        """peft's loader, which also notes where the adapter lives: peft reads the weights only after it has
-        changed the model, so ``GatedPromptModel`` reads and checks them from this source first."""
+        """peft's loader, which also notes where the adapter lives (``note_source``)."""
         config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-        download = {key: kwargs.get(key) for key in ("revision", "token", "cache_dir")}
-        config._source = dict(path_or_repo_id=pretrained_model_name_or_path, subfolder=subfolder, **download)
+        config.note_source(pretrained_model_name_or_path, subfolder, config_given=False, **kwargs)
         return config
+
+    def note_source(self, path_or_repo_id: str, subfolder: Optional[str] = None, *, config_given: bool, **kwargs) -> None:
+        """Note the adapter files this config is about to be loaded with: peft reads the weights only after it has
+        changed the model, so ``GatedPromptModel`` reads and checks them from this source first. ``config_given``:
+        the config was passed to ``PeftModel.from_pretrained(..., config=...)``, so the files' own config is not
+        used."""
+        download = {key: kwargs.get(key) for key in ("revision", "token", "cache_dir")}
+        self._source = (dict(path_or_repo_id=path_or_repo_id, subfolder=subfolder, **download), config_given)
 
     def __post_init__(self) -> None:
         super().__post_init__()  # PeftConfig's

@@ -129,11 +129,11 @@ def resolve_adapter_dir(
 
 
 def read_adapter_files(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Read and check an adapter directory: its config holds valid gated_vpt settings (``GatedPromptSettings.from_saved``), its
-    weights are readable safetensors holding exactly the tensors that config implies, all finite."""
+    """Read and check an adapter directory: its config holds valid gated_vpt settings
+    (``GatedPromptSettings.from_saved``), its weights (``read_adapter_weights``) are exactly the tensors that config
+    implies, all finite."""
     directory = Path(directory)
     config_path = directory / CONFIG_NAME
-    weights_path = directory / WEIGHTS_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; save adapters with model.save_pretrained(directory).")
     try:
@@ -141,8 +141,17 @@ def read_adapter_files(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     except json.JSONDecodeError as error:
         raise ValueError(f"{config_path} is not valid JSON ({error}); re-save or re-download the adapter.") from error
     settings = GatedPromptSettings.from_saved(config, str(config_path))
+    state_dict = read_adapter_weights(directory)
+    check_tensors(expected_from_record(settings, state_dict), state_dict, str(directory / WEIGHTS_NAME))
+    return config, state_dict
+
+
+def read_adapter_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an adapter directory's safetensors file, which must hold gated_vpt parameters (a pickled
+    ``adapter_model.bin`` is refused: unpickling runs code)."""
+    weights_path = Path(directory) / WEIGHTS_NAME
     if not weights_path.is_file():
-        pickled = [name for name in PICKLED_WEIGHTS if (directory / name).is_file()]
+        pickled = [name for name in PICKLED_WEIGHTS if (Path(directory) / name).is_file()]
         hint = (
             f" It has {pickled[0]}, a pickle file, which gated_vpt does not load (unpickling runs code); re-save the "
             "adapter with save_pretrained(..., safe_serialization=True) where it was trained."
@@ -159,8 +168,7 @@ def read_adapter_files(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         ) from error
     if not any(".gvpt_" in key for key in state_dict):
         raise ValueError(f"{weights_path} holds no gated_vpt parameters (gvpt_prompt, gvpt_gate, ...); it is not this adapter's file.")
-    check_tensors(expected_from_record(settings, state_dict), state_dict, str(weights_path))
-    return config, state_dict
+    return state_dict
 
 
 def run_adapter_dir(path: Union[str, Path]) -> Path:

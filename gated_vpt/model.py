@@ -19,7 +19,7 @@ from .gate import clamp_temperatures_
 from .heads import check_pooling
 from .layer import NOT_MERGEABLE, GatedPromptBlock
 from .layout import Expected, check_tensors, expected_tensors, saved_key, saved_modules
-from .loading import WEIGHTS_NAME, read_adapter_files, resolve_adapter_dir
+from .loading import WEIGHTS_NAME, read_adapter_files, read_adapter_weights, resolve_adapter_dir
 from .prompts import prompt_init_bound
 from .settings import PREFIX
 
@@ -94,7 +94,7 @@ class GatedPromptModel(BaseTuner):
         if source is not None:
             # Loaded from files (PeftModel.from_pretrained / load_adapter): peft reads the weights only after
             # injecting, so read and check them now, while the model is untouched.
-            check_saved_adapter(config, source, model)
+            check_saved_adapter(config, *source, model)
             first = not any(isinstance(m, GatedPromptBlock) for m in model.modules())
             loading[adapter_name] = {n: p.requires_grad for n, p in model.named_parameters()} if first else None
         super().inject_adapter(model, adapter_name, **kwargs)
@@ -274,14 +274,18 @@ def prepare_config(config: GatedPromptConfig, model: nn.Module) -> Backbone:
     return backbone
 
 
-def check_saved_adapter(config: GatedPromptConfig, source: dict, model: nn.Module) -> None:
-    """Refuse a saved adapter (``source``: where ``GatedPromptConfig.from_pretrained`` read ``config``) whose
-    weights are not exactly what ``config`` implies for ``model``; nothing is changed."""
-    directory = resolve_adapter_dir(**source)
-    _, tensors = read_adapter_files(directory)
-    config.require_backbone_record(str(directory / "adapter_config.json"))
-    if config.modules_to_save is None:
-        config.modules_to_save = []  # saved configs record the modules they saved: none
+def check_saved_adapter(config: GatedPromptConfig, location: dict, config_given: bool, model: nn.Module) -> None:
+    """Refuse a saved adapter (``location``: its files, as ``GatedPromptConfig.note_source`` noted them) whose
+    weights are not exactly what ``config`` implies for ``model``; nothing is changed. A config read from the files
+    must also be a complete gated_vpt config; a ``config_given`` by the caller replaces the files' own."""
+    directory = resolve_adapter_dir(**location)
+    if config_given:
+        tensors = read_adapter_weights(directory)
+    else:
+        _, tensors = read_adapter_files(directory)
+        config.require_backbone_record(str(directory / "adapter_config.json"))
+        if config.modules_to_save is None:
+            config.modules_to_save = []  # saved configs record the modules they saved: none
     backbone = prepare_config(config, model)
     check_tensors(expected_tensors(config, backbone, model), tensors, str(directory / WEIGHTS_NAME))
 

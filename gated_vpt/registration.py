@@ -8,12 +8,17 @@ peft's ``model.push_to_hub`` is transformers' ``PushToHubMixin.push_to_hub``, wh
 over the one peft saved, and offers no hook in between. For a model whose active adapter is gated_vpt the call is
 routed to ``gated_vpt.hub.push_to_hub`` (the upper layer, imported only then), which uploads this package's card;
 every other model keeps peft's behaviour.
+
+``PeftModel.from_pretrained(model, path, config=GatedPromptConfig(...))`` skips the config loader, which is where
+gated_vpt notes the adapter's files so that they are checked before the model changes; for a gated_vpt config the
+call notes them itself (``_note_given_configs``), and is otherwise peft's.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 
 from peft import PeftModel
 from peft.utils.peft_types import PeftType, register_peft_method
@@ -56,6 +61,7 @@ def register() -> PeftType:
             name=METHOD_NAME, config_cls=GatedPromptConfig, model_cls=GatedPromptModel, prefix=PREFIX
         )
     _route_push_to_hub()
+    _note_given_configs()
     return peft_type
 
 
@@ -73,6 +79,26 @@ def _route_push_to_hub() -> None:
 
     push_to_hub.routes_gated_vpt = True
     PeftModel.push_to_hub = push_to_hub
+
+
+def _note_given_configs() -> None:
+    """Have ``PeftModel.from_pretrained`` note the files of a gated_vpt config passed as ``config=`` (see the module
+    notes)."""
+    original = PeftModel.from_pretrained.__func__
+    if getattr(original, "routes_gated_vpt", False):
+        return
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def from_pretrained(cls, *args, **kwargs):
+        arguments = signature.bind(cls, *args, **kwargs).arguments
+        config = arguments.get("config")
+        if getattr(config, "peft_type", None) == METHOD_NAME.upper() and "_source" not in vars(config):
+            config.note_source(arguments["model_id"], config_given=True, **arguments.get("kwargs", {}))
+        return original(cls, *args, **kwargs)
+
+    from_pretrained.routes_gated_vpt = True
+    PeftModel.from_pretrained = classmethod(from_pretrained)
 
 
 def _forget(peft_type: PeftType) -> None:

@@ -71,3 +71,19 @@ def test_variant_defaults_follow_the_paper():
     assert (gated.gated, gated.learnable_temperature, gated.prompt_dropout) == (True, True, 0.1)
     assert (deep.gated, deep.learnable_temperature) == (False, False)
     assert (shallow.gated, shallow.learnable_temperature, shallow.prompt_mode) == (False, False, "shallow")
+
+
+def test_from_pretrained_is_wrapped_once_and_leaves_other_methods_to_peft(tmp_path):
+    import torch
+    from conftest import images, make_backbone
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    register()
+    importlib.reload(importlib.import_module("gated_vpt.registration")).register()
+    assert not getattr(PeftModel.from_pretrained.__func__.__wrapped__, "routes_gated_vpt", False)
+    config = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    lora = get_peft_model(make_backbone("vit_clf"), config)
+    lora.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(make_backbone("vit_clf"), tmp_path, config=LoraConfig.from_pretrained(tmp_path))
+    assert not hasattr(loaded.peft_config["default"], "_source")
+    assert torch.equal(loaded(images(2)).logits, lora(images(2)).logits)

@@ -92,6 +92,12 @@ CASES = {
     "task_type set": (_set("task_type", "SEQ_CLS"), r"task_type"),
     "base model path not a string": (_set("base_model_name_or_path", 5), r"base_model_name_or_path=5 is invalid"),
 }
+# The cases that corrupt only the weights: what PeftModel.from_pretrained(..., config=...) still reads from the files.
+WEIGHT_CASES = [
+    "extra cls_token", "extra layernorm", "extra gvpt-named key outside blocks", "missing prompt", "missing gate",
+    "missing temperature", "missing classifier", "prompt of another width", "classifier of another shape",
+    "integer prompt", "gate as a vector", "NaN prompt", "inf gate", "NaN classifier",
+]
 # Without a model, the shapes of the saved head are unknown: `gated-vpt info` shows such an adapter as it is.
 NEEDS_A_MODEL = {"missing classifier", "classifier of another shape"}
 
@@ -182,6 +188,26 @@ def test_a_corrupted_adapter_is_refused_and_the_base_model_is_untouched(good, tm
     _assert_same(before, _snapshot(base))
     assert torch.equal(before["output"], _snapshot(_base())["output"])  # the same as a fresh copy
     assert not hasattr(base, "peft_config")
+
+
+@pytest.mark.parametrize("case", WEIGHT_CASES + ["given config has more prompts than the file"])
+def test_a_config_passed_to_from_pretrained_gets_its_weights_checked_before_the_model_changes(good, tmp_path, case):
+    corruption, message = CASES.get(case, (lambda config, tensors: None, r"gvpt_prompt has shape \[4, 32\], expected \[8, 32\]"))
+    directory = _corrupt(good, tmp_path / "bad", corruption)
+    config = gated_vpt.GatedPromptConfig(num_prompt_tokens=8 if case.startswith("given") else 4)
+    base = _base()
+    before = _snapshot(base)
+    with pytest.raises(ValueError, match=message):
+        PeftModel.from_pretrained(base, directory, config=config)
+    _assert_same(before, _snapshot(base))
+    assert not hasattr(base, "peft_config")
+
+
+def test_a_config_passed_to_from_pretrained_needs_only_the_weights_file(good, tmp_path):
+    (tmp_path / "adapter_model.safetensors").write_bytes((good / "adapter_model.safetensors").read_bytes())
+    loaded = PeftModel.from_pretrained(_base(), tmp_path, config=gated_vpt.GatedPromptConfig(num_prompt_tokens=4))
+    reference = PeftModel.from_pretrained(_base(), good)
+    assert torch.equal(loaded(images(2)).logits, reference(images(2)).logits)
 
 
 @pytest.mark.parametrize("loader", ["PeftModel.load_adapter", "gated_vpt.load_adapter"])
