@@ -262,7 +262,8 @@ def _load_classifier(args: argparse.Namespace):
         # The Pillow backend by name: transformers warns when ViTImageProcessor falls back to it without torchvision.
         processor_class = getattr(transformers, "ViTImageProcessorPil", None) or transformers.ViTImageProcessor
         processor = processor_class(size={"height": size, "width": size})
-    return model, processor, _label_names(args.labels, read_labels(directory), base.config, num_labels)
+    saved = None if args.labels else read_labels(directory)
+    return model, processor, _label_names(args.labels, saved, base.config, num_labels)
 
 
 def _label_names(path: Optional[str], saved: Optional[list[str]], config, num_labels: int) -> list[str]:

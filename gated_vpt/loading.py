@@ -200,5 +200,16 @@ def read_labels(directory: Union[str, Path]) -> Optional[list[str]]:
     path = Path(directory) / LABELS_NAME
     if not path.is_file():
         return None
-    names = json.loads(path.read_text())
+    try:
+        names = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        names = None
+    if not (
+        isinstance(names, dict) and sorted(names) == sorted(map(str, range(len(names))))
+        and all(isinstance(name, str) for name in names.values())
+    ):
+        raise ValueError(
+            f"{path} is not a list of class names ({{\"0\": name, \"1\": name, ...}}, as write_labels saves them); "
+            "delete it to show the base model's labels, or pass the names yourself (gated-vpt predict --labels)."
+        )
     return [names[str(i)] for i in range(len(names))]

@@ -123,7 +123,7 @@ class GatedPromptSettings:
         def fail(name: str, allowed: str) -> None:
             raise ValueError(f"GatedPromptConfig.{name}={getattr(self, name)!r} is invalid: {allowed}.")
 
-        if not _is_integer(self.num_prompt_tokens) or self.num_prompt_tokens < 1:
+        if not is_integer(self.num_prompt_tokens) or self.num_prompt_tokens < 1:
             fail("num_prompt_tokens", "use a positive integer (the paper uses 1 to 100)")
         if self.num_prompt_tokens > MAX_PROMPT_TOKENS:
             fail(
@@ -136,11 +136,11 @@ class GatedPromptSettings:
         for name in ("gated", "learnable_temperature"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "use True, False or leave it unset")
-        if not _is_number(self.gate_init) or not 0 < self.gate_init <= 50:
+        if not is_number(self.gate_init) or not 0 < self.gate_init <= 50:
             fail("gate_init", "use a positive number, the gate logits start at -gate_init (the paper uses 1 to 20)")
-        if not _is_number(self.prompt_dropout) or not 0 <= self.prompt_dropout < 1:
+        if not is_number(self.prompt_dropout) or not 0 <= self.prompt_dropout < 1:
             fail("prompt_dropout", "use a probability in [0, 1)")
-        if not _is_integer(self.prompt_start_block) or self.prompt_start_block < 0:
+        if not is_integer(self.prompt_start_block) or self.prompt_start_block < 0:
             fail("prompt_start_block", "use a block index >= 0")
         if self.head_pooling not in ("auto", "cls", "mean"):
             fail("head_pooling", "use 'auto', 'cls' or 'mean'")
@@ -169,9 +169,9 @@ class GatedPromptSettings:
             fail("task_type", "leave it unset: gated_vpt adapters are not tied to a peft task type (the head goes in modules_to_save)")
 
 
-def _is_integer(value: object) -> bool:
+def is_integer(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -4,6 +4,7 @@ against the local Hub server in test_hub.py)."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -169,6 +170,18 @@ def test_info_and_predict_take_a_run_folder_and_print_the_saved_labels(files, ru
     scores, indices = _expected_top(files, [image], 3)
     assert [t["label"] for t in row["top"]] == [["cat", "dog", "bird"][i] for i in indices[0]]
     assert captured.err == ""  # no notes or library warnings
+
+
+@pytest.mark.parametrize("saved", ['["cat", "dog", "bird"]', '{"0": "cat", "2": "bird"}', '{"0": 1, "1": 2, "2": 3}', "{not json"])
+def test_class_names_from_a_stranger_must_be_an_id2label_file(files, tmp_path, capsys, saved):
+    shutil.copytree(files / "adapter", tmp_path / "adapter")
+    (tmp_path / "adapter" / "id2label.json").write_text(saved)
+    image = str(files / "images" / "photo0.png")
+    assert main(["predict", str(tmp_path / "adapter"), image, "--base", str(files / "base")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("gated-vpt: error: ") and "id2label.json is not a list of class names" in err and "--labels" in err
+    (tmp_path / "names.txt").write_text("a\nb\nc\n")  # names given on the command line replace the saved file
+    assert main(["predict", str(tmp_path / "adapter"), image, "--base", str(files / "base"), "--labels", str(tmp_path / "names.txt")]) == 0
 
 
 def test_info_of_an_adapter_folder_names_it_once(files, capsys):

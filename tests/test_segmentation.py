@@ -3,6 +3,8 @@ the offline mean-IoU metric, sliding-window / multi-scale inference, and learnin
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -164,6 +166,29 @@ def test_adapter_weights_alone_rebuild_the_heads(tmp_path):
     assert (settings.num_labels, settings.aux_blocks, settings.channels, settings.norm) == (4, (0, 2), 8, "batch")
     with torch.no_grad():
         assert torch.allclose(reloaded(images).logits, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"channels": 10**7}, r"channels 10000000 vs 8 in the weights"),  # would build a decoder of many GB
+        ({"num_labels": 10**6, "ignore_index": -1}, r"num_labels 1000000 vs 4"),
+        ({"aux_blocks": [1]}, r"aux_blocks \(1,\) vs \(0, 2\)"),
+        ({"norm": "group"}, r"norm 'group' vs 'batch'"),
+        ({"channels": "8"}, r"channels='8' is invalid"),
+        ({"aux_blocks": "02"}, r"aux_blocks='02' is invalid"),
+        ({"id2label": ["a", "b"]}, r"id2label=\['a', 'b'\] is invalid"),
+        ({"extra": 1}, r"unknown fields \['extra'\]"),
+        (None, r"holds a JSON list"),
+    ],
+)
+def test_head_settings_from_a_stranger_are_checked_against_the_weights_before_building(tmp_path, change, message):
+    save_segmentation_adapter(segmentation_model("dinov2", aux_blocks=(0, 2), num_labels=4), tmp_path)
+    path = tmp_path / HEAD_CONFIG_NAME
+    values = json.loads(path.read_text())
+    path.write_text(json.dumps([values] if change is None else {**values, **change}))
+    with pytest.raises(ValueError, match=message):
+        load_segmentation_adapter(make_backbone("dinov2"), tmp_path)
 
 
 def test_auxiliary_losses_count_in_training_only():

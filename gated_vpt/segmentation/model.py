@@ -18,7 +18,7 @@ import inspect
 import json
 import re
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
@@ -32,9 +32,12 @@ from ..backbones import resolve_backbone
 from ..config import GatedPromptConfig
 from ..loading import HEAD_CONFIG_NAME
 from ..quiet import peft_wrapping
+from ..settings import is_integer, is_number
 from .setr import AuxiliaryHeads, Norm, ProgressiveUpsamplingHead, num_upsampling_stages
 
 HEAD_MODULES = ("decode_head", "aux_heads")
+# The head settings that decide which modules are built (and so which weights a saved adapter holds).
+STRUCTURE = ("num_labels", "channels", "aux_blocks", "norm")
 # The transformers class (and arguments) that loads a checkpoint's encoder without task heads, by model type:
 # ViTMAE without random masking, ViT without the pooler, any other family through AutoModel.
 BACKBONE_CLASSES = {"vit_mae": ("ViTMAEModel", {"mask_ratio": 0.0}), "vit": ("ViTModel", {"add_pooling_layer": False})}
@@ -58,10 +61,19 @@ class SegmentationHeadConfig:
     id2label: Optional[dict[int, str]] = field(default=None)
 
     def __post_init__(self) -> None:
-        self.aux_blocks = tuple(int(b) for b in self.aux_blocks)
+        if not isinstance(self.aux_blocks, (list, tuple)) or not all(is_integer(b) and b >= 0 for b in self.aux_blocks):
+            raise ValueError(f"aux_blocks={self.aux_blocks!r} is invalid: use 0-based block indices, e.g. (5, 9).")
+        self.aux_blocks = tuple(self.aux_blocks)
         if self.id2label is not None:
+            if not isinstance(self.id2label, dict) or not all(str(k).isdigit() for k in self.id2label):
+                raise ValueError(f"id2label={self.id2label!r} is invalid: use {{class id: name}}.")
             self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
-        if isinstance(self.num_labels, bool) or not isinstance(self.num_labels, int) or self.num_labels < 2:
+        for name in ("num_labels", "channels", "ignore_index"):
+            if not is_integer(getattr(self, name)):
+                raise ValueError(f"{name}={getattr(self, name)!r} is invalid: use an integer.")
+        if not is_number(self.aux_loss_weight):
+            raise ValueError(f"aux_loss_weight={self.aux_loss_weight!r} is invalid: use a number >= 0 (SETR: 0.4).")
+        if self.num_labels < 2:
             raise ValueError(f"num_labels={self.num_labels!r} is invalid: use the number of classes (at least 2).")
         if 0 <= self.ignore_index < self.num_labels:
             raise ValueError(
@@ -93,11 +105,20 @@ class SegmentationHeadConfig:
                 f"{path} not found: a segmentation adapter directory holds {HEAD_CONFIG_NAME} next to the adapter "
                 "files (written by the segmentation training script or SegmentationHeadConfig.save)."
             )
-        values = json.loads(path.read_text())
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON ({error}); re-save or re-download the adapter.") from error
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} holds a JSON {type(values).__name__}, not an object of head settings.")
         unknown = sorted(set(values) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"{path} has unknown fields {unknown}; it was written by another version or by hand.")
-        return cls(**values)
+        missing = sorted(f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING and f.name not in values)
+        if unknown or missing:
+            raise ValueError(f"{path} has unknown fields {unknown} or lacks {missing}; it was written by another version or by hand.")
+        try:
+            return cls(**values)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from error
 
 
 class SegmentationModel(nn.Module):
@@ -302,12 +323,23 @@ def load_segmentation_adapter(
             head_file = Path(hf_hub_download(str(path_or_repo_id), HEAD_CONFIG_NAME, revision=revision, token=token))
         except (EntryNotFoundError, LocalEntryNotFoundError):
             pass
-    if head_file.is_file():
-        head_config = SegmentationHeadConfig.load(head_file)
-    else:
-        head_config = head_config_from_weights(read_adapter_files(directory)[1])
+    # The heads are built before their weights are loaded and checked: build only what the weights hold.
+    implied = head_config_from_weights(read_adapter_files(directory)[1])
+    head_config = SegmentationHeadConfig.load(head_file) if head_file.is_file() else implied
+    disagreeing = [name for name in STRUCTURE if _structure(head_config, name) != _structure(implied, name)]
+    if disagreeing:
+        raise ValueError(
+            f"{head_file} does not match the adapter's head weights: "
+            + ", ".join(f"{name} {getattr(head_config, name)!r} vs {getattr(implied, name)!r} in the weights" for name in disagreeing)
+            + ". Re-save the adapter with save_segmentation_adapter or download it again."
+        )
     model = SegmentationModel(backbone, head_config)
     return load_adapter(model, directory, is_trainable=is_trainable)
+
+
+def _structure(config: SegmentationHeadConfig, name: str) -> object:
+    value = getattr(config, name)
+    return tuple(sorted(value)) if name == "aux_blocks" else value
 
 
 def head_config_from_weights(state_dict: dict[str, torch.Tensor]) -> SegmentationHeadConfig:
@@ -326,3 +358,4 @@ def head_config_from_weights(state_dict: dict[str, torch.Tensor]) -> Segmentatio
 
 
 _AUX_HEAD_KEY = re.compile(r"aux_heads\.heads\.(\d+)\.")
+
