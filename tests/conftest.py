@@ -235,9 +235,9 @@ def fresh_process(tmp_path_factory) -> dict:
     return json.loads(process.stdout.splitlines()[-1])
 
 
-def modules_loaded_by_command(tmp_path: Path, *argvs: list[str], env: dict | None = None) -> set[str]:
-    """Run the installed command's entry point (a script named gated-vpt, as pip writes it) on each argv in one
-    process (each must succeed), and return the top-level modules it imported."""
+def modules_loaded_by_command(tmp_path: Path, *argvs: list[str], env: dict | None = None) -> list[set[str]]:
+    """Run the installed command's entry point (a script named gated-vpt, as pip writes it) on each argv in turn in
+    one process (each must succeed), and return the top-level modules imported by then, after each."""
     script = tmp_path / "gated-vpt"
     script.write_text(
         "import contextlib, io, json, sys\n"
@@ -245,14 +245,14 @@ def modules_loaded_by_command(tmp_path: Path, *argvs: list[str], env: dict | Non
         "for argv in json.loads(sys.argv.pop()):\n"
         "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
         "        assert main(argv) == 0\n"
-        "print(json.dumps(sorted({name.split('.')[0] for name in sys.modules})))\n"
+        "    print(json.dumps(sorted({name.split('.')[0] for name in sys.modules})))\n"
     )
     env = dict(os.environ if env is None else env)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
     process = subprocess.run([sys.executable, str(script), json.dumps(argvs)], capture_output=True, text=True, env=env,
                              cwd=tmp_path, timeout=120)
     assert process.returncode == 0, process.stderr[-2000:]
-    return set(json.loads(process.stdout.splitlines()[-1]))
+    return [set(json.loads(line)) for line in process.stdout.splitlines()[-len(argvs):]]
 
 
 def write_vtab1k_task(folder: Path, classes: Sequence[int], sizes: tuple[int, int, int] = (24, 8, 16), seed: int = 0) -> dict:

@@ -189,18 +189,15 @@ def test_info_of_an_adapter_folder_names_it_once(files, capsys):
     assert capsys.readouterr().out.count(str(files / "adapter")) == 1
 
 
-def test_help_of_every_command_loads_no_heavy_library(tmp_path):
-    argvs = [["--help"], *([command, "--help"] for command in (*COMMANDS, "convert", "protocol")), ["data", "check", "--help"]]
-    assert not {"torch", "transformers", "peft", "huggingface_hub"} & modules_loaded_by_command(tmp_path, *argvs)
-
-
-def test_info_reads_an_adapter_without_peft_or_transformers(files, tmp_path):
-    # info reads and checks the files only (torch and safetensors), so it starts in about a second.
-    loaded = modules_loaded_by_command(tmp_path, ["info", str(files / "adapter")], ["info", str(files / "adapter"), "--json"])
-    assert "torch" in loaded and not {"peft", "transformers"} & loaded
-
-
-def test_the_installed_command_runs_its_commands_with_the_method_registered(files, tmp_path):
-    # The entry point defers loading the core until a command runs; predict loads the adapter through peft.
+def test_the_installed_command_imports_only_what_each_command_needs(files, tmp_path):
+    # The entry point defers loading the core until a command runs: --help needs none of the heavy libraries, info
+    # reads and checks the files with torch and safetensors only, predict loads the adapter through peft (the
+    # method registered).
+    helps = [["--help"], *([command, "--help"] for command in (*COMMANDS, "convert", "protocol")), ["data", "check", "--help"]]
+    infos = [["info", str(files / "adapter")], ["info", str(files / "adapter"), "--json"]]
     predict = ["predict", str(files / "adapter"), str(files / "images"), "--base", str(files / "base")]
-    assert "peft" in modules_loaded_by_command(tmp_path, ["info", str(files / "adapter")], predict, predict)
+    loaded = modules_loaded_by_command(tmp_path, *helps, *infos, predict, predict)
+    assert not {"torch", "transformers", "peft", "huggingface_hub"} & loaded[len(helps) - 1]
+    after_info = loaded[len(helps) + len(infos) - 1]
+    assert "torch" in after_info and not {"peft", "transformers"} & after_info
+    assert "peft" in loaded[-1]

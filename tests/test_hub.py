@@ -367,7 +367,7 @@ def test_cli_info_of_a_hub_id(saved, cli_online):
 
 
 def test_cli_info_of_a_hub_id_needs_neither_peft_nor_transformers(cli_online, cli_home, hub, tmp_path):
-    loaded = modules_loaded_by_command(tmp_path, ["info", REPO], env=_env(hub.url, cli_home))
+    [loaded] = modules_loaded_by_command(tmp_path, ["info", REPO], env=_env(hub.url, cli_home))
     assert "huggingface_hub" in loaded and not {"peft", "transformers"} & loaded
 
 
