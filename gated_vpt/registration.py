@@ -93,7 +93,7 @@ def _note_given_configs() -> None:
     def from_pretrained(cls, *args, **kwargs):
         arguments = signature.bind(cls, *args, **kwargs).arguments
         config = arguments.get("config")
-        if getattr(config, "peft_type", None) == METHOD_NAME.upper() and "_source" not in vars(config):
+        if getattr(config, "peft_type", None) == METHOD_NAME.upper():  # the files are model_id's, wherever the config came from
             config.note_source(arguments["model_id"], config_given=True, **arguments.get("kwargs", {}))
         return original(cls, *args, **kwargs)
 

@@ -203,6 +203,16 @@ def test_a_config_passed_to_from_pretrained_gets_its_weights_checked_before_the_
     assert not hasattr(base, "peft_config")
 
 
+def test_a_config_read_from_one_adapter_and_passed_with_another_checks_the_other(good, tmp_path):
+    directory = _corrupt(good, tmp_path / "bad", CASES["extra cls_token"][0])
+    base = _base()
+    before = _snapshot(base)
+    with pytest.raises(ValueError, match="cls_token") as refused:  # by the check of the other's files, before injecting
+        PeftModel.from_pretrained(base, directory, config=gated_vpt.GatedPromptConfig.from_pretrained(good))
+    assert str(refused.value).startswith(str(directory / "adapter_model.safetensors"))
+    _assert_same(before, _snapshot(base))
+
+
 def test_a_config_passed_to_from_pretrained_needs_only_the_weights_file(good, tmp_path):
     (tmp_path / "adapter_model.safetensors").write_bytes((good / "adapter_model.safetensors").read_bytes())
     loaded = PeftModel.from_pretrained(_base(), tmp_path, config=gated_vpt.GatedPromptConfig(num_prompt_tokens=4))
