@@ -48,6 +48,9 @@ def test_sgd_defaults_and_a_separate_gate_learning_rate():
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert {id(p) for g in optimizer.param_groups for p in g["params"]} == trainable
     assert isinstance(build_optimizer(model, "adamw", 1e-3), torch.optim.AdamW)
+    # Weight decay would pull the gate logits towards 0, i.e. every gate towards 0.5: the gate group has none.
+    others, gates = build_optimizer(model, "sgd", 0.1, weight_decay=0.01, gate_learning_rate=5.0).param_groups
+    assert (others["weight_decay"], gates["weight_decay"]) == (0.01, 0.0)
 
 
 def test_gate_learning_rate_without_gates_is_refused():

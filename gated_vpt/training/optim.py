@@ -26,9 +26,10 @@ def parameter_groups(
     head_modules: Sequence[str] = (),
     head_lr_multiplier: float = 1.0,
 ) -> list[dict]:
-    """Trainable parameters as optimizer groups: gate logits apart when ``gate_learning_rate`` is given, and the
-    parameters of the modules named in ``head_modules`` (e.g. SETR's decode and auxiliary heads) apart at
-    ``learning_rate * head_lr_multiplier`` when the multiplier is not 1 (SETR: 10)."""
+    """Trainable parameters as optimizer groups: gate logits apart when ``gate_learning_rate`` is given (without
+    weight decay, which would pull every gate towards 0.5), and the parameters of the modules named in
+    ``head_modules`` (e.g. SETR's decode and auxiliary heads) apart at ``learning_rate * head_lr_multiplier`` when
+    the multiplier is not 1 (SETR: 10)."""
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("The model has no trainable parameters.")
