@@ -5,8 +5,9 @@ scales, from which the fast path computes a block, and where the query projectio
 precede the patches, which head pooling the paper uses for that family and what the model's own head reads from the
 final sequence. The blocks are
 found below the vision tower (the base model, or its ``vision_model`` for the CLIP and SigLIP classification
-classes) at ``layers``, ``encoder.layer`` or ``encoder.layers``: transformers moved ViT's blocks from
-``encoder.layer`` to ``layers`` in 5.9, and CLIP and SigLIP keep theirs at ``encoder.layers``.
+classes) at ``layers``, ``encoder.layer``, ``encoder.layers`` or ``model.layer``: transformers moved ViT's blocks
+from ``encoder.layer`` to ``layers`` in 5.9, CLIP and SigLIP keep theirs at ``encoder.layers``, DINOv3 at
+``model.layer``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Callable, Literal, Optional
 
 from torch import nn
 
-BLOCK_CONTAINERS = ("layers", "encoder.layer", "encoder.layers")
+BLOCK_CONTAINERS = ("layers", "encoder.layer", "encoder.layers", "model.layer")
+# The keyword argument that carries a block's rotary position embeddings (``BlockLayout.rotary``).
+ROTARY = "position_embeddings"
 HeadReads = Literal["cls", "probe", "mean"]
 
 
@@ -27,7 +30,10 @@ class BlockLayout:
     ``x = x + scale1(o(attention(q(n1), k(n1), v(n1))))`` with ``n1 = norm_before(x)``, then
     ``x = x + scale2(mlp(norm_after(x)))``. ``attention`` is the self-attention module: it holds the four
     projections (plain ``nn.Linear``), ``head_dim``, the logit scale (attribute ``scaling``) and the ``config`` that
-    picks the attention kernel. ``layer_scales`` are per-channel scale modules (Dinov2), or None.
+    picks the attention kernel. ``layer_scales`` are per-channel scale modules (Dinov2), or None. ``rotary``: the
+    block gets rotary position embeddings (``position_embeddings=(cos, sin)``) for its patch rows, the last rows of
+    the sequence, and applies them to the queries and keys (DINOv3); the rows before the patches, prompts included,
+    get none.
     """
 
     norm_before: str = "layernorm_before"
@@ -37,6 +43,7 @@ class BlockLayout:
     scaling: str = "scaling"
     mlp: str = "mlp"
     layer_scales: Optional[tuple[str, str]] = None
+    rotary: bool = False
 
     @property
     def query(self) -> str:
@@ -44,6 +51,7 @@ class BlockLayout:
 
 
 _DINOV2_BLOCK = BlockLayout(norm_before="norm1", norm_after="norm2", layer_scales=("layer_scale1", "layer_scale2"))
+_DINOV3_BLOCK = BlockLayout(norm_before="norm1", norm_after="norm2", layer_scales=("layer_scale1", "layer_scale2"), rotary=True)
 _CLIP_BLOCK = BlockLayout(  # CLIP and SigLIP encoder layers
     norm_before="layer_norm1", norm_after="layer_norm2", attention="self_attn",
     projections=("q_proj", "k_proj", "v_proj", "out_proj"), scaling="scale",
@@ -88,6 +96,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         classes=("SiglipForImageClassification",),
     ),
     "ijepa": BackboneSpec(special_tokens=lambda config: 0, pooling="mean", head="mean"),
+    "dinov3_vit": BackboneSpec(special_tokens=lambda config: 1 + config.num_register_tokens, block=_DINOV3_BLOCK),
 }
 
 
@@ -136,9 +145,9 @@ def resolve_backbone(model: nn.Module) -> Backbone:
             f"gated_vpt does not support {type(model).__name__} (model_type={model_type!r}). Supported model types: "
             f"{', '.join(supported_model_types())} (e.g. ViTModel, ViTForImageClassification, ViTMAEModel, DeiTModel, "
             "Dinov2Model, Dinov2WithRegistersModel, ViTMSNModel and their image-classification heads; CLIPVisionModel, "
-            "SiglipVisionModel, IJepaModel and their *ForImageClassification classes)."
+            "SiglipVisionModel, IJepaModel and their *ForImageClassification classes; DINOv3ViTModel)."
         )
-    base = getattr(model, "base_model", model)
+    base = without_head(model)
     encoder = getattr(base, "vision_model", base)
     config = getattr(config, "vision_config", None) or config
     for container in BLOCK_CONTAINERS:
@@ -162,6 +171,13 @@ def resolve_backbone(model: nn.Module) -> Backbone:
         patch_size=tuple(patch) if isinstance(patch, (tuple, list)) else (patch, patch),
         num_channels=config.num_channels,
     )
+
+
+def without_head(model: nn.Module) -> nn.Module:
+    """``model.base_model`` (the model without its task head), or ``model`` itself where that attribute names a part
+    of it: DINOv3ViTModel's ``base_model_prefix`` is ``"model"``, the name of its block stack."""
+    base = getattr(model, "base_model", model)
+    return model if not hasattr(base, "embeddings") and hasattr(model, "embeddings") else base
 
 
 def _has_submodule(module: nn.Module, path: str) -> bool:

@@ -48,8 +48,9 @@ BASE_CLASSES = {
     "vit_mae": "ViTForImageClassification",
     "clip_vision_model": "CLIPVisionModel",
     "siglip_vision_model": "SiglipVisionModel",
+    "dinov3_vit": "DINOv3ViTModel",
 }
-FEATURE_EXTRACTORS = ("clip_vision_model", "siglip_vision_model")
+FEATURE_EXTRACTORS = ("clip_vision_model", "siglip_vision_model", "dinov3_vit")
 DEFAULT_BASE_CLASS = "AutoModelForImageClassification"
 NON_COMMERCIAL_BASES = ("facebook/vit-mae-",)
 _ADAPTER_LINE = re.compile(r'^adapter_id = "(?P<id>[^"]*)"$', re.MULTILINE)

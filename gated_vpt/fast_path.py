@@ -127,18 +127,20 @@ def forward_block(
     prompt_keys_values: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
     keep_prompt_rows: bool = True,
     temperature: Optional[torch.Tensor] = None,
+    rotary: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
 ) -> torch.Tensor:
     """One block, as its own forward computes it (eval mode), on ``[special, prompts, patches]``.
 
     ``hidden_states`` holds the prompt rows right after the special tokens, unless ``prompts`` (batch, P, D) or their
     precomputed ``prompt_keys_values`` are given: then the prompts join this block as keys and values only.
     ``keep_prompt_rows=False`` returns ``[special, patches]`` without computing the prompt rows' queries, attention
-    output or MLP. ``temperature`` divides the queries (a scalar or one per sample).
+    output or MLP. ``temperature`` divides the queries (a scalar or one per sample). ``rotary``: the block's rotary
+    position embeddings ``(cos, sin)`` for the patch rows (``BlockLayout.rotary``).
     """
     if keep_prompt_rows and (prompts is not None or prompt_keys_values is not None):
         raise ValueError("forward_block: insert the prompts into hidden_states to keep their rows.")
     residual, attended = _attention_branch(
-        parts, hidden_states, num_special, num_prompts, prompts, prompt_keys_values, keep_prompt_rows, temperature
+        parts, hidden_states, num_special, num_prompts, prompts, prompt_keys_values, keep_prompt_rows, temperature, rotary
     )
     hidden_states = attended + residual
     del residual, attended  # not needed by the MLP: free them before its (wider) activations exist
@@ -157,6 +159,7 @@ def _attention_branch(
     prompt_keys_values: Optional[tuple[torch.Tensor, torch.Tensor]],
     keep_prompt_rows: bool,
     temperature: Optional[torch.Tensor],
+    rotary: Optional[tuple[torch.Tensor, torch.Tensor]],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The rows ``forward_block`` computes and the attention branch's output for them (before the residual add)."""
     batch = hidden_states.shape[0]
@@ -187,12 +190,24 @@ def _attention_branch(
         key = insert_prompts(_linear(parts.key, normed), prompt_key, num_special)
         value = insert_prompts(_linear(parts.value, normed), prompt_value, num_special)
     del normed, keys_in
-    attended = attend(parts.attention, query, heads(key), heads(value), None, dropout=0.0, scaling=parts.scaling)[0]
+    key = heads(key)
+    if rotary is not None:
+        query, key = _rotate_patch_rows(query, *rotary), _rotate_patch_rows(key, *rotary)
+    attended = attend(parts.attention, query, key, heads(value), None, dropout=0.0, scaling=parts.scaling)[0]
     del key, value
     attended = _linear(parts.output, attended.reshape(batch, query.shape[2], -1))
     if parts.layer_scales:
         attended = parts.layer_scales[0](attended)
     return residual, attended
+
+
+def _rotate_patch_rows(rows: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embeddings on the last ``len(cos)`` rows of (batch, heads, rows, head_dim), the patches: each
+    pair of half-vectors ``(a, b)`` becomes ``(a cos - b sin, b cos + a sin)``; the rows before them are unchanged."""
+    count = cos.shape[-2]
+    prefix, patches = rows[..., :-count, :], rows[..., -count:, :]
+    first, second = patches.chunk(2, dim=-1)
+    return torch.cat((prefix, patches * cos + torch.cat((-second, first), dim=-1) * sin), dim=-2)
 
 
 def _linear(module: nn.Linear, rows: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from torch.nn import functional as F
 
-from .backbones import BlockLayout, HeadReads
+from .backbones import ROTARY, BlockLayout, HeadReads
 from .config import GatedPromptConfig
 from .fast_path import BlockParts, fast_path_enabled, forward_block
 from .gate import TEMPERATURE_RANGE, divide_query, gate_prompts
@@ -260,7 +260,7 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         if parts is None:
             output = self.base_layer(hidden_states, None, **kwargs)
         else:
-            output = self._forward_fast(parts, name, hidden_states, prompts, prompt_kv, keep)
+            output = self._forward_fast(parts, name, hidden_states, prompts, prompt_kv, keep, kwargs.get(ROTARY))
             if not keep:
                 return output
         if gate_logit is not None:
@@ -271,7 +271,12 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
 
     def _fast_parts(self, kwargs: dict) -> Optional[BlockParts]:
         """The block's parts when the fast path applies to this call, else None (the plain path)."""
-        if not fast_path_enabled() or self._layout is None or any(v is not None and v is not False for v in kwargs.values()):
+        if not fast_path_enabled() or self._layout is None:
+            return None
+        rotary = self._layout.rotary
+        if rotary and kwargs.get(ROTARY) is None:
+            return None
+        if any(v is not None and v is not False for k, v in kwargs.items() if not (rotary and k == ROTARY)):
             return None
         block = self.base_layer
         if any(child.training for child in block.children()) or any(hasattr(m, "_hf_hook") for m in block.modules()):
@@ -287,11 +292,13 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         prompts: Optional[torch.Tensor],
         prompt_kv: Optional[tuple[torch.Tensor, torch.Tensor]],
         keep: bool,
+        rotary: Optional[tuple[torch.Tensor, torch.Tensor]],
     ) -> torch.Tensor:
         def run(hidden_states: torch.Tensor, prompts: Optional[torch.Tensor]) -> torch.Tensor:
             return forward_block(
                 parts, hidden_states, self.num_special_tokens, self.gvpt_config[name].num_prompt_tokens, prompts=prompts,
                 prompt_keys_values=prompt_kv, keep_prompt_rows=keep, temperature=self._temperature(name, hidden_states.dtype),
+                rotary=rotary,
             )
 
         block = self.base_layer

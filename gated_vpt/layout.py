@@ -23,9 +23,9 @@ from .settings import PREFIX, GatedPromptSettings
 PROMPT, GATE, TEMPERATURE = (PREFIX + name for name in ("prompt", "gate", "temperature"))
 PEFT_PREFIX = "base_model.model."
 # Adapter files name block N of the vision tower ``encoder.layer.N`` (as ViT checkpoints on disk do), whatever layout
-# transformers uses: ``layers.N`` (ViT since 5.9), ``encoder.layers.N`` (CLIP, SigLIP) and a ``vision_model.`` wrapper
-# (the CLIP and SigLIP classification classes; CLIPVisionModel before 5.x) all fold into it.
-_BLOCK_KEY = re.compile(r"(^|\.)(?:vision_model\.)?(?:layers|encoder\.layers?)\.(\d+)\.(?=" + PREFIX + ")")
+# transformers uses: ``layers.N`` (ViT since 5.9), ``encoder.layers.N`` (CLIP, SigLIP), ``model.layer.N`` (DINOv3) and
+# a ``vision_model.`` wrapper (the CLIP and SigLIP classification classes; CLIPVisionModel before 5.x) all fold into it.
+_BLOCK_KEY = re.compile(r"(^|\.)(?:vision_model\.)?(?:layers|encoder\.layers?|model\.layer)\.(\d+)\.(?=" + PREFIX + ")")
 _SAVED_BLOCK_KEY = re.compile(r"^(.*?)encoder\.layer\.(\d+)\.(" + PREFIX + r"\w+)$")
 
 

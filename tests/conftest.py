@@ -26,6 +26,8 @@ from transformers import (
     CLIPForImageClassification,
     CLIPVisionConfig,
     CLIPVisionModel,
+    DINOv3ViTConfig,
+    DINOv3ViTModel,
     DeiTConfig,
     DeiTForImageClassification,
     DeiTModel,
@@ -85,6 +87,7 @@ _FAMILIES = {
     "siglip_clf": (SiglipForImageClassification, _vision_in(SiglipConfig), dict(intermediate_size=64)),
     "ijepa": (IJepaModel, IJepaConfig, dict(intermediate_size=64)),
     "ijepa_clf": (IJepaForImageClassification, IJepaConfig, dict(intermediate_size=64, num_labels=NUM_LABELS)),
+    "dinov3": (DINOv3ViTModel, DINOv3ViTConfig, dict(intermediate_size=64, num_register_tokens=2)),
 }
 BACKBONE_NAMES = tuple(_FAMILIES)
 

@@ -2,8 +2,9 @@
 
 Nothing here goes through gated_vpt's code: the embeddings come from the frozen model's own embeddings module,
 every encoder block is recomputed by hand from its weights (layer norms, q/k/v projections, attention logits
-divided by ``sqrt(d_head) * tau``, softmax, output projection, MLP, residuals, Dinov2's layer scales), and so are the
-final norms and heads (CLIP's pre-encoder LayerNorm, SigLIP's attention-pooling head, the classifiers); the prompts,
+divided by ``sqrt(d_head) * tau``, softmax, output projection, MLP, residuals, Dinov2's layer scales, DINOv3's rotary
+embeddings on the patch rows, with cos and sin from the model's own module), and so are the final norms and heads
+(CLIP's pre-encoder LayerNorm, SigLIP's attention-pooling head, the classifiers); the prompts,
 gates, temperatures and head pooling follow METHOD.md's equations and the README's per-backbone rules. The
 adapter's values are read from a PeftModel by parameter name only (``read_adapter``).
 """
@@ -20,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 TEMPERATURE_MIN, TEMPERATURE_MAX = 0.01, 10.0
-_ADAPTER_KEY = re.compile(r"(?:^|\.)(?:layers|encoder\.layer)\.(\d+)\.gvpt_(prompt|gate|temperature)\.(\w+)$")
+_ADAPTER_KEY = re.compile(r"(?:^|\.)layers?\.(\d+)\.gvpt_(prompt|gate|temperature)\.(\w+)$")
 
 
 @dataclass
@@ -90,6 +91,8 @@ def reference_outputs(base: nn.Module, pixel_values: torch.Tensor, adapter: Opti
         _check_layout(adapter, num_blocks)
 
     z = _embed(tower, pixel_values)
+    # DINOv3: rotary position embeddings (the model's own module gives cos and sin) on the patch rows, the last ones
+    rotary = tower.rope_embeddings(pixel_values) if hasattr(tower, "rope_embeddings") else None
     if hasattr(tower, "pre_layrnorm"):  # CLIP: before the blocks, so prompts inserted at a block never pass it
         z = _layer_norm(tower.pre_layrnorm, z)
     batch = z.shape[0]
@@ -105,7 +108,7 @@ def reference_outputs(base: nn.Module, pixel_values: torch.Tensor, adapter: Opti
         if prompted and index in adapter.temperatures:
             tau = adapter.temperatures[index].clamp(TEMPERATURE_MIN, TEMPERATURE_MAX)
         p_in = z[:, special : special + adapter.num_prompts] if prompted else None
-        out = _block(block, z, tau, config)
+        out = _block(block, z, tau, config, rotary)
         if prompted and index in adapter.gates:
             g = torch.sigmoid(adapter.gates[index])
             p_out = out[:, special : special + adapter.num_prompts]
@@ -132,13 +135,15 @@ def _head(base: nn.Module, tower: nn.Module, z: torch.Tensor, special: int, clas
         if classifier is not None:
             return {"logits": _linear_weights(classifier, z[:, 1:].mean(dim=1))}
         return {"last_hidden_state": z, "pooler_output": _layer_norm(tower.post_layernorm, z[:, 0])}
-    final_norm = tower.post_layernorm if name.startswith("Siglip") else tower.layernorm
+    final_norm = tower.post_layernorm if name.startswith("Siglip") else getattr(tower, "layernorm", None) or tower.norm
     sequence = _layer_norm(final_norm, z)
     if classifier is not None:  # SigLIP and I-JEPA average all (normed) rows, the ViT family reads row 0
         feature = sequence.mean(dim=1) if special == 0 else sequence[:, 0]
         return {"logits": _linear_weights(classifier, feature)}
     if name.startswith("Siglip"):
         return {"last_hidden_state": sequence, "pooler_output": _attention_pooling(tower.head, sequence, config)}
+    if name.startswith("DINOv3"):
+        return {"last_hidden_state": sequence, "pooler_output": sequence[:, 0]}
     return {"last_hidden_state": sequence}
 
 
@@ -174,12 +179,16 @@ def _check_layout(adapter: Adapter, num_blocks: int) -> None:
 
 def _tower(base: nn.Module) -> nn.Module:
     """The module holding the embeddings and the blocks."""
+    if hasattr(base, "rope_embeddings"):  # DINOv3ViTModel: its base_model attribute is its block stack
+        return base
     inner = getattr(base, "base_model", base)
     return getattr(inner, "vision_model", inner)
 
 
 def _blocks(tower: nn.Module) -> list[nn.Module]:
     found = getattr(tower, "layers", None)
+    if hasattr(tower, "rope_embeddings"):  # DINOv3
+        found = tower.model.layer
     if found is None:
         found = getattr(tower.encoder, "layers", None) or tower.encoder.layer
     return list(found)
@@ -212,16 +221,31 @@ def _activation(name: str, x: torch.Tensor) -> torch.Tensor:
 
 
 def _mlp(mlp: nn.Module, x: torch.Tensor, activation: str) -> torch.Tensor:
+    if hasattr(mlp, "gate_proj"):  # DINOv3's gated MLP
+        return _linear(mlp.down_proj, _activation(activation, _linear(mlp.gate_proj, x)) * _linear(mlp.up_proj, x))
+    if hasattr(mlp, "up_proj"):  # DINOv3
+        return _linear(mlp.down_proj, _activation(activation, _linear(mlp.up_proj, x)))
     return _linear(mlp.fc2, _activation(activation, _linear(mlp.fc1, x)))
 
 
-def _attention(attention: nn.Module, x: torch.Tensor, tau, num_heads: int) -> torch.Tensor:
+def _rotate(t: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """RoPE on the last ``len(cos)`` rows (the patches): each half-pair (x1, x2) turns to (x1 cos - x2 sin, x2 cos + x1 sin)."""
+    cos, sin = rotary
+    prefix, patches = t[..., : -cos.shape[-2], :], t[..., -cos.shape[-2] :, :]
+    first, second = patches.chunk(2, dim=-1)
+    turned = patches * cos + torch.cat((-second, first), dim=-1) * sin
+    return torch.cat((prefix, turned), dim=-2)
+
+
+def _attention(attention: nn.Module, x: torch.Tensor, tau, num_heads: int, rotary=None) -> torch.Tensor:
     batch, length, _ = x.shape
 
     def heads(t: torch.Tensor) -> torch.Tensor:
         return t.view(batch, length, num_heads, -1).transpose(1, 2)
 
     q, k, v = heads(_linear(attention.q_proj, x)), heads(_linear(attention.k_proj, x)), heads(_linear(attention.v_proj, x))
+    if rotary is not None:
+        q, k = _rotate(q, rotary), _rotate(k, rotary)
     d_head = q.shape[-1]
     logits = q @ k.transpose(-1, -2) / (math.sqrt(d_head) * tau)
     weights = torch.softmax(logits, dim=-1)
@@ -229,10 +253,10 @@ def _attention(attention: nn.Module, x: torch.Tensor, tau, num_heads: int) -> to
     return _linear(getattr(attention, "o_proj", None) or attention.out_proj, mixed)
 
 
-def _block(block: nn.Module, x: torch.Tensor, tau, config) -> torch.Tensor:
+def _block(block: nn.Module, x: torch.Tensor, tau, config, rotary=None) -> torch.Tensor:
     heads, act = config.num_attention_heads, config.hidden_act
-    if hasattr(block, "layer_scale1"):  # Dinov2: norm1/norm2 and per-channel layer scales
-        x = x + _attention(block.attention, _layer_norm(block.norm1, x), tau, heads) * block.layer_scale1.lambda1
+    if hasattr(block, "layer_scale1"):  # Dinov2 and DINOv3: norm1/norm2 and per-channel layer scales
+        x = x + _attention(block.attention, _layer_norm(block.norm1, x), tau, heads, rotary) * block.layer_scale1.lambda1
         return x + _mlp(block.mlp, _layer_norm(block.norm2, x), act) * block.layer_scale2.lambda1
     if hasattr(block, "self_attn"):  # CLIP and SigLIP: layer_norm1/layer_norm2, self_attn with out_proj
         x = x + _attention(block.self_attn, _layer_norm(block.layer_norm1, x), tau, heads)

@@ -333,7 +333,7 @@ def test_an_adapter_for_another_family_is_refused_before_any_change(saved, other
 
 
 @pytest.mark.parametrize("backbone, pipeline_tag", [("clip", "image-feature-extraction"), ("siglip_clf", "image-classification"),
-                                                    ("ijepa_clf", "image-classification")])
+                                                    ("ijepa_clf", "image-classification"), ("dinov3", "image-feature-extraction")])
 def test_card_of_a_new_family_names_its_pipeline_and_a_usage_snippet_that_runs(backbone, pipeline_tag, tmp_path, pixels,
                                                                                monkeypatch):
     from huggingface_hub import ModelCard

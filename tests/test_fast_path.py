@@ -67,7 +67,7 @@ def test_fast_path_equals_the_plain_path_with_gradients(backbone, variant, pixel
 
 
 @pytest.mark.parametrize("variant", ["gated", "vpt_deep", "deep_from_block_1", "start_block_2"])
-@pytest.mark.parametrize("backbone", ["vit_clf", "mae_clf", "dinov2_reg"])
+@pytest.mark.parametrize("backbone", ["vit_clf", "mae_clf", "dinov2_reg", "dinov3"])
 def test_eval_mode_with_the_key_value_cache_equals_the_plain_path(backbone, variant, pixels):
     model = adapted(backbone, variant).eval()
     pixels = pixels.double()

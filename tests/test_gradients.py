@@ -22,7 +22,7 @@ from test_backbones import VARIANTS, expected_settings, outputs, variant_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-_KEY = re.compile(r"(?:^|\.)(?:layers|encoder\.layer)\.(\d+)\.gvpt_(prompt|gate|temperature)\.default$")
+_KEY = re.compile(r"(?:^|\.)layers?\.(\d+)\.gvpt_(prompt|gate|temperature)\.default$")
 CASES = [("vit_clf", variant) for variant in VARIANTS] + [(b, "gated") for b in BACKBONE_NAMES if b != "vit_clf"]
 
 

@@ -35,7 +35,7 @@ from gated_vpt.segmentation.metrics.mean_iou import area_totals, scores_from_tot
 from gated_vpt.segmentation.setr import ProgressiveUpsamplingHead, num_upsampling_stages, patch_tokens, stage_sizes
 from gated_vpt.segmentation.synthetic import SHAPES_LABELS, shapes_dataset
 
-SEGMENTATION_BACKBONES = ("vit", "vit_mae", "dinov2", "deit", "dinov2_reg", "vit_msn")
+SEGMENTATION_BACKBONES = ("vit", "vit_mae", "dinov2", "deit", "dinov2_reg", "vit_msn", "dinov3")
 
 
 def segmentation_model(name: str = "vit", aux_blocks=(1, 2), num_labels: int = 5, **prompts) -> torch.nn.Module:

@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
-from ..backbones import resolve_backbone
+from ..backbones import resolve_backbone, without_head
 from ..config import GatedPromptConfig
 from ..loading import HEAD_CONFIG_NAME
 from ..quiet import peft_wrapping
@@ -148,7 +148,7 @@ class SegmentationModel(nn.Module):
 
     def __init__(self, backbone: nn.Module, head_config: SegmentationHeadConfig) -> None:
         super().__init__()
-        encoder = getattr(backbone, "base_model", backbone)
+        encoder = without_head(backbone)
         spec = resolve_backbone(encoder)
         bad = [b for b in head_config.aux_blocks if not 0 <= b < spec.num_blocks]
         if bad:
