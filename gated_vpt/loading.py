@@ -15,13 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
 import torch
-from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    LocalEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
@@ -103,6 +96,14 @@ def resolve_adapter_dir(
         return run_adapter_dir(path)
     if path.exists() or str(path_or_repo_id).startswith((".", "/", "~")) or str(path_or_repo_id).count("/") > 1:
         raise FileNotFoundError(f"{path_or_repo_id} is not an adapter directory (expected a folder with {CONFIG_NAME}).")
+    from huggingface_hub import hf_hub_download  # only for Hub ids: a local folder is read without it
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
     repo_id = str(path_or_repo_id)
     try:
         download = dict(revision=revision, token=token, cache_dir=cache_dir, subfolder=subfolder)
