@@ -3,15 +3,18 @@
 Each command runs as a new process, as a user types it (the installed ``gated-vpt`` entry point, found next to
 this Python), ``--reps`` times round-robin; reported: median, minimum and maximum wall time and the median CPU time
 (user + system of the child), which does not grow with the load of a shared machine. The adapter is a tiny random
-one written into a temporary run folder (``<run>/adapter/``), so nothing is downloaded.
+one written into a temporary run folder (``<run>/adapter/``), so nothing is downloaded. ``--hub`` also serves it from
+the tests' local Hub server (``tests/hub_server.py``, on 127.0.0.1) and times ``info`` of its repo id.
 
     python -m benchmarks.bench_start
+    python -m benchmarks.bench_start --hub
     python -m benchmarks.bench_start --quick
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import subprocess
@@ -19,7 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -35,6 +38,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=5, help="Runs of each command (median reported).")
     parser.add_argument("--out", default=None, help="Also write the markdown report to this file.")
+    parser.add_argument("--hub", action="store_true", help="Also time info of a Hub repo id (a local test Hub server).")
     parser.add_argument("--quick", action="store_true", help="One run of three commands: checks that it works (CI).")
     args = parser.parse_args(argv)
     if args.reps < 1:
@@ -73,11 +77,25 @@ def write_run_folder(folder: Path) -> None:
     model.save_pretrained(folder / "adapter")
 
 
-def time_command(executable: str, argv: list[str]) -> tuple[float, float, int]:
+@contextlib.contextmanager
+def local_hub(adapter: Path, home: Path) -> Iterator[tuple[str, dict]]:
+    """The tests' Hub server on 127.0.0.1 holding ``adapter`` as ``bench/tiny``: (the repo id, the environment that
+    points the command at it)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from hub_server import Repo, running_hub
+
+    with running_hub() as hub:
+        files = {file.name: file.read_bytes() for file in adapter.iterdir() if file.is_file()}
+        hub.repos["bench/tiny"] = Repo(commits=[("b" * 40, files)])
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(home), "HF_HUB_OFFLINE": "0"}
+        yield "bench/tiny", env
+
+
+def time_command(executable: str, argv: list[str], env: Optional[dict] = None) -> tuple[float, float, int]:
     """Wall seconds, child CPU seconds (user + system) and exit status of one run."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    status = subprocess.run([executable, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+    status = subprocess.run([executable, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env).returncode
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), status
@@ -88,14 +106,18 @@ def run(args: argparse.Namespace) -> str:
     if not os.access(executable, os.X_OK):
         raise SystemExit(f"No gated-vpt command next to {sys.executable}: install the package (pip install -e .).")
     reps = 1 if args.quick else args.reps
-    with tempfile.TemporaryDirectory() as temporary:
+    with tempfile.TemporaryDirectory() as temporary, contextlib.ExitStack() as stack:
         run_folder = Path(temporary) / "run"
         write_run_folder(run_folder)
         lines = command_lines(run_folder, args.quick)
+        env = None
+        if args.hub:
+            repo_id, env = stack.enter_context(local_hub(run_folder / "adapter", Path(temporary) / "hf"))
+            lines.append(["info", repo_id])
         results: dict[int, list[tuple[float, float, int]]] = {i: [] for i in range(len(lines))}
         for _ in range(reps):
             for index, argv in enumerate(lines):
-                results[index].append(time_command(executable, argv))
+                results[index].append(time_command(executable, argv, env))
     rows = []
     for index, argv in enumerate(lines):
         walls = [wall for wall, _, _ in results[index]]

@@ -142,9 +142,10 @@ def test_bench_start_times_the_commands_and_each_one_succeeds(tmp_path):
 
     out = tmp_path / "start.md"
     with contextlib.redirect_stdout(io.StringIO()):
-        bench_start.main(["--quick", "--out", str(out)])
+        bench_start.main(["--quick", "--hub", "--out", str(out)])
     headers, rows = parse_table(out.read_text(), "command")
     assert headers == ["command", "wall s (median)", "wall s (min-max)", "CPU s (median)", "goal s", "met", "exit status"]
-    assert [row[0] for row in rows] == ["`gated-vpt --help`", "`gated-vpt info --help`", "`gated-vpt info <tmp>/run`"]
-    assert [row[4] for row in rows] == ["1", "1", "2"] and [row[6] for row in rows] == ["0", "0", "0"]
+    assert [row[0] for row in rows] == ["`gated-vpt --help`", "`gated-vpt info --help`", "`gated-vpt info <tmp>/run`",
+                                        "`gated-vpt info bench/tiny`"]  # the last through the local Hub server
+    assert [row[4] for row in rows] == ["1", "1", "2", "2"] and [row[6] for row in rows] == ["0", "0", "0", "0"]
     assert all(float(row[1]) > 0 and row[5] == ("yes" if float(row[1]) < float(row[4]) else "no") for row in rows)
