@@ -220,8 +220,10 @@ except Exception as error:
     without_import = f"{type(error).__name__}: {error}"
 import gated_vpt, gated_vpt.introspection, gated_vpt.loading
 modules = sorted(sys.modules)
-print(json.dumps({"without_import": without_import, "modules_after_core_import": modules,
-                  "with_import": type(PeftConfig.from_pretrained(sys.argv[1])).__name__}))
+with_import = type(PeftConfig.from_pretrained(sys.argv[1])).__name__
+import gated_vpt.training.classification, gated_vpt.training.loop, gated_vpt.training.run
+print(json.dumps({"without_import": without_import, "modules_after_core_import": modules, "with_import": with_import,
+                  "modules_after_training_import": sorted(sys.modules)}))
 """
 
 
@@ -229,7 +231,8 @@ print(json.dumps({"without_import": without_import, "modules_after_core_import":
 def fresh_process(tmp_path_factory) -> dict:
     """What a new Python process sees, for the tests that need one (each start costs seconds, so one serves all):
     peft alone loading a saved gated_vpt config (``without_import``: the error), the modules loaded once the core
-    (``gated_vpt``, its introspection and loading) is imported, and the config's class after that import."""
+    (``gated_vpt``, its introspection and loading) is imported, the config's class after that import, and the modules
+    loaded once the classification training machinery is imported too."""
     folder = tmp_path_factory.mktemp("fresh_process")
     gated_vpt.GatedPromptConfig().save_pretrained(folder)
     process = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(folder)], capture_output=True, text=True,

@@ -394,8 +394,10 @@ def figures(monkeypatch):
     kept = []
     monkeypatch.setattr(plots, "_save", lambda figure, path: kept.append(figure) or Path(path))
     yield kept
+    import matplotlib.pyplot as plt
+
     for figure in kept:
-        plots.plt.close(figure)
+        plt.close(figure)
 
 
 def test_learning_curve_legend_sits_above_the_curves_and_epochs_are_whole(figures, tmp_path):

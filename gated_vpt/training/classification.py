@@ -7,11 +7,10 @@ import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from accelerate import Accelerator
-from datasets import DatasetDict
 from peft import get_peft_model
 from torch import nn
 from torch.utils.data import DataLoader
@@ -37,6 +36,9 @@ from .data import (
 )
 from .dry_run import DryRunReport, backbone_status, count_train_images, learning_rate_groups, quiet_loading
 from .metrics import load_metric
+
+if TYPE_CHECKING:
+    from datasets import DatasetDict
 
 logger = logging.getLogger(__name__)
 

@@ -11,13 +11,15 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Optional, Union
+from typing import TYPE_CHECKING, Iterator, Literal, Optional, Union
 
 import numpy as np
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
 from PIL import Image as PILImage
 from torch.utils.data import Sampler
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ EMBEDDED_SPLIT_SEED = 0
 def embedded_digits() -> DatasetDict:
     """scikit-learn's digits (shipped in its wheel) as a ``DatasetDict`` with ``image`` (8x8 grayscale PIL) and
     ``label`` columns, split by a fixed stratified shuffle into train / validation / test (800 / 200 / 797)."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -75,6 +78,8 @@ def load_image_datasets(
     """Load ``train`` / ``validation`` / ``test`` splits from a Hub data set, local image folders, a benchmark folder
     (``data_dir`` in ``data_layout``, see ``benchmark_data``; ``stage`` picks its splits; the layout is ignored
     without a folder), or (with none given) the embedded digits. ``splits`` maps those roles to the source's split names (None: role absent)."""
+    from datasets import DatasetDict, load_dataset
+
     sources = [flag for flag, given in (("--dataset_name", dataset_name), ("--data_dir", data_dir),
                                         ("--train_dir/--validation_dir/--test_dir", train_dir or validation_dir or test_dir)) if given]
     if len(sources) > 1:
@@ -133,6 +138,8 @@ def find_column(dataset: Dataset, requested: Optional[str], guesses: tuple[str, 
 
 def check_images(dataset: Dataset, column: str, num_channels: int) -> str:
     """Refuse a column that does not hold images; return the mode of its first image (e.g. 'L', 'RGB')."""
+    from datasets import Image
+
     feature = dataset.features[column]
     if not isinstance(feature, Image):
         raise ValueError(
@@ -147,6 +154,8 @@ def check_images(dataset: Dataset, column: str, num_channels: int) -> str:
 def drop_unreadable_images(datasets: DatasetDict, columns: tuple[str, ...], skip: bool) -> DatasetDict:
     """Decode every image of every split once, before training: refuse unreadable ones naming the files, or with
     ``skip`` (``--skip_bad_images``) drop their rows and say how many."""
+    from datasets import DatasetDict, Image
+
     checked = {}
     for role, split in datasets.items():
         bad: dict[int, str] = {}
@@ -219,6 +228,8 @@ def target_mode(num_channels: int) -> str:
 def label_names(datasets: DatasetDict, column: str, num_labels: Optional[int]) -> list[str]:
     """Class names of the label ``column`` (a ``ClassLabel``, or integers 0..K-1); checks every split and, when
     given, that there are ``num_labels`` classes."""
+    from datasets import ClassLabel
+
     train = datasets["train"]
     feature = train.features[column]
     if isinstance(feature, ClassLabel):

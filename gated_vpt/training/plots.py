@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
-import matplotlib
+if TYPE_CHECKING:
+    from gated_vpt import GateReport
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from gated_vpt import GateReport  # noqa: E402
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, imported when a figure is drawn (not when a training script
+    starts: matplotlib takes a quarter of a second to import)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def plot_gates(report: GateReport, path: Union[str, Path], title: str = "", gate_init: Optional[float] = None) -> Path:
@@ -30,7 +36,7 @@ def plot_gates(report: GateReport, path: Union[str, Path], title: str = "", gate
     panels = [(name, values) for name, values in panels if any(v is not None for v in values)]
     if not panels:
         raise ValueError("This adapter has neither gates nor temperatures to plot.")
-    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
+    figure, axes = _pyplot().subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
     for axis, (name, values) in zip(axes[0], panels):
         axis.bar(blocks, [0.0 if v is None else v for v in values], color="tab:blue")
         axis.set_xticks(blocks)
@@ -54,7 +60,7 @@ def plot_learning_curve(history: Sequence[dict], path: Union[str, Path], title: 
     """Training loss and every recorded score (``score_keys``: accuracy, mIoU, ...) per epoch, with the learning
     rate(s) underneath. A score missing from some epochs (evaluated every N epochs) is drawn where it was recorded."""
     epochs = [record["epoch"] for record in history]
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    figure, (top, bottom) = _pyplot().subplots(2, 1, figsize=(6, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     lines = top.plot(epochs, [r["train_loss"] for r in history], label="train loss", color="tab:red")
     top.set_ylabel("loss")
     scores = score_keys(history)
@@ -75,6 +81,8 @@ def plot_learning_curve(history: Sequence[dict], path: Union[str, Path], title: 
         bottom.plot(epochs, [r.get(name) for r in history], label=name)
     bottom.set_ylabel("learning rate")
     bottom.set_xlabel("epoch")
+    from matplotlib.ticker import MaxNLocator
+
     bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
     bottom.legend(loc="best", fontsize="small")
     if title:
@@ -112,7 +120,7 @@ def plot_benchmark(
     rows = [(name, mean, std, paper, "tab:blue") for name, mean, std, paper in tasks]
     rows += [(name, mean, None, paper, "tab:orange") for name, mean, paper in means]
     positions = list(range(len(rows)))[::-1]
-    figure, axis = plt.subplots(figsize=(7, 1.4 + 0.32 * len(rows)))
+    figure, axis = _pyplot().subplots(figsize=(7, 1.4 + 0.32 * len(rows)))
     axis.barh(positions, [m or 0.0 for _, m, _, _, _ in rows], xerr=[s or 0.0 for _, _, s, _, _ in rows],
               color=[c for *_, c in rows])
     paper = [(y, p) for y, (_, _, _, p, _) in zip(positions, rows) if p is not None]
@@ -134,5 +142,5 @@ def _save(figure, path: Union[str, Path]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
-    plt.close(figure)
+    _pyplot().close(figure)
     return path

@@ -23,7 +23,6 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-import datasets
 import transformers
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -73,6 +72,8 @@ def start_accelerator(args: argparse.Namespace) -> Accelerator:
     )
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     if not accelerator.is_local_main_process:
+        import datasets
+
         datasets.utils.logging.set_verbosity_error()
         transformers.utils.logging.set_verbosity_error()
     set_seed(args.seed)

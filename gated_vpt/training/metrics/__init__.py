@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import evaluate
+if TYPE_CHECKING:
+    import evaluate
 
 
 def load_metric(name: str, **kwargs) -> evaluate.EvaluationModule:
@@ -17,4 +19,6 @@ def load_metric(name: str, **kwargs) -> evaluate.EvaluationModule:
     if not path.is_file():
         available = sorted(p.stem for p in Path(__file__).parent.glob("*.py") if p.stem != "__init__")
         raise ValueError(f"No bundled metric {name!r}; available: {available}.")
+    import evaluate  # here, not at import: the training scripts answer --help and refuse bad input sooner
+
     return evaluate.load(str(path), **kwargs)
