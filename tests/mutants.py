@@ -5,7 +5,7 @@ working tree; the tests that should notice (the maths tests for the method, the 
 then run against that copy, stopping at the first failure. A mutant that no
 test notices is a hole in the suite. Prints a Markdown table: the mutant, whether a test caught it, and which.
 
-    python tests/mutants.py                   # every mutant (about 13 minutes on 2 cores)
+    python tests/mutants.py                   # every mutant (about 14 minutes on 2 cores)
     python tests/mutants.py gate temperature  # the mutants whose name contains one of these words
 
 Not collected by pytest (the file name does not start with ``test_``).
