@@ -155,14 +155,12 @@ def _pull(args: argparse.Namespace) -> None:
 
 
 def _adapter_dir(args: argparse.Namespace) -> Path:
-    """The adapter's local directory, its files checked: a folder (an adapter, or a run's output folder holding
-    ``adapter/``) as it is, a Hub repo id through the Hub (or its cache)."""
-    from .loading import read_adapter_files, run_adapter_dir
+    """The adapter's local directory: a folder (an adapter, or a run's output folder holding ``adapter/``) as it is,
+    a Hub repo id through the Hub (or its cache). The callers read and check its files."""
+    from .loading import run_adapter_dir
 
     if Path(args.adapter).is_dir():
-        directory = run_adapter_dir(args.adapter)
-        read_adapter_files(directory)
-        return directory
+        return run_adapter_dir(args.adapter)
     from .hub import fetch_adapter
 
     return fetch_adapter(args.adapter, revision=args.revision)
