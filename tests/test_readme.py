@@ -15,7 +15,9 @@ def test_ci_runs_the_readme_test_command():
     test_command = [c for c in readme if "pytest" in c]
     assert len(test_command) == 1, readme
     assert ci == test_command
-    assert "torch==2.13.0" in (ROOT / ".ci" / "run").read_text()
+    pair = "torch==2.14.1 torchvision==0.29.1"  # the standard pair: timm imports torchvision
+    assert f"pip install -q {pair}" in (ROOT / ".ci" / "run").read_text()
+    assert f"pip install {pair}" in (ROOT / "README.md").read_text()
 
 
 def test_readme_quick_start_runs_the_main_job_through_accelerate():
