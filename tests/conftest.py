@@ -160,6 +160,19 @@ def randomize_adapter_(model: nn.Module, adapter_name: str = "default", seed: in
     return model
 
 
+def pixels_as_training_evaluates(paths: Sequence[Path], size: int, mean: Sequence[float],
+                                 std: Sequence[float] = (0.5, 0.5, 0.5)) -> torch.Tensor:
+    """Images preprocessed as the training scripts evaluate them (Pillow's bilinear resize to ``size`` x ``size``,
+    then ``mean``/``std``): what ``gated-vpt predict`` must match whichever image-processor backend transformers
+    has (its torchvision backend resizes differently)."""
+    from PIL import Image
+
+    from gated_vpt.training.data import ImageTransform
+
+    transform = ImageTransform("vtab", size, tuple(mean), tuple(std))
+    return torch.stack([transform(Image.open(path)) for path in paths])
+
+
 def main_output(output: object) -> torch.Tensor:
     """``logits`` of a classifier's output, ``last_hidden_state`` of a bare model's."""
     logits = getattr(output, "logits", None)

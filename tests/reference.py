@@ -106,7 +106,10 @@ def reference_outputs(base: nn.Module, pixel_values: torch.Tensor, adapter: Opti
                 z = torch.cat((z[:, :special], fresh, z[:, special + adapter.num_prompts :]), dim=1)
         tau = 1.0
         if prompted and index in adapter.temperatures:
-            tau = adapter.temperatures[index].clamp(TEMPERATURE_MIN, TEMPERATURE_MAX)
+            stored = adapter.temperatures[index]
+            # The released code clamps the stored value outside autograd and uses it as it is: the value is the
+            # clamped one, the gradient flows to it even on a bound (torch >= 2.14's clamp has none there).
+            tau = stored + (stored.detach().clamp(TEMPERATURE_MIN, TEMPERATURE_MAX) - stored.detach())
         p_in = z[:, special : special + adapter.num_prompts] if prompted else None
         out = _block(block, z, tau, config, rotary)
         if prompted and index in adapter.gates:

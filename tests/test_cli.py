@@ -9,7 +9,6 @@ import sys
 import types
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
@@ -17,7 +16,7 @@ from PIL import Image
 from transformers import ViTForImageClassification, ViTImageProcessor
 
 import gated_vpt
-from conftest import make_backbone, modules_loaded_by_command, randomize_adapter_
+from conftest import make_backbone, modules_loaded_by_command, pixels_as_training_evaluates, randomize_adapter_
 from gated_vpt.cli import main
 from gated_vpt.loading import write_labels
 
@@ -43,13 +42,8 @@ def files(tmp_path_factory):
 
 
 def _expected_top(files: Path, paths: list[Path], k: int) -> tuple[list[list[float]], list[list[int]]]:
-    """The adapter's top-k on images preprocessed as training evaluates them, whichever image-processor backend
-    transformers has: Pillow's bilinear resize to the base's 16x16, then the saved mean and std (0.5 by default)."""
     model = PeftModel.from_pretrained(ViTForImageClassification.from_pretrained(files / "base"), files / "adapter").eval()
-    mean, std = torch.tensor([0.4, 0.5, 0.6]).view(3, 1, 1), torch.tensor([0.5, 0.5, 0.5]).view(3, 1, 1)
-    resized = [Image.open(p).convert("RGB").resize((16, 16), Image.BILINEAR) for p in paths]
-    pixels = torch.stack([(torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1) - mean) / std
-                          for image in resized])
+    pixels = pixels_as_training_evaluates(paths, 16, mean=(0.4, 0.5, 0.6))
     with torch.no_grad():
         scores, indices = model(pixels).logits.softmax(-1).topk(k)
     return scores.tolist(), indices.tolist()

@@ -24,7 +24,7 @@ from PIL import Image
 from transformers import ViTForImageClassification, ViTImageProcessor
 
 import gated_vpt
-from conftest import make_backbone, modules_loaded_by_command, randomize_adapter_
+from conftest import make_backbone, modules_loaded_by_command, pixels_as_training_evaluates, randomize_adapter_
 from gated_vpt.card import CITATION, write_model_card
 from hub_server import running_hub
 
@@ -381,9 +381,8 @@ def test_cli_predict_through_a_pinned_hub_adapter_matches_the_model(saved, cli_o
     assert predict["status"] == 0, predict
     rows = [json.loads(line) for line in predict["out"].splitlines()]
     model = PeftModel.from_pretrained(ViTForImageClassification.from_pretrained(saved["base"]), saved["v1"]).eval()
-    processor = ViTImageProcessor.from_pretrained(saved["base"])
     paths = sorted(saved["images"].iterdir())
-    pixels = processor(images=[Image.open(p).convert("RGB") for p in paths], return_tensors="pt")["pixel_values"]
+    pixels = pixels_as_training_evaluates(paths, 16, mean=(0.5, 0.5, 0.5))
     with torch.no_grad():
         scores, indices = model(pixels).logits.softmax(-1).topk(3)
     assert [row["image"] for row in rows] == [str(p) for p in paths]
