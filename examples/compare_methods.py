@@ -69,9 +69,7 @@ METHODS = {
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Compare tuning methods over several seeds.")
     cli.add_model_args(parser, default_model=EMBEDDED_MODEL)
-    cli.add_data_args(parser)
-    parser.add_argument("--transform", choices=("fgvc", "vtab"), default="vtab")
-    parser.add_argument("--image_size", type=int, default=None)
+    cli.add_transform_args(cli.add_data_args(parser))
     cli.add_prompt_args(parser)
     cli.add_optimization_args(parser, learning_rate=0.5, batch_size=64, epochs=25)
     parser.set_defaults(warmup_epochs=5)

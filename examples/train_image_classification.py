@@ -53,9 +53,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     cli.add_config_args(parser)
     cli.add_model_args(parser, default_model=EMBEDDED_MODEL)
     data = cli.add_data_args(parser, layouts=True)
-    data.add_argument("--transform", choices=("fgvc", "vtab"), default="vtab",
-                      help="'fgvc': resize, random crop, flip (VPT's FGVC); 'vtab': resize only (VTAB-1k).")
-    data.add_argument("--image_size", type=int, default=None, help="Input size (default: the backbone's).")
+    cli.add_transform_args(data)
     cli.add_prompt_args(parser)
     cli.add_optimization_args(parser, learning_rate=0.5, batch_size=64, epochs=40)
     cli.add_run_args(parser, default_output_dir="outputs/image-classification")

@@ -102,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("folder", nargs="?", help="the prepared folder, e.g. data/vtab-1k/dtd (default: the recipe's data_dir)")
     check.add_argument("--layout", choices=("vtab1k", "fgvc"), help="the folder's layout (default: detected)")
     check.add_argument("--recipe", help="a recipe JSON: its num_labels is checked (its data_dir and data_layout are the defaults)")
+    check.add_argument("--num_labels", type=int, help="the class count (default: the recipe's); with it, classes absent "
+                       "from a split are allowed and noted (VTAB-1k SUN397)")
     check.add_argument("--no-decode", dest="decode", action="store_false",
                        help="only check that the images exist (default: open and fully decode every image)")
     check.set_defaults(run=_data_check)
@@ -120,12 +122,13 @@ def _add_source(parser: argparse.ArgumentParser, name: str, help: str) -> None:
 def _data_check(args: argparse.Namespace) -> int:
     from .training.benchmark_data import check_data_folder
 
-    folder, layout, num_labels = args.folder, args.layout, None
+    folder, layout, num_labels = args.folder, args.layout, args.num_labels
     if args.recipe:
         from .recipes import CLASSIFICATION, load_recipe
 
         recipe = load_recipe(args.recipe, task_type=CLASSIFICATION)
-        folder, layout, num_labels = folder or recipe.get("data_dir"), layout or recipe.get("data_layout"), recipe["num_labels"]
+        folder, layout = folder or recipe.get("data_dir"), layout or recipe.get("data_layout")
+        num_labels = recipe["num_labels"] if num_labels is None else num_labels
     if not folder:
         raise ValueError("Pass the folder to check, or --recipe with a data_dir.")
     report = check_data_folder(folder, layout, num_labels, decode=args.decode)

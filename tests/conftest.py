@@ -274,10 +274,13 @@ def modules_loaded_by_command(tmp_path: Path, *argvs: list[str], env: dict | Non
     return [set(json.loads(line)) for line in process.stdout.splitlines()[-len(argvs):]]
 
 
-def write_vtab1k_task(folder: Path, classes: Sequence[int], sizes: tuple[int, int, int] = (24, 8, 16), seed: int = 0) -> dict:
+def write_vtab1k_task(
+    folder: Path, classes: Sequence[int], sizes: tuple[int, int, int] = (24, 8, 16), seed: int = 0, archive: bool = False
+) -> dict:
     """A VTAB-1k-layout task folder from scikit-learn's digits of ``classes`` (label = position in ``classes``):
     8x8 grayscale PNGs in ``folder/images`` and the four split lists, ``sizes`` = (train800, val200, test) images.
-    Returns {split name: [(relative path, label), ...]}."""
+    ``archive``: as the common vtab-1k archive stores a task, every split (train800val200 too, as its own copies)
+    written as JPEG (quality 75) under ``images/<split>/<index>.jpg``. Returns {split name: [(relative path, label), ...]}."""
     import numpy as np
     from PIL import Image
     from sklearn.datasets import load_digits
@@ -285,18 +288,25 @@ def write_vtab1k_task(folder: Path, classes: Sequence[int], sizes: tuple[int, in
     digits = load_digits()
     rng = np.random.default_rng(seed)
     rows = rng.permutation(np.flatnonzero(np.isin(digits.target, list(classes))))
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    lists, start = {}, 0
+    chosen, start = {}, 0
     for name, count in zip(("train800", "val200", "test"), sizes):
+        chosen[name], start = rows[start : start + count], start + count
+    chosen["train800val200"] = np.concatenate([chosen["train800"], chosen["val200"]])
+    lists = {}
+    for name in ("train800", "val200", "test", "train800val200"):
         entries = []
-        for row in rows[start : start + count]:
-            relative = f"images/{name}_{row}.png"
-            pixels = np.round(digits.images[row] * 255 / 16).astype(np.uint8)
-            Image.fromarray(pixels, mode="L").save(folder / relative)
-            entries.append((relative, list(classes).index(int(digits.target[row]))))
+        for index, row in enumerate(chosen[name]):
+            label = list(classes).index(int(digits.target[row]))
+            if not archive and name == "train800val200":
+                continue
+            relative = f"images/{name}/{index:06d}.jpg" if archive else f"images/{name}_{row}.png"
+            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+            pixels = Image.fromarray(np.round(digits.images[row] * 255 / 16).astype(np.uint8), mode="L")
+            pixels.save(folder / relative, **({"quality": 75} if archive else {}))
+            entries.append((relative, label))
         lists[name] = entries
-        start += count
-    lists["train800val200"] = lists["train800"] + lists["val200"]
+    if not archive:
+        lists["train800val200"] = lists["train800"] + lists["val200"]
     for name, entries in lists.items():
         (folder / f"{name}.txt").write_text("".join(f"{path} {label}\n" for path, label in entries))
     return lists

@@ -171,7 +171,7 @@ def test_data_check_names_every_problem(vtab, capsys):
     assert f"{corrupt}: cannot decode the image" in text
     assert f"image {lists['val200'][1][0]} not found" in text
     assert "test.txt:10: expected" in text
-    assert "the splits hold 3 classes but the recipe's num_labels is 5" in text
+    assert "the splits hold 3 classes but num_labels is 5" in text
     assert len(report.problems) == 5  # the lost image is listed in val200.txt and train800val200.txt
 
 
@@ -186,8 +186,9 @@ def test_data_check_cli_reads_the_recipe_and_exits_1_with_one_line_per_problem(v
     captured = capsys.readouterr()
     problems = [line for line in captured.err.splitlines() if line.startswith("problem: ")]
     assert problems == [
-        "problem: train800val200.txt is not train800.txt + val200.txt (1 entries differ)",
-        "problem: the splits hold 3 classes but the recipe's num_labels is 47: fix the data or the recipe",
+        "problem: train800val200.txt is not train800.txt + val200.txt (1 entries differ by name and label, 1 by file "
+        "content and label)",
+        "problem: the splits hold 3 classes but num_labels is 47: fix the data or the recipe",
     ]
     assert "Traceback" not in captured.err and "(recipe num_labels 47)" in captured.out
     assert cli_main(["data", "check", str(tmp_path / "nowhere")]) == 1

@@ -69,11 +69,16 @@ def test_a_single_class_folder_says_so(tmp_path):
         load_classification_data(_args(tmp_path, train_dir=train), num_channels=3)
 
 
-def test_validation_classes_must_be_training_classes(tmp_path):
+def test_validation_classes_must_be_training_classes_unless_the_class_count_is_given(tmp_path, caplog):
     train = _folder(tmp_path / "train", {"a": 3, "b": 3})
     validation = _folder(tmp_path / "validation", {"a": 2, "b": 2, "c": 2})
-    with pytest.raises(ValueError, match=r"The validation split has classes the train split lacks: \['c'\]"):
+    with pytest.raises(ValueError, match=r"The validation split has classes the train split lacks: \['c'\].*--num_labels"):
         load_classification_data(_args(tmp_path, train_dir=train, validation_dir=validation), num_channels=3)
+    with caplog.at_level(logging.WARNING):
+        data = load_classification_data(_args(tmp_path, train_dir=train, validation_dir=validation, num_labels=3), num_channels=3)
+    assert data.labels == ["a", "b", "c"]
+    warnings = [r.getMessage() for r in caplog.records if "Classes absent from a split" in r.getMessage()]
+    assert len(warnings) == 1 and "train lacks 1 of 3, validation lacks 0 of 3" in warnings[0]
 
 
 def test_a_train_split_with_one_class_in_a_labelled_data_set_is_refused(tmp_path, monkeypatch):

@@ -11,6 +11,8 @@ from typing import Optional, Sequence, Union
 
 from gated_vpt.tokens import refuse_token_options
 
+from .resize import RESIZE_METHODS
+
 # Settings that do not change what a run computes; everything else must match to resume a checkpoint.
 NON_SEMANTIC_ARGS = (
     "config", "output_dir", "resume_from_checkpoint", "checkpointing_steps", "save_total_limit", "max_train_steps",
@@ -95,6 +97,17 @@ def add_data_args(parser: argparse.ArgumentParser, layouts: bool = False) -> arg
                        help="Mean/std: the backbone's preprocessor_config.json, or ImageNet's fixed values (the paper's "
                             "recipes).")
     return group
+
+
+def add_transform_args(group: argparse._ArgumentGroup) -> None:
+    """The classification transform flags (``data.ImageTransform``), added to the data group."""
+    group.add_argument("--transform", choices=("fgvc", "vtab"), default="vtab",
+                       help="'fgvc': resize, random crop, flip (VPT's FGVC); 'vtab': resize only (VTAB-1k).")
+    group.add_argument("--resize", choices=RESIZE_METHODS, default="pil",
+                       help="'pil': Pillow's bilinear on uint8 (antialiased when shrinking); 'tf_legacy_bilinear': "
+                            "TensorFlow v1's legacy bilinear on float pixels, as the released code resizes VTAB images "
+                            "(the VTAB-1k recipes).")
+    group.add_argument("--image_size", type=int, default=None, help="Input size (default: the backbone's).")
 
 
 def add_prompt_args(parser: argparse.ArgumentParser) -> None:

@@ -15,7 +15,9 @@ validates on val and tests on test. ``load_layout_datasets`` returns ``datasets.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,7 +172,8 @@ def load_layout_datasets(
 @dataclass
 class DataCheck:
     """What ``check_data_folder`` found: images and classes per split, the class count, how many images were
-    decoded, and one message per problem (empty when the folder is ready)."""
+    decoded, one message per problem (empty when the folder is ready) and notes (how train800val200 matched, classes
+    absent from a split)."""
 
     folder: Path
     layout: str
@@ -179,6 +182,7 @@ class DataCheck:
     num_labels: Optional[int]
     decoded: int
     problems: list[str]
+    notes: list[str] = field(default_factory=list)
 
     def format(self) -> str:
         """A short report: the split table, the class count against the recipe's, and the decoded images."""
@@ -189,6 +193,7 @@ class DataCheck:
         lines.append(f"  classes: {self.num_classes}{expected}")
         if self.decoded:
             lines.append(f"  images decoded: {self.decoded} (every file listed, each opened and fully decoded)")
+        lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
 
@@ -201,9 +206,11 @@ def check_data_folder(
 ) -> DataCheck:
     """Verify a prepared folder before training: every split file present and well formed, every listed image
     present and (``decode``) fully decodable by Pillow, the splits as the protocol needs them (VTAB-1k:
-    train800val200 = train800 + val200, disjoint from test; FGVC: disjoint splits, every val/test class in train),
-    and the class count equal to ``num_labels`` when given. Problems are collected, not raised; a folder that is
-    missing or holds no known layout raises ``DataLayoutError``.
+    train800val200 = train800 + val200, matched by name and label or, when it lists its own copies as the common
+    vtab-1k archive does, by file content and label; disjoint from test; FGVC: disjoint splits), and the class count
+    equal to ``num_labels`` when given. Without ``num_labels`` every validation/test class must be in its train
+    split; with it, classes absent from a split are allowed and noted. Problems are collected, not raised; a folder
+    that is missing or holds no known layout raises ``DataLayoutError``.
 
     Example:
 
@@ -216,11 +223,12 @@ def check_data_folder(
     """
     layout, splits = read_layout(folder, layout)
     problems = [p for s in splits.values() for p in s.problems] + _label_problems(layout, splits)
-    problems += _split_problems(layout, splits)
     names = class_names(layout, splits)
+    relations, notes = _split_problems(layout, splits, names, num_labels, workers)
+    problems += relations
     if num_labels is not None and names and len(names) != num_labels:
         problems.append(
-            f"the splits hold {len(names)} classes but the recipe's num_labels is {num_labels}: fix the data or the recipe"
+            f"the splits hold {len(names)} classes but num_labels is {num_labels}: fix the data or the recipe"
         )
     decoded = 0
     if decode:
@@ -229,7 +237,7 @@ def check_data_folder(
             problems += [p for p in pool.map(_decode_problem, existing) if p]
         decoded = len(existing)
     counts = {name: (len(s.images), len(set(s.labels))) for name, s in splits.items()}
-    return DataCheck(Path(folder), layout, counts, len(names), num_labels, decoded, problems)
+    return DataCheck(Path(folder), layout, counts, len(names), num_labels, decoded, problems, notes)
 
 
 def _checked_layout(layout: str) -> str:
@@ -287,38 +295,83 @@ def _label_problems(layout: str, splits: dict[str, SplitFile]) -> list[str]:
     return []
 
 
-def _split_problems(layout: str, splits: dict[str, SplitFile]) -> list[str]:
-    """The protocol's split relations (only between split files that parsed cleanly)."""
+# The protocol's train split -> the splits evaluated against it.
+EVALUATED_AGAINST = {
+    "vtab1k": {"train800": ("val200",), "train800val200": ("test",)},
+    "fgvc": {"train": ("val", "test")},
+}
+
+
+def _split_problems(
+    layout: str, splits: dict[str, SplitFile], names: list[str], num_labels: Optional[int], workers: int
+) -> tuple[list[str], list[str]]:
+    """The protocol's split relations (only between split files that parsed cleanly): problems, and notes."""
     clean = {name: s for name, s in splits.items() if not s.problems and s.images}
     pairs = {name: set(zip(s.images, s.labels)) for name, s in clean.items()}
-    problems = []
+    problems, notes = [], []
     if layout == "vtab1k":
         if {"train800", "val200", "train800val200"} <= set(pairs):
             if pairs["train800"] & pairs["val200"]:
                 problems.append(f"train800.txt and val200.txt share {len(pairs['train800'] & pairs['val200'])} images")
-            union = pairs["train800"] | pairs["val200"]
-            if pairs["train800val200"] != union:
-                differ = len(pairs["train800val200"] ^ union)
-                problems.append(f"train800val200.txt is not train800.txt + val200.txt ({differ} entries differ)")
+            elif pairs["train800val200"] == pairs["train800"] | pairs["val200"]:
+                notes.append("train800val200 = train800 + val200, matched by name and label (the same files)")
+            else:
+                problems += _union_by_content(clean, pairs, notes, workers)
         if {"train800val200", "test"} <= set(pairs):
             shared = {p for p, _ in pairs["train800val200"]} & {p for p, _ in pairs["test"]}
             if shared:
                 problems.append(f"test.txt shares {len(shared)} images with train800val200.txt")
-        return problems
-    names = list(pairs)
-    for i, first in enumerate(names):
-        for second in names[i + 1:]:
-            shared = {p for p, _ in pairs[first]} & {p for p, _ in pairs[second]}
-            if shared:
-                problems.append(f"{first}.json and {second}.json share {len(shared)} images")
-    if "train" in clean:
-        trained = set(clean["train"].labels)
-        for name in ("val", "test"):
-            if name in clean:
-                unseen = set(clean[name].labels) - trained
-                if unseen:
-                    problems.append(f"{name}.json has {len(unseen)} classes that train.json lacks, e.g. {sorted(map(str, unseen))[:3]}")
-    return problems
+    else:
+        listed = list(pairs)
+        for i, first in enumerate(listed):
+            for second in listed[i + 1:]:
+                shared = {p for p, _ in pairs[first]} & {p for p, _ in pairs[second]}
+                if shared:
+                    problems.append(f"{first}.json and {second}.json share {len(shared)} images")
+    absent = {name: len(names) - len(set(s.labels)) for name, s in clean.items() if len(set(s.labels)) < len(names)}
+    if num_labels is not None:
+        if absent:
+            notes.append(
+                f"classes absent from a split (allowed: the class count is given, {num_labels}): "
+                + ", ".join(f"{name} lacks {count} of {len(names)}" for name, count in absent.items())
+                + "; the classifier keeps an output per class and their evaluation images are scored as usual"
+            )
+        return problems, notes
+    suffix = LAYOUT_SUFFIX[layout]
+    for train, evaluated in EVALUATED_AGAINST[layout].items():
+        for name in (n for n in evaluated if n in clean and train in clean):
+            unseen = set(clean[name].labels) - set(clean[train].labels)
+            if unseen:
+                problems.append(
+                    f"{name}{suffix} has {len(unseen)} classes that {train}{suffix} lacks, e.g. "
+                    f"{sorted(map(str, unseen))[:3]}: give the class count (--num_labels or --recipe) if that is intended "
+                    "(VTAB-1k SUN397: 397 classes, 1,000 training images)"
+                )
+    return problems, notes
+
+
+def _union_by_content(clean: dict[str, SplitFile], pairs: dict[str, set], notes: list[str], workers: int) -> list[str]:
+    """train800val200 listing its own copies (the common vtab-1k archive): compare the files' bytes and labels."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        digests = {name: list(pool.map(_file_digest, clean[name].images)) for name in ("train800", "val200", "train800val200")}
+    content = {name: Counter(zip(digests[name], clean[name].labels)) for name in digests}
+    if content["train800val200"] == content["train800"] + content["val200"]:
+        notes.append(
+            "train800val200 = train800 + val200, matched by file content and label (train800val200 lists its own "
+            "copies of the same files, as the common vtab-1k archive stores them)"
+        )
+        return []
+    by_name = len(pairs["train800val200"] ^ (pairs["train800"] | pairs["val200"]))
+    expected = content["train800"] + content["val200"]
+    by_content = sum((expected - content["train800val200"]).values()) + sum((content["train800val200"] - expected).values())
+    return [
+        f"train800val200.txt is not train800.txt + val200.txt ({by_name} entries differ by name and label, "
+        f"{by_content} by file content and label)"
+    ]
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _decode_problem(path: Path) -> Optional[str]:

@@ -55,9 +55,9 @@ class ClassificationData:
 
 def load_classification_data(args: argparse.Namespace, num_channels: int) -> ClassificationData:
     """Load and check the data named by ``args`` (see ``gated_vpt.training.args``), raising ``ValueError`` on a
-    missing column, non-image column, label problems (fewer than 2 classes, evaluation classes that training lacks,
-    a class count that differs from ``args.num_labels``) or images that cannot be decoded (unless
-    ``args.skip_bad_images``, which drops them)."""
+    missing column, non-image column, label problems (fewer than 2 classes, a class count that differs from
+    ``args.num_labels``, evaluation classes that training lacks unless ``args.num_labels`` is given) or images that
+    cannot be decoded (unless ``args.skip_bad_images``, which drops them)."""
     datasets = load_image_datasets(
         args.dataset_name,
         args.dataset_config_name,
@@ -80,7 +80,7 @@ def load_classification_data(args: argparse.Namespace, num_channels: int) -> Cla
                 raise ValueError(f"The {role} split has no column {column!r} (columns: {split.column_names}); set {flag}.")
         check_images(split, image_column, num_channels)  # the transforms convert them to the backbone's channels
     labels = label_names(datasets, label_column, args.num_labels)
-    check_label_coverage(datasets, label_column, labels)
+    check_label_coverage(datasets, label_column, labels, args.num_labels)
     datasets = drop_unreadable_images(datasets, (image_column,), args.skip_bad_images)
     return _loaders(args, datasets, image_column, label_column, labels, num_channels)
 
@@ -89,7 +89,8 @@ def _loaders(args, datasets: DatasetDict, image_column: str, label_column: str, 
     mean, std = image_normalisation(args.model_name_or_path, args.image_normalization)
 
     def transform(train: bool) -> ImageTransform:
-        return ImageTransform(args.transform, args.image_size, mean, std, num_channels=num_channels, train=train)
+        return ImageTransform(args.transform, args.image_size, mean, std, num_channels=num_channels, train=train,
+                              resize=args.resize)
 
     train_images = TransformedImages(datasets["train"], image_column, label_column, transform(True), seed=args.seed)
     sampler = EpochShuffleSampler(len(train_images), seed=args.seed)

@@ -18,6 +18,8 @@ import torch
 from PIL import Image as PILImage
 from torch.utils.data import Sampler
 
+from .resize import RESIZE_METHODS, tf_legacy_bilinear_resize
+
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
 
@@ -202,8 +204,11 @@ def check_class_folders(train_dir: Optional[str]) -> None:
         )
 
 
-def check_label_coverage(datasets: DatasetDict, column: str, names: list[str]) -> None:
-    """At least two classes in the train split, and no class in validation or test that training never sees."""
+def check_label_coverage(datasets: DatasetDict, column: str, names: list[str], num_labels: Optional[int] = None) -> None:
+    """At least two classes in the train split. Without ``num_labels``, no class in validation or test that training
+    never sees; with it (the class count given by a recipe or ``--num_labels``, already checked against ``names``),
+    classes absent from a split are allowed (VTAB-1k's SUN397 has 397 classes and 1,000 training images) and one
+    warning says how many classes each split lacks."""
     present = {role: set(split[column]) for role, split in datasets.items()}
     train = present.get("train", set())
     if len(train) < 2:
@@ -211,13 +216,24 @@ def check_label_coverage(datasets: DatasetDict, column: str, names: list[str]) -
             f"The train split holds {len(train)} class(es) {[names[i] if isinstance(i, int) else i for i in sorted(train, key=str)]}; a "
             "classifier needs at least 2. Check the label column and the data set."
         )
+    if num_labels is not None:
+        lacking = {role: len(names) - len(labels) for role, labels in present.items()}
+        if any(lacking.values()):
+            logger.warning(
+                f"Classes absent from a split (allowed: the class count is given, {num_labels}): "
+                + ", ".join(f"{role} lacks {count} of {len(names)}" for role, count in lacking.items())
+                + ". The classifier keeps one output per class; evaluation images of a class that training lacks are "
+                "scored like any other (nearly always errors)."
+            )
+        return
     for role, labels in present.items():
         unseen = sorted(labels - train, key=str)
         if unseen:
             shown = [names[i] if isinstance(i, int) and 0 <= i < len(names) else i for i in unseen]
             raise ValueError(
                 f"The {role} split has classes the train split lacks: {shown}. The classifier could never predict "
-                f"them; use the same classes in every split (train has {len(train)})."
+                f"them; use the same classes in every split (train has {len(train)}), or give the class count "
+                "(--num_labels) to train a head over every class anyway."
             )
 
 
@@ -287,7 +303,9 @@ class ImageTransform:
     224; aspect ratio kept, the longer side truncated as torchvision's ``Resize(256)`` does), then trains on a random
     ``image_size`` crop with a horizontal flip and evaluates on the center crop; ``vtab`` resizes straight to
     ``image_size`` x ``image_size`` without augmentation. Both then normalise with ``mean`` and ``std`` (the paper:
-    ImageNet's, ``IMAGENET_MEAN`` / ``IMAGENET_STD``).
+    ImageNet's, ``IMAGENET_MEAN`` / ``IMAGENET_STD``). ``resize`` picks how: ``pil`` (Pillow's bilinear, on uint8)
+    or ``tf_legacy_bilinear`` (TensorFlow v1's legacy bilinear on float pixels, as the released code resizes VTAB
+    images; ``gated_vpt.training.resize``).
 
     Example:
 
@@ -305,6 +323,11 @@ class ImageTransform:
     std: tuple[float, ...]
     num_channels: int = 3
     train: bool = False
+    resize: Literal["pil", "tf_legacy_bilinear"] = "pil"
+
+    def __post_init__(self):
+        if self.resize not in RESIZE_METHODS:
+            raise ValueError(f"--resize={self.resize!r} is invalid: use one of {list(RESIZE_METHODS)}.")
 
     @property
     def random(self) -> bool:
@@ -313,25 +336,35 @@ class ImageTransform:
     def __call__(self, image: PILImage.Image, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         image = image.convert(target_mode(self.num_channels))
         if self.kind == "vtab":
-            image = image.resize((self.image_size, self.image_size), PILImage.BILINEAR)
+            return self._normalised(self._resized(image, self.image_size, self.image_size))
+        width, height = shorter_side_size(image.size, int(math.floor(self.image_size * 256 / 224 + 0.5)))
+        pixels = self._resized(image, width, height)
+        if self.train:
+            top = int(torch.randint(0, height - self.image_size + 1, (), generator=generator))
+            left = int(torch.randint(0, width - self.image_size + 1, (), generator=generator))
+            flip = bool(torch.rand((), generator=generator) < 0.5)
         else:
-            width, height = shorter_side_size(image.size, int(math.floor(self.image_size * 256 / 224 + 0.5)))
-            image = image.resize((width, height), PILImage.BILINEAR)
-            if self.train:
-                top = int(torch.randint(0, height - self.image_size + 1, (), generator=generator))
-                left = int(torch.randint(0, width - self.image_size + 1, (), generator=generator))
-                flip = bool(torch.rand((), generator=generator) < 0.5)
-            else:
-                top, left = int(round((height - self.image_size) / 2.0)), int(round((width - self.image_size) / 2.0))
-                flip = False
-            image = image.crop((left, top, left + self.image_size, top + self.image_size))
-            if flip:
-                image = image.transpose(PILImage.FLIP_LEFT_RIGHT)
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        tensor = torch.from_numpy(array.reshape(*array.shape[:2], -1)).permute(2, 0, 1)
+            top, left = int(round((height - self.image_size) / 2.0)), int(round((width - self.image_size) / 2.0))
+            flip = False
+        pixels = pixels[:, top : top + self.image_size, left : left + self.image_size]
+        return self._normalised(pixels.flip(-1) if flip else pixels)
+
+    def _resized(self, image: PILImage.Image, width: int, height: int) -> torch.Tensor:
+        """The image resized to ``width`` x ``height`` as a (channels, height, width) float tensor in [0, 1]."""
+        if self.resize == "pil":
+            return _pixels(image.resize((width, height), PILImage.BILINEAR)) / 255.0
+        return tf_legacy_bilinear_resize(_pixels(image), (height, width)) / 255.0
+
+    def _normalised(self, pixels: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean[: self.num_channels]).view(-1, 1, 1)
         std = torch.tensor(self.std[: self.num_channels]).view(-1, 1, 1)
-        return (tensor - mean) / std
+        return (pixels - mean) / std
+
+
+def _pixels(image: PILImage.Image) -> torch.Tensor:
+    """A PIL image's pixels as a (channels, height, width) float32 tensor of 0..255 values."""
+    array = np.asarray(image, dtype=np.float32)
+    return torch.from_numpy(array.reshape(*array.shape[:2], -1).copy()).permute(2, 0, 1)
 
 
 def shorter_side_size(size: tuple[int, int], shorter: int) -> tuple[int, int]:
