@@ -203,3 +203,97 @@ def test_the_training_script_names_a_missing_folder_before_building_anything(tmp
     with pytest.raises(DataLayoutError, match=f"No data folder {tmp_path / 'vtab-1k' / 'dtd'}.*train800val200.txt"):
         script.main(["--data_dir", str(tmp_path / "vtab-1k" / "dtd"), "--output_dir", str(output)])
     assert not output.exists()
+
+
+def test_the_common_archive_layout_matches_train800val200_by_content_and_loads(tmp_path, capsys):
+    """The widely shared vtab-1k archive stores train800val200 as its own JPEG copies (images/train800val200/):
+    the check matches it to train800 + val200 by file content and label, says so, and the final stage trains on
+    those copies; a same-name layout is matched by name; a copy whose content differs is a problem."""
+    archive, same_files = tmp_path / "archive", tmp_path / "same-files"
+    lists = write_vtab1k_task(archive, CLASSES, sizes=(12, 6, 9), archive=True)
+    write_vtab1k_task(same_files, CLASSES, sizes=(12, 6, 9))
+    assert {p for p, _ in lists["train800val200"]}.isdisjoint(p for p, _ in lists["train800"] + lists["val200"])
+    report = check_data_folder(archive, num_labels=3)
+    assert report.problems == []
+    assert [n for n in report.notes if "matched by file content and label" in n] and "by name" not in " ".join(report.notes)
+    assert [n for n in check_data_folder(same_files).notes if "matched by name and label" in n]
+    assert cli_main(["data", "check", str(archive)]) == 0
+    out = capsys.readouterr().out
+    assert "note: train800val200 = train800 + val200, matched by file content and label" in out and "OK: ready" in out
+
+    final = load_layout_datasets(archive, stage="final")
+    assert _as_loaded(final["train"]) == _as_written(archive, lists["train800val200"])
+    assert sorted(_as_loaded(final["train"])) == sorted(_as_written(archive, lists["train800"] + lists["val200"]))
+
+    changed = archive / lists["train800val200"][0][0]
+    Image.fromarray(np.full((8, 8), 7, np.uint8), mode="L").save(changed, quality=75)
+    report = check_data_folder(archive, num_labels=3, decode=False)
+    assert report.problems == [
+        "train800val200.txt is not train800.txt + val200.txt (36 entries differ by name and label, 2 by file content and label)"
+    ]
+
+
+def _sun397_like(folder: Path, absent=(4, 5)) -> dict:
+    """A VTAB-1k task of 6 digit classes whose train800 and val200 (so train800val200) lack the classes ``absent``,
+    while test holds every class: SUN397's situation (397 classes, 1,000 training images)."""
+    lists = write_vtab1k_task(folder, (0, 1, 2, 3, 4, 5), sizes=(40, 12, 36), seed=3)
+    for name in ("train800", "val200"):
+        lists[name] = [(p, c) for p, c in lists[name] if c not in absent]
+    lists["train800val200"] = lists["train800"] + lists["val200"]
+    for name in ("train800", "val200", "train800val200"):
+        (folder / f"{name}.txt").write_text("".join(f"{p} {c}\n" for p, c in lists[name]))
+    assert {c for _, c in lists["test"]} == set(range(6))
+    return lists
+
+
+def test_a_sun397_like_task_with_classes_absent_from_train_trains_and_scores_them_as_errors(tmp_path, caplog, monkeypatch):
+    import datasets
+    import torch
+
+    from conftest import load_example
+    from gated_vpt import load_adapter
+    from gated_vpt.training.classification import load_image_classifier
+    from gated_vpt.training.data import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+    folder = tmp_path / "sun397-like"
+    lists = _sun397_like(folder)
+    # data check: without a class count the splits disagree (a problem); with it, a note per split
+    unseen = check_data_folder(folder, decode=False).problems
+    assert unseen == ["test.txt has 2 classes that train800val200.txt lacks, e.g. ['4', '5']: give the class count "
+                      "(--num_labels or --recipe) if that is intended (VTAB-1k SUN397: 397 classes, 1,000 training images)"]
+    counted = check_data_folder(folder, num_labels=6, decode=False)
+    assert counted.problems == [] and "train800 lacks 2 of 6, val200 lacks 2 of 6, train800val200 lacks 2 of 6" in counted.notes[-1]
+
+    script = load_example("train_image_classification")
+    mae = Path(__file__).resolve().parent.parent / "assets" / "mae-tiny"
+    argv = ["--model_name_or_path", str(mae), "--data_dir", str(folder), "--image_size", "32", "--resize",
+            "tf_legacy_bilinear", "--image_normalization", "imagenet", "--num_prompt_tokens", "1", "--learning_rate", "0.05",
+            "--per_device_train_batch_size", "8", "--num_train_epochs", "3", "--warmup_epochs", "1",
+            "--checkpointing_steps", "none", "--output_dir", str(tmp_path / "run")]
+    with pytest.raises(ValueError, match=r"The test split has classes the train split lacks: \['4', '5'\]"):
+        script.main(argv)  # a user's own folder without a class count: today's refusal
+    with caplog.at_level("WARNING"):
+        metrics = script.main([*argv, "--num_labels", "6"])
+    warnings = [r.getMessage() for r in caplog.records if "Classes absent from a split" in r.getMessage()]
+    assert len(warnings) == 1 and "train lacks 2 of 6, test lacks 0 of 6" in warnings[0]
+    assert metrics["examples"] == {"train": len(lists["train800val200"]), "test": len(lists["test"])}
+
+    # the saved adapter, run independently over every test image: a 6-way head; the absent classes' images are
+    # in the score, and wrong
+    model = load_adapter(load_image_classifier(str(mae), [str(i) for i in range(6)]), tmp_path / "run" / "adapter").eval()
+    transform = ImageTransform("vtab", 32, IMAGENET_MEAN, IMAGENET_STD, resize="tf_legacy_bilinear")
+    pixels = torch.stack([transform(Image.open(folder / p)) for p, _ in lists["test"]])
+    labels = torch.tensor([c for _, c in lists["test"]])
+    with torch.no_grad():
+        logits = model(pixel_values=pixels).logits
+    predictions = logits.argmax(-1)
+    absent = labels >= 4
+    print(f"\ntest images {len(labels)}, of absent classes {int(absent.sum())}; logits per image {logits.shape[-1]}; "
+          f"test_accuracy {metrics['test_accuracy']:.4f}; recomputed {(predictions == labels).float().mean().item():.4f}; "
+          f"correct among absent-class images {int((predictions == labels)[absent].sum())}; "
+          f"accuracy on present classes {(predictions == labels)[~absent].float().mean().item():.4f}")
+    assert logits.shape[-1] == 6 and int(absent.sum()) > 0
+    assert metrics["test_accuracy"] == pytest.approx((predictions == labels).float().mean().item())
+    assert not (predictions == labels)[absent].any()
+    assert metrics["test_accuracy"] <= 1 - absent.float().mean().item() + 1e-9
