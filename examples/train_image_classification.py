@@ -24,6 +24,7 @@ from gated_vpt.recipes import CLASSIFICATION
 from gated_vpt.training import args as cli
 from gated_vpt.training.checkpointing import checked_resume_path
 from gated_vpt.training.classification import (
+    best_validation_scores,
     count_parameters,
     dry_run_report,
     evaluate_accuracy,
@@ -54,6 +55,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     cli.add_model_args(parser, default_model=EMBEDDED_MODEL)
     data = cli.add_data_args(parser, layouts=True)
     cli.add_transform_args(data)
+    data.add_argument("--test_every_epoch", type=cli.parse_bool, default=False,
+                      help="Also evaluate the test split after every epoch (the released code does), so that "
+                           "metrics.json can give the test top-1 at the best validation epoch next to the last epoch's.")
     cli.add_prompt_args(parser)
     cli.add_optimization_args(parser, learning_rate=0.5, batch_size=64, epochs=40)
     cli.add_run_args(parser, default_output_dir="outputs/image-classification")
@@ -101,14 +105,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if args.with_tracking:
         accelerator.init_trackers("gated_vpt_image_classification", cli.tracker_config(args))
 
-    def evaluate_validation() -> dict:
-        if "validation" not in eval_loaders:
-            return {}
-        return {"validation_accuracy": evaluate_accuracy(accelerator, model, eval_loaders["validation"])}
+    def evaluate_each_epoch() -> dict:
+        roles = ["validation"] + (["test"] if args.test_every_epoch else [])
+        return {f"{role}_accuracy": evaluate_accuracy(accelerator, model, eval_loaders[role]) for role in roles if role in eval_loaders}
 
     state = train(
         accelerator, model, optimizer, scheduler, train_loader, [data.train_images],
-        LoopSettings.from_args(args, run_config), state, evaluate=evaluate_validation,
+        LoopSettings.from_args(args, run_config), state, evaluate=evaluate_each_epoch,
     )
     if state is None:
         accelerator.end_training()
@@ -117,6 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     result_split = final_split(data)
     metrics = {
         f"{result_split}_accuracy": evaluate_accuracy(accelerator, model, eval_loaders[result_split]) if result_split else None,
+        **best_validation_scores(state.history, has_test="test" in eval_loaders),
         "trainable_parameters": trainable,
         "total_parameters": total,
         "learning_rate": args.learning_rate,

@@ -76,6 +76,7 @@ ARGS: dict[str, Field] = {
     "num_labels": _at_least("int", 2, " (the number of classes)"),
     "transform": _choice("fgvc", "vtab", task=CLASSIFICATION),
     "resize": _choice("pil", "tf_legacy_bilinear", task=CLASSIFICATION),
+    "test_every_epoch": Field("bool", "true or false (the released code evaluates test every epoch)", task=CLASSIFICATION),
     "image_size": _positive("int", " (the paper: 224)", task=CLASSIFICATION),
     # The adapter (gated_vpt.GatedPromptConfig)
     "num_prompt_tokens": _positive("int", " (the paper: 1 to 100; per block in deep mode)"),

@@ -162,8 +162,12 @@ def classification_recipe(backbone: str, family: str, task: BenchmarkTask, metho
             "names of the shared vtab-1k archive; it can also be made from TFDS with VTAB-1k's split definitions). "
             "VPT's protocol (gated-vpt protocol runs it): --recipe_stage tune trains on train800 and compares "
             "learning rates on val200; the final runs (these args) train on train800val200 and report the last "
-            f"epoch's top-1 on test, averaged over 5 seeds. Check the folder first: gated-vpt data check {root} "
-            f"--recipe hub_configs/{name}.json"
+            "epoch's top-1 on test, averaged over 5 seeds (gated-vpt protocol --paper_rates: once at this recipe's "
+            "rate with seed 42, as the released run.sh). Images are resized as the released code does (TensorFlow "
+            "v1's legacy bilinear on float pixels, resize tf_legacy_bilinear)."
+            + (" Some of the 397 classes are absent from the 1,000 training images; with num_labels given the run "
+               "trains the full head and scores their test images as usual." if task.slug == "sun397" else "")
+            + f" Check the folder first: gated-vpt data check {root} --recipe hub_configs/{name}.json"
         )
         index = VTAB_GROUPS.index(task.group)
         paper = {
@@ -181,8 +185,9 @@ def classification_recipe(backbone: str, family: str, task: BenchmarkTask, metho
             "folder or to its images/ or Images/ subfolder. train and val split the official training set (VPT holds "
             "out 10% as val; Flowers: the official 1020/1020 train/val), test = the official test set. As in VPT's "
             "code both stages train on train: tune compares learning rates on val, the final runs report the last "
-            f"epoch's top-1 on test, averaged over 5 seeds. Check the folder first: gated-vpt data check {root} "
-            f"--recipe hub_configs/{name}.json"
+            "epoch's top-1 on test, averaged over 5 seeds; test is evaluated every epoch as in the released code, so "
+            "metrics.json also gives the test top-1 at the best val epoch. Check the folder first: gated-vpt data "
+            f"check {root} --recipe hub_configs/{name}.json"
         )
         index = FGVC_TASKS.index(task)
         paper = {
@@ -196,6 +201,9 @@ def classification_recipe(backbone: str, family: str, task: BenchmarkTask, metho
         "label_column_name": "label",
         "num_labels": classes,
         "transform": family,
+        # the released code: VTAB images through TensorFlow v1's resize; FGVC through torchvision (Pillow), with the
+        # test split evaluated every epoch next to val (its log derives the test top-1 at the best val epoch)
+        **({"resize": "tf_legacy_bilinear"} if family == "vtab" else {"resize": "pil", "test_every_epoch": True}),
         "image_size": 224,
         **method_args(method, prompts, gate_init),
         **PAPER_RECIPE,

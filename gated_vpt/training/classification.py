@@ -202,6 +202,23 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
+def best_validation_scores(history: list[dict], has_test: bool) -> dict:
+    """What the released code's log derives besides the last epoch: the epoch with the best validation top-1 (the
+    earliest on ties), its validation top-1 and, when the test split was evaluated every epoch, the test top-1 at
+    that epoch (``test_accuracy_at_best_validation``; None with ``best_validation_note`` saying why otherwise)."""
+    scored = [record for record in history if "validation_accuracy" in record]
+    if not scored:
+        note = "no validation split in this run (VTAB-1k final runs train on train800val200 and have none)"
+        return {"test_accuracy_at_best_validation": None, "best_validation_note": note} if has_test else {}
+    best = max(scored, key=lambda record: record["validation_accuracy"])  # max keeps the first of equals
+    scores = {"best_validation_epoch": best["epoch"], "best_validation_accuracy": best["validation_accuracy"]}
+    if has_test:
+        scores["test_accuracy_at_best_validation"] = best.get("test_accuracy")
+        if best.get("test_accuracy") is None:
+            scores["best_validation_note"] = "the test split was not evaluated every epoch (--test_every_epoch false)"
+    return scores
+
+
 def final_split(data: ClassificationData) -> Optional[str]:
     """The split reported as the result: test when present (the paper reports last-epoch test accuracy)."""
     return "test" if "test" in data.eval_loaders else ("validation" if "validation" in data.eval_loaders else None)
