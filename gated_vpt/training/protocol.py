@@ -45,12 +45,13 @@ from .paper_benchmarks import (
     VTAB_GROUPS,
     method_args,
 )
-from .protocol_report import TaskResult, read_score, write_report
+from .protocol_report import REPORTED, TaskResult, read_score, write_report
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_LEARNING_RATES = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
+PAPER_SEED = 42  # the released run.sh: one run per task at its Table 5 rate
 TRAIN_SCRIPT = RECIPES_DIR.parent / "examples" / "train_image_classification.py"
 
 
@@ -132,6 +133,7 @@ class Protocol:
     train_args: tuple[str, ...] = ()
     paper_groups: dict[str, float] = field(default_factory=dict)
     paper_overall: Optional[float] = None
+    report: str = "last"
 
     def run(self, task: ProtocolTask, stage: str, learning_rate: float, seed: int) -> Run:
         output = self.output_root / task.name / stage / f"lr{learning_rate:g}_seed{seed}"
@@ -172,14 +174,17 @@ class Protocol:
         results = []
         for task in self.tasks:
             rate, validation = self.chosen_learning_rate(task)
-            tests = {run.seed: read_score(run.metrics_path, "test_accuracy") for run in self.final_runs(task) if run.finished}
+            scores = {run.seed: read_score(run.metrics_path, REPORTED[self.report], self.report != "last")
+                      for run in self.final_runs(task) if run.finished}
+            tests = {seed: score for seed, score in scores.items() if score is not None}
             stopped = [f"{run.stage} lr {run.learning_rate:g} seed {run.seed}" for run in self.tune_runs(task) + self.final_runs(task)
                        if run.stopped]
-            results.append(TaskResult(task.name, task.group, rate, validation, tests, task.paper_top1, stopped))
+            results.append(TaskResult(task.name, task.group, rate, validation, tests, task.paper_top1, stopped,
+                                      unscored=len(scores) - len(tests)))
         return results
 
     def write_report(self) -> str:
-        return write_report(self.output_root, self.title, self.results(), self.paper_groups, self.paper_overall)
+        return write_report(self.output_root, self.title, self.results(), self.paper_groups, self.paper_overall, self.report)
 
 
 def benchmark_tasks(
@@ -430,12 +435,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="a folder holding the benchmark's data folders (default: each recipe's data_dir)")
     parser.add_argument("--output_root", type=Path, default=None,
                         help="where every run and the table go (default: outputs/protocol/<backbone>-<method>-<benchmark>)")
-    parser.add_argument("--learning_rates", type=_float_list, default=DEFAULT_LEARNING_RATES,
+    parser.add_argument("--learning_rates", type=_float_list, default=None,
                         help="the tune grid, comma-separated (default: the paper's 0.05,0.1,0.25,0.5,1,2.5,5)")
-    parser.add_argument("--seeds", type=_int_list, default=DEFAULT_SEEDS, help="final-run seeds (default: 0,1,2,3,4)")
+    parser.add_argument("--seeds", type=_int_list, default=None,
+                        help=f"final-run seeds (default: 0,1,2,3,4; with --paper_rates {PAPER_SEED})")
     parser.add_argument("--tune_seed", type=int, default=0, help="seed of the tune runs (default: 0)")
     parser.add_argument("--skip_tune", action="store_true",
                         help="no grid: the final runs use each recipe's learning rate (the paper's Table 5 choice)")
+    parser.add_argument("--paper_rates", action="store_true",
+                        help=f"the released run.sh: no grid, each task once at its recipe's (Table 5) rate with seed "
+                             f"{PAPER_SEED} (default output root: ...-paper-rates)")
+    parser.add_argument("--report_epoch", choices=sorted(REPORTED), default="last",
+                        help="the test top-1 in the table: the last epoch's (VPT's protocol) or the one at the epoch of the "
+                             "best validation top-1 (also derived by the released code's log; FGVC only: VTAB-1k final "
+                             "runs have no validation split) (default: last)")
     parser.add_argument("--gpus", type=lambda t: [v.strip() for v in t.split(",") if v.strip()], default=[],
                         help="GPU ids, e.g. 0,1,2,3: one run per GPU at a time, each an `accelerate launch` process "
                              "(default: the runs one after another in this process)")
@@ -445,24 +458,32 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--report_only", action="store_true", help="write the table from the finished runs; run nothing")
     parser.add_argument("--keep_checkpoints", action="store_true", help="keep the checkpoints of finished runs")
     args = parser.parse_args(argv)
+    if args.paper_rates and args.learning_rates is not None:
+        parser.error("--paper_rates trains at each recipe's rate and skips the grid: drop --learning_rates")
+    args.learning_rates = args.learning_rates or DEFAULT_LEARNING_RATES
+    args.seeds = args.seeds or ((PAPER_SEED,) if args.paper_rates else DEFAULT_SEEDS)
+    args.skip_tune = args.skip_tune or args.paper_rates
     args.train_args = train_args
     return args
 
 
 def build_protocol(args: argparse.Namespace) -> Protocol:
+    suffix = "-paper-rates" if args.paper_rates else ""
     if args.benchmark:
         tasks = benchmark_tasks(args.benchmark, args.backbone, args.method, args.recipes_dir, args.data_root, args.tasks)
         groups, overall = paper_summary(args.benchmark, args.backbone, args.method)
         if args.tasks:
             groups, overall = {}, None
         title = f"{args.backbone} {args.method} on {args.benchmark}"
-        root = args.output_root or Path("outputs/protocol") / f"{args.backbone}-{args.method}-{args.benchmark}"
+        root = args.output_root or Path("outputs/protocol") / f"{args.backbone}-{args.method}-{args.benchmark}{suffix}"
     else:
         tasks = recipe_tasks(args.recipes, args.data_root)
         groups, overall, title = {}, None, "recipes: " + ", ".join(t.name for t in tasks)
-        root = args.output_root or Path("outputs/protocol/recipes")
+        root = args.output_root or Path(f"outputs/protocol/recipes{suffix}")
+    if args.paper_rates:
+        title += f" (the released run: each recipe's rate, seed {', '.join(map(str, args.seeds))})"
     return Protocol(title, tasks, root, args.learning_rates, args.seeds, args.tune_seed, not args.skip_tune,
-                    tuple(args.train_args), groups, overall)
+                    tuple(args.train_args), groups, overall, args.report_epoch)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

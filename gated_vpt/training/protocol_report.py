@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+# --report_epoch -> the metrics.json key of the test top-1 the table reports, and how the table names it
+REPORTED = {"last": "test_accuracy", "best_validation": "test_accuracy_at_best_validation"}
+REPORTED_TITLES = {"last": "test top-1, last epoch", "best_validation": "test top-1 at the best validation epoch"}
 CSV_COLUMNS = (
     "row", "task", "group", "learning_rate", "validation_top1", "test_top1_mean", "test_top1_std", "seeds", "tasks",
     "paper_top1",
@@ -22,7 +25,8 @@ CSV_COLUMNS = (
 class TaskResult:
     """One task's finished runs: the chosen ``learning_rate`` (None until chosen), the validation top-1 % it won
     with (None without a tune stage), the test top-1 % of each finished seed, the paper's number, and the runs that
-    stopped on a non-finite loss (e.g. ``"tune lr 5 seed 0"``)."""
+    stopped on a non-finite loss (e.g. ``"tune lr 5 seed 0"``) and how many finished runs have no score of the
+    reported kind (no test top-1 at the best validation epoch: the run had no validation split)."""
 
     name: str
     group: Optional[str]
@@ -31,6 +35,7 @@ class TaskResult:
     test_top1: dict[int, float] = field(default_factory=dict)
     paper_top1: Optional[float] = None
     stopped: list[str] = field(default_factory=list)
+    unscored: int = 0
 
     @property
     def mean(self) -> Optional[float]:
@@ -53,10 +58,13 @@ class Summary:
     paper_top1: Optional[float] = None
 
 
-def read_score(metrics_path: Union[str, Path], key: str) -> float:
-    """``key`` (e.g. ``test_accuracy``) of a finished run's ``metrics.json``, in percent."""
+def read_score(metrics_path: Union[str, Path], key: str, optional: bool = False) -> Optional[float]:
+    """``key`` (e.g. ``test_accuracy``) of a finished run's ``metrics.json``, in percent; None when ``optional`` and
+    the run has no such score."""
     metrics = json.loads(Path(metrics_path).read_text())
     value = metrics.get(key)
+    if value is None and optional:
+        return None
     if not isinstance(value, (int, float)):
         raise ValueError(f"{metrics_path} has no {key}; the run did not evaluate that split. Delete the run to redo it.")
     return 100.0 * value
@@ -79,16 +87,17 @@ def _number(value: Optional[float], digits: int = 2) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def format_markdown(title: str, results: Sequence[TaskResult], rows: Sequence[Summary]) -> str:
-    """The table as markdown: one line per task, then the group means and the overall mean."""
+def format_markdown(title: str, results: Sequence[TaskResult], rows: Sequence[Summary], report_epoch: str = "last") -> str:
+    """The table as markdown: one line per task, then the group means and the overall mean; ``report_epoch`` names
+    which test top-1 it holds (``REPORTED``)."""
     lines = [
         f"## {title}",
         "",
-        "| task | group | learning rate | val top-1 (tune) | test top-1 (mean ± std) | seeds | paper |",
+        f"| task | group | learning rate | val top-1 (tune) | {REPORTED_TITLES[report_epoch]} (mean ± std) | seeds | paper |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        test = f"{r.mean:.2f} ± {r.std:.2f}" if r.mean is not None else "pending"
+        test = f"{r.mean:.2f} ± {r.std:.2f}" if r.mean is not None else "no validation split" if r.unscored else "pending"
         lr = "" if r.learning_rate is None else f"{r.learning_rate:g}"
         lines.append(
             f"| {r.name} | {r.group or ''} | {lr} | {_number(r.validation_top1)} | {test} | {len(r.test_top1)} | "
@@ -98,6 +107,12 @@ def format_markdown(title: str, results: Sequence[TaskResult], rows: Sequence[Su
         count = f"{s.finished} of {s.total}" if s.finished < s.total else f"{s.total}"
         label = f"**{s.name}** (mean of {count} task{'s' if s.total > 1 else ''})"
         lines.append(f"| {label} | | | | {_number(s.mean) or 'pending'} | | {_number(s.paper_top1)} |")
+    other = next(kind for kind in REPORTED if kind != report_epoch)
+    lines += ["", f"Reported: the {REPORTED_TITLES[report_epoch]} (`--report_epoch {report_epoch}`; every run's metrics.json "
+              f"also holds the {REPORTED_TITLES[other]}: `--report_only --report_epoch {other}`)."]
+    if any(r.unscored for r in results):
+        lines.append("A run without a validation split (VTAB-1k final runs train on train800val200) has no best "
+                     "validation epoch.")
     stopped = [f"{r.name} {run}" for r in results for run in r.stopped]
     if stopped:
         lines += ["", "Stopped on a non-finite loss (no score; delete the run's stopped.json to retry): " + "; ".join(stopped)]
@@ -110,15 +125,16 @@ def write_report(
     results: Sequence[TaskResult],
     paper_groups: dict[str, float],
     paper_overall: Optional[float],
+    report_epoch: str = "last",
 ) -> str:
-    """Write ``results.md``, ``results.csv`` (full precision, percent) and ``results.png`` under ``output_root``;
-    return the markdown."""
+    """Write ``results.md``, ``results.csv`` (full precision, percent) and ``results.png`` under ``output_root``
+    with the test top-1 of ``report_epoch`` (``REPORTED``); return the markdown."""
     from .plots import plot_benchmark
 
     root = Path(output_root)
     root.mkdir(parents=True, exist_ok=True)
     rows = summaries(results, paper_groups, paper_overall)
-    markdown = format_markdown(title, results, rows)
+    markdown = format_markdown(title, results, rows, report_epoch)
     (root / "results.md").write_text(markdown)
     with open(root / "results.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
