@@ -143,3 +143,20 @@ def test_normalisation_comes_from_the_backbone_or_falls_back_to_imagenet(tmp_pat
     assert image_normalisation(str(empty)) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     # The paper's recipes: ImageNet's fixed values whatever the checkpoint says.
     assert image_normalisation(str(tmp_path), "imagenet") == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def test_best_validation_scores_pick_the_earliest_best_epoch_and_its_test_top1():
+    from gated_vpt.training.classification import best_validation_scores
+
+    history = [{"epoch": 0, "validation_accuracy": 0.5, "test_accuracy": 0.4},
+               {"epoch": 1, "validation_accuracy": 0.75, "test_accuracy": 0.6},
+               {"epoch": 2, "validation_accuracy": 0.75, "test_accuracy": 0.7},
+               {"epoch": 3, "validation_accuracy": 0.7, "test_accuracy": 0.8}]
+    assert best_validation_scores(history, has_test=True) == {
+        "best_validation_epoch": 1, "best_validation_accuracy": 0.75, "test_accuracy_at_best_validation": 0.6}
+    untested = [{k: v for k, v in record.items() if k != "test_accuracy"} for record in history]
+    assert best_validation_scores(untested, has_test=True)["test_accuracy_at_best_validation"] is None
+    assert "not evaluated every epoch" in best_validation_scores(untested, has_test=True)["best_validation_note"]
+    assert best_validation_scores(untested, has_test=False) == {"best_validation_epoch": 1, "best_validation_accuracy": 0.75}
+    no_validation = best_validation_scores([{"epoch": 0, "train_loss": 1.0}], has_test=True)
+    assert no_validation["test_accuracy_at_best_validation"] is None and "no validation split" in no_validation["best_validation_note"]

@@ -244,3 +244,33 @@ def test_the_command_line_forwards_to_the_runner(capsys):
         cli_main(["--help"])
     listing = capsys.readouterr().out
     assert all(f"\n    {command} " in listing for command in ("data", "protocol"))
+
+
+def test_paper_rates_trains_each_recipe_rate_once_with_seed_42_and_says_which_test_top1_it_reports(bench, tmp_path, monkeypatch):
+    """The released run.sh: no grid, one run per task at the recipe's (Table 5) rate with seed 42. VTAB-1k final
+    runs have no validation split, so metrics.json has no test top-1 at a best validation epoch, and says why."""
+    monkeypatch.chdir(REPO)
+    root = tmp_path / "paper"
+    argv = ["--recipes", *map(str, bench["recipes"]), "--output_root", str(root), "--paper_rates"]
+    code, out, _ = _main(*argv, "--print_jobs")
+    expected = [
+        f"accelerate launch --num_processes 1 examples/train_image_classification.py --config {recipe} "
+        f"--recipe_stage final --learning_rate 0.25 --seed 42 --output_dir {root / recipe.stem / 'final' / 'lr0.25_seed42'}"
+        for recipe in bench["recipes"]
+    ]
+    assert code == 0 and out.splitlines() == expected
+    with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()) as err:
+        protocol.parse_args([*argv, "--learning_rates", "0.1"])
+    assert "--paper_rates trains at each recipe's rate and skips the grid: drop --learning_rates" in err.getvalue()
+
+    code, out, _ = _main(*argv)
+    assert code == 0 and "== ran 2 runs" in out
+    for task in TASKS:
+        metrics = _metrics(root, task, "final", 0.25, 42)
+        assert metrics["seed"] == 42 and isinstance(metrics["test_accuracy"], float)
+        assert metrics["test_accuracy_at_best_validation"] is None and "no validation split" in metrics["best_validation_note"]
+        assert f"| {task} | {TASKS[task][1]} | 0.25 |  | {100 * metrics['test_accuracy']:.2f} ± 0.00 | 1 |" in out
+    assert "test top-1, last epoch (mean ± std)" in out and "seed 42" in out
+    code, out, _ = _main(*argv, "--report_only", "--report_epoch", "best_validation")
+    assert code == 0 and "test top-1 at the best validation epoch (mean ± std)" in out
+    assert out.count("| no validation split |") == len(TASKS) and "has no best validation epoch" in out
