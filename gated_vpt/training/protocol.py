@@ -7,6 +7,7 @@ last-epoch test top-1; then write the table in the paper's form with the paper's
     gated-vpt protocol --benchmark vtab1k --backbone mae --method gated              # all runs, one after another
     gated-vpt protocol --benchmark fgvc --backbone mocov3 --gpus 0,1,2,3             # one run per GPU at a time
     gated-vpt protocol --benchmark vtab1k --print_jobs > jobs.txt                    # the commands, for a scheduler
+    gated-vpt protocol --benchmark vtab1k --paper_rates                              # released run.sh: Table 5 rates, seed 42
     gated-vpt protocol --recipes a.json b.json -- --num_train_epochs 50              # flags after -- go to every run
 
 Each run is ``examples/train_image_classification.py`` with the task's recipe; its results stay under the output root
