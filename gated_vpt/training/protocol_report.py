@@ -17,7 +17,7 @@ REPORTED = {"last": "test_accuracy", "best_validation": "test_accuracy_at_best_v
 REPORTED_TITLES = {"last": "test top-1, last epoch", "best_validation": "test top-1 at the best validation epoch"}
 CSV_COLUMNS = (
     "row", "task", "group", "learning_rate", "validation_top1", "test_top1_mean", "test_top1_std", "seeds", "tasks",
-    "paper_top1",
+    "paper_top1", "test_top1_epoch",
 )
 
 
@@ -127,8 +127,9 @@ def write_report(
     paper_overall: Optional[float],
     report_epoch: str = "last",
 ) -> str:
-    """Write ``results.md``, ``results.csv`` (full precision, percent) and ``results.png`` under ``output_root``
-    with the test top-1 of ``report_epoch`` (``REPORTED``); return the markdown."""
+    """Write ``results.md``, ``results.csv`` (full precision, percent; its ``test_top1_epoch`` column names
+    ``report_epoch``) and ``results.png`` under ``output_root`` with the test top-1 of ``report_epoch``
+    (``REPORTED``); return the markdown."""
     from .plots import plot_benchmark
 
     root = Path(output_root)
@@ -141,10 +142,10 @@ def write_report(
         writer.writerow(CSV_COLUMNS)
         for r in results:
             writer.writerow(["task", r.name, r.group or "", _csv(r.learning_rate), _csv(r.validation_top1), _csv(r.mean),
-                             _csv(r.std), len(r.test_top1), 1, _csv(r.paper_top1)])
+                             _csv(r.std), len(r.test_top1), 1, _csv(r.paper_top1), report_epoch])
         for s in rows:
             writer.writerow(["group" if s.name != "Overall" else "overall", s.name, "", "", "", _csv(s.mean), "", "",
-                             s.finished, _csv(s.paper_top1)])
+                             s.finished, _csv(s.paper_top1), report_epoch])
     plot_benchmark(
         [(r.name, r.mean, r.std, r.paper_top1) for r in results], [(s.name, s.mean, s.paper_top1) for s in rows],
         root / "results.png", title=title,
