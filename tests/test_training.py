@@ -127,6 +127,20 @@ def test_run_writes_adapter_metrics_plots_and_card(uninterrupted):
     assert {f.stat().st_mode & 0o777 for f in (output / "epoch_2").iterdir()} == {0o666 & ~umask}
 
 
+def test_test_every_epoch_gives_the_test_top1_at_the_best_validation_epoch(assets, tmp_path):
+    """As the released code's log: the test split evaluated after every epoch next to validation, and metrics.json
+    giving the test top-1 of the (earliest) best validation epoch besides the last epoch's."""
+    metrics = script.main(_argv(assets, tmp_path / "run", num_train_epochs=4, checkpointing_steps="none",
+                                test_every_epoch="true"))
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    assert [sorted(k for k in r if k.endswith("accuracy")) for r in history] == [["test_accuracy", "validation_accuracy"]] * 4
+    best = max(range(4), key=lambda e: (history[e]["validation_accuracy"], -e))
+    assert (metrics["best_validation_epoch"], metrics["best_validation_accuracy"]) == (best, history[best]["validation_accuracy"])
+    assert metrics["test_accuracy_at_best_validation"] == history[best]["test_accuracy"]
+    assert metrics["test_accuracy"] == history[-1]["test_accuracy"]  # the last epoch's model, evaluated once more
+    assert "best_validation_note" not in metrics
+
+
 def test_card_of_a_run_names_its_data_and_base_without_local_paths(uninterrupted, assets):
     output, _ = uninterrupted
     card = (output / "adapter" / "README.md").read_text()
