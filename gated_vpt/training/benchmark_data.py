@@ -316,7 +316,9 @@ def _split_problems(
             elif pairs["train800val200"] == pairs["train800"] | pairs["val200"]:
                 notes.append("train800val200 = train800 + val200, matched by name and label (the same files)")
             else:
-                problems += _union_by_content(clean, pairs, notes, workers)
+                matched, mismatch = _union_by_content(clean, pairs, workers)
+                notes += matched
+                problems += mismatch
         if {"train800val200", "test"} <= set(pairs):
             shared = {p for p, _ in pairs["train800val200"]} & {p for p, _ in pairs["test"]}
             if shared:
@@ -350,21 +352,21 @@ def _split_problems(
     return problems, notes
 
 
-def _union_by_content(clean: dict[str, SplitFile], pairs: dict[str, set], notes: list[str], workers: int) -> list[str]:
-    """train800val200 listing its own copies (the common vtab-1k archive): compare the files' bytes and labels."""
+def _union_by_content(clean: dict[str, SplitFile], pairs: dict[str, set], workers: int) -> tuple[list[str], list[str]]:
+    """train800val200 listing its own copies (the common vtab-1k archive): compare the files' bytes and labels.
+    Returns (the note when they match, the problem when they do not)."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
         digests = {name: list(pool.map(_file_digest, clean[name].images)) for name in ("train800", "val200", "train800val200")}
     content = {name: Counter(zip(digests[name], clean[name].labels)) for name in digests}
     if content["train800val200"] == content["train800"] + content["val200"]:
-        notes.append(
+        return [
             "train800val200 = train800 + val200, matched by file content and label (train800val200 lists its own "
             "copies of the same files, as the common vtab-1k archive stores them)"
-        )
-        return []
+        ], []
     by_name = len(pairs["train800val200"] ^ (pairs["train800"] | pairs["val200"]))
     expected = content["train800"] + content["val200"]
     by_content = sum((expected - content["train800val200"]).values()) + sum((content["train800val200"] - expected).values())
-    return [
+    return [], [
         f"train800val200.txt is not train800.txt + val200.txt ({by_name} entries differ by name and label, "
         f"{by_content} by file content and label)"
     ]
