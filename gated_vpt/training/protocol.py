@@ -134,7 +134,7 @@ class Protocol:
     train_args: tuple[str, ...] = ()
     paper_groups: dict[str, float] = field(default_factory=dict)
     paper_overall: Optional[float] = None
-    report: str = "last"
+    report_epoch: str = "last"
 
     def run(self, task: ProtocolTask, stage: str, learning_rate: float, seed: int) -> Run:
         output = self.output_root / task.name / stage / f"lr{learning_rate:g}_seed{seed}"
@@ -175,7 +175,7 @@ class Protocol:
         results = []
         for task in self.tasks:
             rate, validation = self.chosen_learning_rate(task)
-            scores = {run.seed: read_score(run.metrics_path, REPORTED[self.report], self.report != "last")
+            scores = {run.seed: read_score(run.metrics_path, REPORTED[self.report_epoch], self.report_epoch != "last")
                       for run in self.final_runs(task) if run.finished}
             tests = {seed: score for seed, score in scores.items() if score is not None}
             stopped = [f"{run.stage} lr {run.learning_rate:g} seed {run.seed}" for run in self.tune_runs(task) + self.final_runs(task)
@@ -185,7 +185,8 @@ class Protocol:
         return results
 
     def write_report(self) -> str:
-        return write_report(self.output_root, self.title, self.results(), self.paper_groups, self.paper_overall, self.report)
+        return write_report(self.output_root, self.title, self.results(), self.paper_groups, self.paper_overall,
+                            self.report_epoch)
 
 
 def benchmark_tasks(

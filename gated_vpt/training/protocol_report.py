@@ -26,7 +26,8 @@ class TaskResult:
     """One task's finished runs: the chosen ``learning_rate`` (None until chosen), the validation top-1 % it won
     with (None without a tune stage), the test top-1 % of each finished seed, the paper's number, and the runs that
     stopped on a non-finite loss (e.g. ``"tune lr 5 seed 0"``) and how many finished runs have no score of the
-    reported kind (no test top-1 at the best validation epoch: the run had no validation split)."""
+    reported kind (no test top-1 at the best validation epoch: the run had no validation split, or did not test
+    every epoch)."""
 
     name: str
     group: Optional[str]
@@ -97,7 +98,7 @@ def format_markdown(title: str, results: Sequence[TaskResult], rows: Sequence[Su
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        test = f"{r.mean:.2f} ± {r.std:.2f}" if r.mean is not None else "no validation split" if r.unscored else "pending"
+        test = f"{r.mean:.2f} ± {r.std:.2f}" if r.mean is not None else "n/a" if r.unscored else "pending"
         lr = "" if r.learning_rate is None else f"{r.learning_rate:g}"
         lines.append(
             f"| {r.name} | {r.group or ''} | {lr} | {_number(r.validation_top1)} | {test} | {len(r.test_top1)} | "
@@ -111,8 +112,8 @@ def format_markdown(title: str, results: Sequence[TaskResult], rows: Sequence[Su
     lines += ["", f"Reported: the {REPORTED_TITLES[report_epoch]} (`--report_epoch {report_epoch}`; every run's metrics.json "
               f"also holds the {REPORTED_TITLES[other]}: `--report_only --report_epoch {other}`)."]
     if any(r.unscored for r in results):
-        lines.append("A run without a validation split (VTAB-1k final runs train on train800val200) has no best "
-                     "validation epoch.")
+        lines.append("n/a: the runs have no test top-1 at a best validation epoch (no validation split, as in VTAB-1k "
+                     "final runs, which train on train800val200; or the test split was not evaluated every epoch).")
     stopped = [f"{r.name} {run}" for r in results for run in r.stopped]
     if stopped:
         lines += ["", "Stopped on a non-finite loss (no score; delete the run's stopped.json to retry): " + "; ".join(stopped)]
