@@ -190,7 +190,7 @@ def test_data_check_cli_reads_the_recipe_and_exits_1_with_one_line_per_problem(v
         "content and label)",
         "problem: the splits hold 3 classes but num_labels is 47: fix the data or the recipe",
     ]
-    assert "Traceback" not in captured.err and "(recipe num_labels 47)" in captured.out
+    assert "Traceback" not in captured.err and "(num_labels 47)" in captured.out
     assert cli_main(["data", "check", str(tmp_path / "nowhere")]) == 1
     assert "No data folder" in capsys.readouterr().err
 

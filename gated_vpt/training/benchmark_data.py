@@ -189,7 +189,7 @@ class DataCheck:
         width = max(len(name) for name in self.counts)
         lines = [f"{self.folder} ({self.layout} layout)", f"  {'split':<{width}}  images  classes"]
         lines += [f"  {name:<{width}}  {n:>6}  {k:>7}" for name, (n, k) in self.counts.items()]
-        expected = f" (recipe num_labels {self.num_labels})" if self.num_labels is not None else ""
+        expected = f" (num_labels {self.num_labels})" if self.num_labels is not None else ""
         lines.append(f"  classes: {self.num_classes}{expected}")
         if self.decoded:
             lines.append(f"  images decoded: {self.decoded} (every file listed, each opened and fully decoded)")
