@@ -250,7 +250,7 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         fresh = name in self.gvpt_prompt
         prompts = prompt_kv = None
         if fresh and not keep and not self.training and not torch.is_grad_enabled():
-            prompts, prompt_kv = None, self._cached_prompt_keys_values(parts, name, hidden_states.dtype)
+            prompts, prompt_kv = None, self._cached_prompt_keys_values(parts, name, hidden_states)
         elif fresh:
             prompts = self._prompts_for(name, hidden_states.shape[0]).to(hidden_states.dtype)
             if keep:
@@ -307,17 +307,19 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
             return block._gradient_checkpointing_func(run, hidden_states, prompts)
         return run(hidden_states, prompts)
 
-    def _cached_prompt_keys_values(self, parts: BlockParts, name: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def _cached_prompt_keys_values(self, parts: BlockParts, name: str, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The keys and values of the fresh prompts, (1 or batch, P, D): in eval mode they do not depend on the image.
-        Each adapter's entry is recomputed when any tensor it came from has changed (storage or in-place version)."""
+        Each adapter's entry is recomputed when any tensor it came from has changed (storage or in-place version) or
+        the precision differs from the one it was computed in (``hidden_states``' dtype, the autocast state)."""
         names = [name] if self._per_sample is None else self._per_sample[0]
+        precision = _precision(hidden_states)
         pairs = []
         for adapter in names:
             prompt = self.gvpt_prompt[adapter]
             sources = (prompt, *parts.key_value_parameters())
             cached = self._prompt_kv_cache.get(adapter)
-            if cached is None or not _unchanged(cached[0], sources, dtype):
-                cached = (_stamp(sources, dtype), parts.keys_values(prompt.to(dtype).unsqueeze(0)))
+            if cached is None or not _unchanged(cached[0], sources, precision):
+                cached = (_stamp(sources, precision), parts.keys_values(prompt.to(hidden_states.dtype).unsqueeze(0)))
                 self._prompt_kv_cache[adapter] = cached
             pairs.append(cached[1])
         if self._per_sample is None:
@@ -342,14 +344,23 @@ class GatedPromptBlock(nn.Module, BaseTunerLayer):
         return "gated_vpt." + super().__repr__()
 
 
-def _stamp(tensors: tuple[torch.Tensor, ...], dtype: torch.dtype) -> tuple:
-    """What identifies the current values of ``tensors``: each tensor object (weakly), its storage and in-place version."""
-    return dtype, tuple((weakref.ref(t), t.data_ptr(), t._version) for t in tensors)
+def _precision(hidden_states: torch.Tensor) -> tuple:
+    """The precision a block computes ``hidden_states`` in: their dtype, and the autocast dtype (None when off) on their
+    device, since autocast rounds the projections' outputs whatever the input dtype."""
+    device = hidden_states.device.type
+    autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+    return hidden_states.dtype, autocast
 
 
-def _unchanged(stamp: tuple, tensors: tuple[torch.Tensor, ...], dtype: torch.dtype) -> bool:
+def _stamp(tensors: tuple[torch.Tensor, ...], precision: tuple) -> tuple:
+    """What identifies the current values of ``tensors`` computed in ``precision``: each tensor object (weakly), its
+    storage and in-place version."""
+    return precision, tuple((weakref.ref(t), t.data_ptr(), t._version) for t in tensors)
+
+
+def _unchanged(stamp: tuple, tensors: tuple[torch.Tensor, ...], precision: tuple) -> bool:
     entries = stamp[1]
-    return stamp[0] == dtype and len(entries) == len(tensors) and all(
+    return stamp[0] == precision and len(entries) == len(tensors) and all(
         ref() is t and pointer == t.data_ptr() and version == t._version for (ref, pointer, version), t in zip(entries, tensors)
     )
 
