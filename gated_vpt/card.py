@@ -22,6 +22,7 @@ from torch import nn
 
 from . import __version__
 from .config import GatedPromptConfig
+from .convert import CONVERSION_RECORD
 from .introspection import gate_report
 from .recipes import CLASSIFICATION, SEGMENTATION
 from .segmentation.model import BACKBONE_CLASSES, DEFAULT_BACKBONE_CLASS, HEAD_MODULES
@@ -52,7 +53,7 @@ BASE_CLASSES = {
 }
 FEATURE_EXTRACTORS = ("clip_vision_model", "siglip_vision_model", "dinov3_vit")
 DEFAULT_BASE_CLASS = "AutoModelForImageClassification"
-NON_COMMERCIAL_BASES = ("facebook/vit-mae-",)
+NON_COMMERCIAL_BASES = ("facebook/vit-mae-",)  # and local folders converted from the official MAE weights
 _ADAPTER_LINE = re.compile(r'^adapter_id = "(?P<id>[^"]*)"$', re.MULTILINE)
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 _NOT_METRICS = ("loss", "runtime", "per_second", "epoch", "step")
@@ -113,6 +114,7 @@ def write_model_card(
     base_model = base_model or settings.get("base_model_name_or_path") or _name_or_path(model)
     hub_base = base_model if _is_hub_id(base_model) else None
     local_base = bool(base_model) and hub_base is None
+    non_commercial = _is_official_mae(base_model)
     base_model = _portable(base_model)
     metrics = {name: float(value) for name, value in (metrics or {}).items() if isinstance(value, (int, float))}
     image = _place_image(Path(gates_image), output_dir) if gates_image is not None else None
@@ -142,7 +144,7 @@ def write_model_card(
         _metrics_section(metrics, dataset),
         _gates_section(model, output_dir, settings, adapter_name, image),
         usage,
-        _license_section(license, base_model),
+        _license_section(license, base_model, non_commercial),
         f"## Citation\n\n```bibtex\n{CITATION}\n```",
         _versions_section(),
     ]
@@ -388,14 +390,28 @@ gated-vpt info {adapter_id}
 ```"""
 
 
-def _license_section(license: str, base_model: Optional[str]) -> str:
+def _license_section(license: str, base_model: Optional[str], non_commercial: bool) -> str:
     text = (
         f"## License\n\nThe adapter weights are released under `{license}`. Using them needs the base model"
         f"{f' `{base_model}`' if base_model else ''}, whose own license applies."
     )
-    if base_model and base_model.startswith(NON_COMMERCIAL_BASES):
+    if non_commercial:
         text += " The official MAE checkpoints are licensed CC-BY-NC-4.0 (non-commercial use only)."
     return text
+
+
+def _is_official_mae(base_model: Optional[str]) -> bool:
+    """A base made from the official MAE weights: a ``facebook/vit-mae-*`` Hub id, or a folder that
+    ``gated-vpt convert --model-type mae`` wrote (the paper's MAE backbone, e.g. ``backbones/mae-vit-b16``)."""
+    if not base_model:
+        return False
+    if base_model.startswith(NON_COMMERCIAL_BASES):
+        return True
+    record = Path(base_model) / CONVERSION_RECORD
+    try:
+        return json.loads(record.read_text()).get("model_type") == "mae"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _versions_section() -> str:

@@ -47,6 +47,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _HUB_REPO = re.compile(r"[\w.-]+/[\w.-]+")
 HUB_WEIGHTS = "model.safetensors"
+# What a converted folder records about its source (``model_type`` among it): model cards read it for the licence.
+CONVERSION_RECORD = "conversion.json"
 _BLOCK_PARTS = {
     "norm1": "layernorm_before",
     "attn.proj": "attention.o_proj",
@@ -134,7 +136,7 @@ def convert_checkpoint(
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     (output_dir / "preprocessor_config.json").write_text(json.dumps(_preprocessor(config), indent=2) + "\n")
-    (output_dir / "conversion.json").write_text(json.dumps({
+    (output_dir / CONVERSION_RECORD).write_text(json.dumps({
         **source,
         "sha256": _sha256(path),
         "model_type": model_type,
