@@ -33,14 +33,14 @@ def _converted_folder(tmp_path, model_type: str):
         ("facebook/vit-mae-base", True),
         ("facebook/vit-mae-huge", True),
         ("google/vit-base-patch16-224-in21k", False),
-        ("converted mae", True),  # the paper's MAE backbone: a folder converted from the official weights
-        ("converted mocov3", False),
+        ("converted:mae", True),  # the paper's MAE backbone: a folder converted from the official weights
+        ("converted:mocov3", False),
         (None, False),
     ],
 )
 def test_the_licence_section_warns_about_non_commercial_mae_bases(tmp_path, base, notice):
     if base and base.startswith("converted"):
-        base = str(_converted_folder(tmp_path, base.split()[1]))
+        base = str(_converted_folder(tmp_path, base.split(":")[1]))
     text = write_model_card(tmp_path / "card", config=SETTINGS, base_model=base).read_text()
     licence = text.split("## License\n\n")[1].split("\n\n")[0]
     assert licence.startswith("The adapter weights are released under `apache-2.0`.")
