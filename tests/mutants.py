@@ -165,6 +165,8 @@ SEGMENTATION = [
     ("masks rescaled bilinearly", "segmentation/data.py", 'F.interpolate(mask[None, None].float(), size=size, mode="nearest")',
      'F.interpolate(mask[None, None].float(), size=size, mode="bilinear")'),
     ("sliding windows a crop apart", "segmentation/inference.py", "min(i * stride, length - crop)", "min(i * crop, length - crop)"),
+    ("crop rule counts ignored pixels as a class", "segmentation/data.py",
+     "counts = torch.bincount(window[window != self.labels.ignore_index].flatten())", "counts = torch.bincount(window.flatten())"),
     ("rescale box square", "segmentation/data.py", "self.box = (4 * crop_size, crop_size)", "self.box = (crop_size, crop_size)"),
     ("test scales rounded down", "segmentation/inference.py",
      "size = (max(1, int(image.shape[-2] * scale + 0.5)), max(1, int(image.shape[-1] * scale + 0.5)))",

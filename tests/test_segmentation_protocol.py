@@ -69,6 +69,22 @@ def test_padding_and_rescaled_masks_carry_the_ignore_index_only_where_no_label_i
         assert ((pixels[:, ~padded] * 127.5 + torch.tensor([25.5, 51.0, 76.5]).view(3, 1) - 200).abs() < 1e-3).all()
 
 
+def test_the_crop_rule_counts_labelled_pixels_only():
+    """mmsegmentation's random crop retries (up to 10 times) until no class covers 75 % of the crop's labelled
+    pixels; ignored pixels are no class. Here a third of the image is ignored next to a band of class 0, so crops
+    there hold one class (rejected) but would pass if the ignore index counted as a class."""
+    labels = np.zeros((32, 128), dtype=np.uint8)
+    labels[:, :24] = 255
+    labels[16:, 40:] = 1  # from column 40 on: class 0 above, class 1 below
+    image = PILImage.fromarray(np.zeros((32, 128, 3), dtype=np.uint8))
+    transform = SegmentationTransform(LabelSpec(2), crop_size=32, train=True, mean=(0, 0, 0), std=(1, 1, 1),
+                                      scale_range=(1.0, 1.0), jitter=False)
+    for seed in range(10):
+        _, mask = transform(image, PILImage.fromarray(labels), torch.Generator().manual_seed(seed))
+        counts = np.bincount(mask[mask != 255].numpy(), minlength=2)
+        assert (counts > 0).all() and counts.max() / counts.sum() < 0.75, (seed, counts)
+
+
 def _mmseg_window_starts(length: int, crop: int, stride: int) -> list[int]:
     """mmsegmentation's slide_inference along one side: grids from the stride, the last window moved back inside."""
     grids = max(length - crop + stride - 1, 0) // stride + 1
