@@ -1,4 +1,4 @@
-"""The converter on every official size (shapes only, on the meta device: no memory) and the preprocessor it
+"""The converter on every size it knows a head count for (shapes only, on the meta device: no memory) and the preprocessor it
 writes, applied to an image. Attention heads cannot be read off the weights, so each size's count is the released
 architecture's: MoCo v3's ViT-S has 12 heads (timm's ViT-S has 6), ViT-B 12, ViT-L and ViT-H 16. Both releases
 use LayerNorm eps 1e-6 and exact GELU. tests/test_convert.py checks the converted forward against timm's."""
@@ -15,7 +15,7 @@ from transformers import ViTImageProcessor
 from gated_vpt.convert import convert_checkpoint, convert_timm_vit_state_dict
 from test_convert import mae_pretraining, timm_vit_weights
 
-# (release, name, hidden size, MLP width, heads, patch) of the released checkpoints the converter supports
+# (release, name, hidden size, MLP width, heads, patch): the sizes the converter knows the head count of
 SIZES = [
     ("mocov3", "ViT-S/16", 384, 1536, 12, 16),
     ("mocov3", "ViT-B/16", 768, 3072, 12, 16),
