@@ -1,7 +1,8 @@
-"""The converter on every size it knows a head count for (shapes only, on the meta device: no memory) and the preprocessor it
-writes, applied to an image. Attention heads cannot be read off the weights, so each size's count is the released
-architecture's: MoCo v3's ViT-S has 12 heads (timm's ViT-S has 6), ViT-B 12, ViT-L and ViT-H 16. Both releases
-use LayerNorm eps 1e-6 and exact GELU. tests/test_convert.py checks the converted forward against timm's."""
+"""The converter on every size it knows a head count for (shapes only, on the meta device: no memory) and the
+preprocessor it writes, applied to an image. Attention heads cannot be read off the weights, so each size's count
+is the official architecture's: MoCo v3's ViT-S has 12 heads (timm's ViT-S has 6), ViT-B 12, ViT-L and ViT-H 16.
+Both releases use LayerNorm eps 1e-6 and exact GELU. tests/test_convert.py checks the converted forward against
+timm's."""
 
 from __future__ import annotations
 
