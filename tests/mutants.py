@@ -106,7 +106,7 @@ TRAINING = [
     ("FGVC: shorter side to the crop size", "training/data.py", "int(math.floor(self.image_size * 256 / 224 + 0.5))", "self.image_size"),
     ("ImageNet mean of another channel order", "training/data.py", "IMAGENET_MEAN = (0.485, 0.456, 0.406)", "IMAGENET_MEAN = (0.406, 0.456, 0.485)"),
 ]
-# Round 2, away from the maths: each group's own tests file first, so the table names the test written for it.
+# Away from the maths: each group's own test file runs first, so the table names the test written for the break.
 CACHE = [
     ("kv cache: precision not compared", "layer.py", "return stamp[0] == precision and len(entries)", "return len(entries)"),
     ("kv cache: autocast not part of the precision", "layer.py",
