@@ -2,12 +2,16 @@
 
 Importing the package registers the method with peft, so ``peft.get_peft_model(model, GatedPromptConfig(...))``
 and ``PeftModel.from_pretrained(base, adapter_dir)`` work.
+
+This ``__init__`` is the package's face: it exports the core's API, registers it with peft and hands registration the
+Hub layer's push (imported only when a push runs). The layers below it, each importing only the ones under it, are
+listed in README.md ("Layout") and enforced by ``.importlinter``.
 """
 
 import sys
 from pathlib import Path
 
-__version__ = "0.1.0"
+from .version import __version__
 __all__ = [
     "BACKBONES",
     "BlockReport",
@@ -39,7 +43,14 @@ def load_core() -> None:
     from .model import GatedPromptModel
     from .registration import register
 
-    register()
+    register(push_to_hub=_push_to_hub)
+
+
+def _push_to_hub(model, repo_id: str, **kwargs):
+    """``model.push_to_hub`` of a gated_vpt model: the Hub layer's push, which uploads this package's card."""
+    from .hub import push_to_hub
+
+    return push_to_hub(model, repo_id, **kwargs)
 
 
 def __getattr__(name: str):

@@ -20,19 +20,14 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 from torch import nn
 
-from . import __version__
 from .config import GatedPromptConfig
 from .convert import CONVERSION_RECORD
 from .introspection import gate_report
-from .recipes import CLASSIFICATION, SEGMENTATION
-from .segmentation.model import BACKBONE_CLASSES, DEFAULT_BACKBONE_CLASS, HEAD_MODULES
+from .recipes import CLASSIFICATION
+from .tasks import INSTALL, LOCAL_NOTE, TASKS, Task, register_task
+from .version import __version__
 
 CARD_TAGS = ("gated-vpt", "visual-prompt-tuning", "peft", "vision")
-# Per task: the Hub's pipeline tag (also the model-index task type), its display name, and what the adapter holds.
-TASKS = {
-    CLASSIFICATION: ("image-classification", "Image Classification", "the classifier head"),
-    SEGMENTATION: ("image-segmentation", "Semantic Segmentation", "the SETR-PUP decode and auxiliary heads"),
-}
 PAPER_URL = "https://arxiv.org/abs/2306.05067"
 CITATION = """@inproceedings{yoo2023improving,
   title     = {Improving Visual Prompt Tuning for Self-supervised Vision Transformers},
@@ -60,8 +55,6 @@ _NOT_METRICS = ("loss", "runtime", "per_second", "epoch", "step")
 # Paths inside a checkout of this repository (e.g. the embedded assets/mae-tiny) are named relative to it.
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 # No package index serves gated-vpt: it installs from a checkout of its repository.
-_LOCAL_NOTE = "  # a local folder: the path to your copy"
-INSTALL = "`pip install -e .` in a checkout of the gated-vpt repository"
 
 
 def write_model_card(
@@ -87,9 +80,10 @@ def write_model_card(
     card's tags are also added to its base model's ``model_tags``, so a later ``save_pretrained`` (which rewrites
     the card's tags) keeps them.
 
-    ``task`` (``"image-classification"`` or ``"semantic-segmentation"``) sets the pipeline tag, the model-index task
-    and the usage snippet (a segmentation adapter loads through ``gated_vpt.segmentation.load_segmentation_adapter``);
-    by default it is read off the adapter: segmentation when its ``modules_to_save`` hold the segmentation heads.
+    ``task`` (``"image-classification"``, or ``"semantic-segmentation"`` once ``gated_vpt.segmentation`` is imported:
+    the tasks registered in ``gated_vpt.tasks``) sets the pipeline tag, the model-index task and the usage snippet (a
+    segmentation adapter loads through ``gated_vpt.segmentation.load_segmentation_adapter``); by default it is read
+    off the adapter: the registered task whose heads its ``modules_to_save`` hold, else classification.
 
     Example:
 
@@ -133,11 +127,7 @@ def write_model_card(
         eval_results=_eval_results(metrics, dataset, task),
     )
     adapter_id = repo_id or _portable(str(output_dir))
-    usage = (
-        _segmentation_usage_section(adapter_id, base_model, settings, local_base)
-        if task == SEGMENTATION
-        else _usage_section(adapter_id, base_model, settings, _num_labels(model, output_dir), local_base)
-    )
+    usage = TASKS[task].usage(adapter_id, base_model, settings, local_base, _num_labels(model, output_dir))
     sections = [
         _title(base_model, local_base, dataset, task),
         _config_section(settings),
@@ -172,7 +162,8 @@ def is_gated_vpt_card(card_text: str) -> bool:
 
 def _task(task: Optional[str], settings: dict) -> str:
     if task is None:
-        return SEGMENTATION if set(HEAD_MODULES) <= set(settings.get("modules_to_save") or ()) else CLASSIFICATION
+        claimed = [name for name, known in TASKS.items() if known.claims(settings.get("modules_to_save"))]
+        return claimed[0] if claimed else CLASSIFICATION
     if task not in TASKS:
         raise ValueError(f"task={task!r} is not supported: use one of {list(TASKS)} (or leave it unset).")
     return task
@@ -181,7 +172,7 @@ def _task(task: Optional[str], settings: dict) -> str:
 def _pipeline_tag(task: str, settings: dict) -> str:
     if task == CLASSIFICATION and (settings.get("backbone") or {}).get("model_type") in FEATURE_EXTRACTORS:
         return "image-feature-extraction"
-    return TASKS[task][0]
+    return TASKS[task].pipeline_tag
 
 
 def _adapter_config(output_dir: Path, model: Optional[nn.Module], config: Any, adapter_name: str) -> dict:
@@ -246,7 +237,7 @@ def _is_quality_metric(name: str) -> bool:
 def _eval_results(metrics: dict[str, float], dataset: Optional[str], task: str) -> Optional[list[EvalResult]]:
     if not dataset:
         return None
-    task_type, task_name, _ = TASKS[task]
+    task_type, task_name = TASKS[task].pipeline_tag, TASKS[task].title
     results = [
         EvalResult(
             task_type=task_type,
@@ -285,7 +276,7 @@ def _title(base_model: Optional[str], local_base: bool, dataset: Optional[str], 
         "[peft](https://github.com/huggingface/peft) adapter by the `gated-vpt` package. Learnable prompt tokens "
         "pass through the frozen ViT; a learned sigmoid gate per block decides how much that block may change them, "
         "and each block's attention has a learnable temperature. The backbone stays frozen: only the prompts, gates, "
-        f"temperatures and {TASKS[task][2]} are stored here."
+        f"temperatures and {TASKS[task].trained} are stored here."
     )
 
 
@@ -333,7 +324,7 @@ def _gates_section(model: Optional[nn.Module], output_dir: Path, settings: dict,
 
 
 def _usage_section(
-    adapter_id: str, base_model: Optional[str], settings: dict, num_labels: Optional[int], local_base: bool
+    adapter_id: str, base_model: Optional[str], settings: dict, local_base: bool, num_labels: Optional[int]
 ) -> str:
     model_type = (settings.get("backbone") or {}).get("model_type")
     base_class = BASE_CLASSES.get(model_type, DEFAULT_BASE_CLASS)
@@ -347,7 +338,7 @@ from peft import PeftModel
 from transformers import {base_class}
 
 adapter_id = "{adapter_id}"
-base = {base_class}.from_pretrained("{base_id}"{labels}){_LOCAL_NOTE if local_base else ""}
+base = {base_class}.from_pretrained("{base_id}"{labels}){LOCAL_NOTE if local_base else ""}
 model = PeftModel.from_pretrained(base, adapter_id).eval()
 # or, with file checks and clear errors: model = gated_vpt.load_adapter(base, adapter_id)
 ```
@@ -363,31 +354,8 @@ Several adapters can share one frozen backbone and be mixed in one batch, each i
 `model.load_adapter(other_id, adapter_name="other")`, then `model(pixel_values, adapter_names=["default", "other", ...])`."""
 
 
-def _segmentation_usage_section(adapter_id: str, base_model: Optional[str], settings: dict, local_base: bool) -> str:
-    model_type = (settings.get("backbone") or {}).get("model_type")
-    backbone_class, arguments = BACKBONE_CLASSES.get(model_type, DEFAULT_BACKBONE_CLASS)
-    base_id = base_model or "<the base model this adapter was trained on>"
-    extra = "".join(f", {name}={value!r}" for name, value in arguments.items())
-    return f"""## Usage
-
-```python
-import gated_vpt  # registers the gated_vpt method with peft
-from gated_vpt.segmentation import load_segmentation_adapter
-from transformers import {backbone_class}
-
-adapter_id = "{adapter_id}"
-backbone = {backbone_class}.from_pretrained("{base_id}"{extra}){_LOCAL_NOTE if local_base else ""}
-model = load_segmentation_adapter(backbone, adapter_id).eval()
-# model(pixel_values).logits: (batch, classes, height, width) at the input size; sliding-window and
-# multi-scale prediction: gated_vpt.segmentation.inference.predict
-```
-
-The head settings (classes and their names, ignore index, auxiliary blocks) are in `segmentation_head.json`.
-From the command line ({INSTALL}):
-
-```bash
-gated-vpt info {adapter_id}
-```"""
+register_task(Task(CLASSIFICATION, "image-classification", "Image Classification", "the classifier head",
+                   usage=_usage_section))
 
 
 def _license_section(license: str, base_model: Optional[str], non_commercial: bool) -> str:

@@ -7,7 +7,7 @@ from typing import Optional, Union
 
 from peft.config import PeftConfig
 
-from .registration import _extend_peft_type
+from .peft_type import extend_peft_type
 from .settings import METHOD_NAME, GatedPromptSettings
 
 
@@ -57,5 +57,5 @@ class GatedPromptConfig(PeftConfig, GatedPromptSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # PeftConfig's
-        self.peft_type = _extend_peft_type(METHOD_NAME)
+        self.peft_type = extend_peft_type(METHOD_NAME)
         GatedPromptSettings.__post_init__(self)

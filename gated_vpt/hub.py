@@ -29,6 +29,7 @@ from .loading import (
     run_adapter_dir,
     write_labels,
 )
+from .tasks import TASKS
 from .tokens import TOKEN_SOURCES
 
 CARD_NAME = "README.md"
@@ -102,7 +103,6 @@ def _push(
     create_pr: bool = False,
 ) -> CommitInfo:
     from .card import write_model_card
-    from .segmentation.model import SegmentationHeadConfig
 
     with tempfile.TemporaryDirectory() as staging:
         staging = Path(staging)
@@ -111,9 +111,9 @@ def _push(
             source.save_pretrained(staging, selected_adapters=[adapter_name])
             if adapter_name != "default":  # peft saves other names in a subfolder
                 staging = staging / adapter_name
-            head_config = getattr(source.get_base_model(), "head_config", None)
-            if isinstance(head_config, SegmentationHeadConfig):
-                head_config.save(staging)
+            for task in TASKS.values():  # e.g. a segmentation model's head settings (gated_vpt.tasks)
+                if task.save_files is not None:
+                    task.save_files(source, staging)
             write_labels(staging, source)
             write_model_card(staging, source, repo_id=repo_id, adapter_name=adapter_name)
         else:

@@ -1,7 +1,8 @@
 """Loading gated_vpt adapters from a directory or the Hub, with errors that say what to do.
 
 ``PeftModel.from_pretrained`` works once ``gated_vpt`` has been imported (peft has no plugin discovery, so a
-script that never imports it gets ``KeyError: 'GATED_VPT'``). ``load_adapter`` imports the method for you.
+script that never imports it gets ``KeyError: 'GATED_VPT'``); ``load_adapter`` cannot be reached without that import,
+which registers the method (this module lies below registration and does not call it).
 Either way the files are checked before the model changes (``gated_vpt.layout``): the config is validated as at
 construction, the weights must be exactly the adapter's own tensors, finite, and safetensors (pickles are refused).
 Reading and checking the files needs no peft (only attaching an adapter to a model does), so ``gated-vpt info``
@@ -67,9 +68,7 @@ def load_adapter(
     from peft import PeftModel
 
     from .quiet import peft_wrapping
-    from .registration import register
 
-    register()  # a no-op once the package is imported (the gated-vpt command imports only what it needs)
     directory = resolve_adapter_dir(path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir)
     read_adapter_files(directory)
     # peft reads the config through GatedPromptConfig.from_pretrained, so GatedPromptModel checks the weights

@@ -1,13 +1,15 @@
 """Registering gated prompt tuning as a peft method.
 
 peft keeps its methods in the closed ``PeftType`` enum and refuses to register a name that is not a member, so
-the member is added here before ``register_peft_method`` is called. Both steps are idempotent: importing the
-package twice (or reloading it) leaves peft in the same state.
+the member is added first (``gated_vpt.peft_type``, which the config uses too), then ``register_peft_method`` is
+called. Both steps are idempotent: importing the package twice (or reloading it) leaves peft in the same state.
 
 peft's ``model.push_to_hub`` is transformers' ``PushToHubMixin.push_to_hub``, which writes its empty template card
-over the one peft saved, and offers no hook in between. For a model whose active adapter is gated_vpt the call is
-routed to ``gated_vpt.hub.push_to_hub`` (the upper layer, imported only then), which uploads this package's card;
-every other model keeps peft's behaviour.
+over the one peft saved, and offers no hook in between. ``register(push_to_hub=...)`` is handed the push that
+uploads this package's card (the Hub layer's ``gated_vpt.hub.push_to_hub``, which lies above this module): the
+package's ``__init__`` hands it on every import, importing the Hub layer only when a push runs. For a model whose
+active adapter is gated_vpt the call goes there; every other model, or any model before a push was handed, keeps
+peft's behaviour.
 
 ``PeftModel.from_pretrained(model, path, config=GatedPromptConfig(...))`` skips the config loader, which is where
 gated_vpt notes the adapter's files so that they are checked before the model changes; for a gated_vpt config the
@@ -17,67 +19,54 @@ call notes them itself (``_note_given_configs``), and is otherwise peft's.
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
+from typing import Any, Callable, Optional
 
 from peft import PeftModel
 from peft.utils.peft_types import PeftType, register_peft_method
 
+from .peft_type import extend_peft_type
 from .settings import METHOD_NAME, PREFIX
 
 
-def _extend_peft_type(name: str) -> PeftType:
-    """Add ``name.upper()`` as a member of peft's ``PeftType`` str-enum, or return the existing member."""
-    key = name.upper()
-    if key in PeftType.__members__:
-        return PeftType[key]
-    member = str.__new__(PeftType, key)
-    member._name_ = key
-    member._value_ = key
-    member.__objclass__ = PeftType
-    if hasattr(PeftType, "_sort_order_"):
-        member._sort_order_ = len(PeftType._member_names_)
-    member.__init__()
-    PeftType._member_names_.append(key)
-    PeftType._member_map_[key] = member
-    PeftType._value2member_map_[key] = member
-    # EnumType.__setattr__ guards member names, so the class attribute is set through type.
-    type.__setattr__(PeftType, key, member)
-    return member
-
-
-def register() -> PeftType:
-    """Make ``GatedPromptConfig`` / ``GatedPromptModel`` known to peft (safe to call more than once)."""
+def register(push_to_hub: Optional[Callable[..., Any]] = None) -> PeftType:
+    """Make ``GatedPromptConfig`` / ``GatedPromptModel`` known to peft (safe to call more than once).
+    ``push_to_hub(model, repo_id, **kwargs)``: what ``model.push_to_hub`` of a gated_vpt model runs (see the module
+    notes); None keeps the one handed before."""
     from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 
     from .config import GatedPromptConfig
     from .model import GatedPromptModel
 
-    peft_type = _extend_peft_type(METHOD_NAME)
+    peft_type = extend_peft_type(METHOD_NAME)
     if PEFT_TYPE_TO_TUNER_MAPPING.get(peft_type) is not GatedPromptModel:
         if peft_type in PEFT_TYPE_TO_TUNER_MAPPING:
             _forget(peft_type)
         register_peft_method(
             name=METHOD_NAME, config_cls=GatedPromptConfig, model_cls=GatedPromptModel, prefix=PREFIX
         )
-    _route_push_to_hub()
+    _route_push_to_hub(push_to_hub)
     _note_given_configs()
     return peft_type
 
 
-def _route_push_to_hub() -> None:
-    """Send ``PeftModel.push_to_hub`` of gated_vpt models to ``gated_vpt.hub.push_to_hub`` (see the module notes)."""
+def _route_push_to_hub(push: Optional[Callable[..., Any]]) -> None:
+    """Send ``PeftModel.push_to_hub`` of gated_vpt models to ``push`` (see the module notes). The push is kept on
+    the installed wrapper, not in this module, so that reloading the module keeps it."""
     original = PeftModel.push_to_hub
     if getattr(original, "routes_gated_vpt", False):
+        original.gated_vpt_push = push or original.gated_vpt_push
         return
 
     @functools.wraps(original)
     def push_to_hub(self, repo_id: str, *args, **kwargs):
-        if getattr(self.peft_config.get(self.active_adapter), "peft_type", None) == METHOD_NAME.upper() and not args:
-            return importlib.import_module("gated_vpt.hub").push_to_hub(self, repo_id, **kwargs)
+        gated = getattr(self.peft_config.get(self.active_adapter), "peft_type", None) == METHOD_NAME.upper()
+        if gated and not args and push_to_hub.gated_vpt_push is not None:
+            return push_to_hub.gated_vpt_push(self, repo_id, **kwargs)
         return original(self, repo_id, *args, **kwargs)
 
     push_to_hub.routes_gated_vpt = True
+    push_to_hub.gated_vpt_push = push
     PeftModel.push_to_hub = push_to_hub
 
 

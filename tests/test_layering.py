@@ -1,10 +1,80 @@
-"""What imports load: the core (``import gated_vpt``) needs only torch, transformers, peft, safetensors and
-huggingface_hub (peft itself imports accelerate, so accelerate is not checked); the training machinery leaves its
-data, metric and plot libraries until they are used.
+"""The package's layers (README.md, "Layout"; declared in .importlinter): import-linter keeps the imports pointing down
+and the layers free of cycles; here also what it cannot see (imports by name, cycles through a package's
+``__init__``, the README's table), and what imports load: the core (``import gated_vpt``) needs only torch,
+transformers, peft, safetensors and huggingface_hub (peft itself imports accelerate, so accelerate is not checked);
+the training machinery leaves its data, metric and plot libraries until they are used.
 """
 
+from __future__ import annotations
+
+import ast
+import configparser
+import re
+from pathlib import Path
+
+import grimp
+from importlinter.api import read_configuration  # noqa: F401  (configures import-linter for use_cases)
+from importlinter.application import use_cases
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "gated_vpt"
+CONTRACTS = ROOT / ".importlinter"
 UPPER = ["gated_vpt.training", "gated_vpt.segmentation", "gated_vpt.cli", "gated_vpt.card", "gated_vpt.hub",
          "gated_vpt.recipes", "gated_vpt.convert", "datasets", "evaluate", "matplotlib", "tensorboard"]
+
+
+def test_the_import_contracts_are_kept(capsys):
+    kept = use_cases.lint_imports(config_filename=str(CONTRACTS), cache_dir=None, no_logo=True)
+    report = capsys.readouterr().out
+    assert kept, report  # the report names each broken contract and the imports that break it
+    assert "0 broken" in report
+    assert not [name for name, section in _contracts().items() if "ignore_imports" in section]  # nothing excused
+
+
+def _contracts() -> configparser.ConfigParser:
+    config = configparser.ConfigParser()
+    config.read(CONTRACTS)
+    return config
+
+
+def _declared_layers() -> list[set[str]]:
+    lines = _contracts()["importlinter:contract:layers"]["layers"].split("\n")
+    return [set(re.split(r"\s*[|:]\s*", line.strip())) for line in lines if line.strip()]
+
+
+def _readme_layers() -> list[tuple[str, list[str]]]:
+    section = (ROOT / "README.md").read_text().split("## Layout\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:3] for line in section.splitlines() if line.startswith("| ") and "`" in line]
+    return [(layer.strip(), re.findall(r"`([\w./]+)`", modules)) for layer, modules in rows]
+
+
+def test_the_readme_lists_the_declared_layers_and_every_module_once():
+    rows = _readme_layers()
+    names = [name for _, modules in rows for name in modules]
+    present = {p.name for p in PACKAGE.glob("*.py")} | {p.parent.name + "/" for p in PACKAGE.glob("*/__init__.py")}
+    assert sorted(names) == sorted(present)  # every module and subpackage once, nothing that is not there
+    below_the_face = [{name.removesuffix(".py").removesuffix("/") for name in modules} for layer, modules in rows
+                      if modules != ["__init__.py"]]
+    assert below_the_face == _declared_layers()
+
+
+def test_no_module_is_imported_by_name():
+    # import-linter sees import statements, also inside functions, but not importlib.import_module("gated_vpt.x").
+    calls = [f"{path.relative_to(ROOT)}:{node.lineno}" for path in sorted(PACKAGE.rglob("*.py"))
+             for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None))
+             in ("import_module", "__import__")]
+    assert calls == []
+
+
+def test_no_import_cycles_module_by_module_package_inits_included():
+    # acyclic_siblings compares the children of each package; a cycle through a package's __init__ (the face's
+    # included) would pass it, so every module's imports are followed here.
+    graph = grimp.build_graph("gated_vpt", cache_dir=None)
+    modules = sorted(m for m in graph.modules if m.split(".")[0] == "gated_vpt")
+    cycles = [(module, imported) for module in modules for imported in graph.find_modules_directly_imported_by(module)
+              if imported.split(".")[0] == "gated_vpt" and graph.find_shortest_chain(imported, module) is not None]
+    assert cycles == []
 
 
 def test_importing_the_core_loads_no_upper_layer(fresh_process):

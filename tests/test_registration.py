@@ -8,7 +8,8 @@ from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPIN
 from peft.utils.peft_types import PeftType
 
 import gated_vpt
-from gated_vpt.registration import _extend_peft_type, register
+from gated_vpt.peft_type import extend_peft_type
+from gated_vpt.registration import register
 
 
 def test_method_is_a_peft_type_with_its_classes():
@@ -20,7 +21,7 @@ def test_method_is_a_peft_type_with_its_classes():
 
 def test_registration_is_idempotent_and_survives_reload():
     members = list(PeftType)
-    assert _extend_peft_type("gated_vpt") is PeftType.GATED_VPT
+    assert extend_peft_type("gated_vpt") is PeftType.GATED_VPT
     register()
     register()
     assert list(PeftType) == members

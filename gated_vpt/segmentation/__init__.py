@@ -14,6 +14,7 @@ from .model import (
     save_segmentation_adapter,
 )
 from .setr import AuxiliaryHeads, ProgressiveUpsamplingHead
+from . import task  # noqa: F401  (registers segmentation in gated_vpt.tasks, where the model card reads it)
 
 __all__ = [
     "HEAD_CONFIG_NAME",

@@ -16,6 +16,7 @@ validates on val and tests on test. ``load_layout_datasets`` returns ``datasets.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -376,9 +377,19 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _decode_problem(path: Path) -> Optional[str]:
-    from .data import decode_problem
+def decode_problem(source: Union[str, Path, bytes]) -> Optional[str]:
+    """Why Pillow cannot fully decode the image at ``source`` (a path, or the file's bytes), or None."""
+    from PIL import Image  # only when images are decoded: checking a folder's lists needs no Pillow
 
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            image.load()
+    except Exception as error:  # Pillow raises many kinds (OSError, SyntaxError, ValueError, ...) on bad files
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def _decode_problem(path: Path) -> Optional[str]:
     problem = decode_problem(path)
     return None if problem is None else f"{path}: cannot decode the image ({problem})"
 

@@ -5,7 +5,6 @@ the augmentations an uninterrupted run would.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -18,6 +17,7 @@ import torch
 from PIL import Image as PILImage
 from torch.utils.data import Sampler
 
+from .benchmark_data import decode_problem, load_layout_datasets
 from .resize import RESIZE_METHODS, tf_legacy_bilinear_resize
 
 if TYPE_CHECKING:
@@ -87,8 +87,6 @@ def load_image_datasets(
     if len(sources) > 1:
         raise ValueError(f"Give one data source, not {' and '.join(sources)}.")
     if data_dir:
-        from .benchmark_data import load_layout_datasets
-
         return load_layout_datasets(data_dir, data_layout, stage)
     if dataset_name:
         source = load_dataset(dataset_name, dataset_config_name)
@@ -179,16 +177,6 @@ def drop_unreadable_images(datasets: DatasetDict, columns: tuple[str, ...], skip
             split = split.select([i for i in range(len(split)) if i not in bad])
         checked[role] = split
     return DatasetDict(checked)
-
-
-def decode_problem(source: Union[str, Path, bytes]) -> Optional[str]:
-    """Why Pillow cannot fully decode the image at ``source`` (a path, or the file's bytes), or None."""
-    try:
-        with PILImage.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-            image.load()
-    except Exception as error:  # Pillow raises many kinds (OSError, SyntaxError, ValueError, ...) on bad files
-        return f"{type(error).__name__}: {error}"
-    return None
 
 
 def check_class_folders(train_dir: Optional[str]) -> None:
