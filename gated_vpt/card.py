@@ -54,7 +54,6 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 _NOT_METRICS = ("loss", "runtime", "per_second", "epoch", "step")
 # Paths inside a checkout of this repository (e.g. the embedded assets/mae-tiny) are named relative to it.
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
-# No package index serves gated-vpt: it installs from a checkout of its repository.
 
 
 def write_model_card(

@@ -7,9 +7,10 @@ called. Both steps are idempotent: importing the package twice (or reloading it)
 peft's ``model.push_to_hub`` is transformers' ``PushToHubMixin.push_to_hub``, which writes its empty template card
 over the one peft saved, and offers no hook in between. ``register(push_to_hub=...)`` is handed the push that
 uploads this package's card (the Hub layer's ``gated_vpt.hub.push_to_hub``, which lies above this module): the
-package's ``__init__`` hands it on every import, importing the Hub layer only when a push runs. For a model whose
-active adapter is gated_vpt the call goes there; every other model, or any model before a push was handed, keeps
-peft's behaviour.
+package's ``__init__`` hands it on every import, importing the Hub layer only when a push runs (an extension point
+filled when ``gated_vpt.hub`` is imported would leave a script that never imports it with the template card). For a
+model whose active adapter is gated_vpt the call goes there; every other model, or any model before a push was
+handed, keeps peft's behaviour.
 
 ``PeftModel.from_pretrained(model, path, config=GatedPromptConfig(...))`` skips the config loader, which is where
 gated_vpt notes the adapter's files so that they are checked before the model changes; for a gated_vpt config the

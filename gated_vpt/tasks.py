@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-# Shared by the usage sections: the note after a local base model's path, and how to get the command.
+# Shared by the usage sections: the note after a local base model's path, and how to get the command (no package
+# index serves gated-vpt: it installs from a checkout of its repository).
 LOCAL_NOTE = "  # a local folder: the path to your copy"
 INSTALL = "`pip install -e .` in a checkout of the gated-vpt repository"
 
