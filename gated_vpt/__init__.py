@@ -3,9 +3,10 @@
 Importing the package registers the method with peft, so ``peft.get_peft_model(model, GatedPromptConfig(...))``
 and ``PeftModel.from_pretrained(base, adapter_dir)`` work.
 
-This ``__init__`` is the package's face: it exports the core's API, registers it with peft and hands registration the
-Hub layer's push (imported only when a push runs). The layers below it, each importing only the ones under it, are
-listed in README.md ("Layout") and enforced by ``.importlinter``.
+This ``__init__`` is the package's face, above every layer but the command: it exports the core's API, registers it
+with peft, and hands registration the Hub layer's push and the model card's task table the task packages, each
+imported only when used. The layers, each importing only the ones under it, are listed in README.md ("Layout") and
+enforced by ``.importlinter``.
 """
 
 import sys
@@ -42,8 +43,10 @@ def load_core() -> None:
     from .loading import load_adapter
     from .model import GatedPromptModel
     from .registration import register
+    from .tasks import add_task_importer
 
     register(push_to_hub=_push_to_hub)
+    add_task_importer(_import_task_packages)
 
 
 def _push_to_hub(model, repo_id: str, **kwargs):
@@ -51,6 +54,11 @@ def _push_to_hub(model, repo_id: str, **kwargs):
     from .hub import push_to_hub
 
     return push_to_hub(model, repo_id, **kwargs)
+
+
+def _import_task_packages() -> None:
+    """Importing a task package registers its task with ``gated_vpt.tasks``, where the model card reads it."""
+    from . import segmentation  # noqa: F401
 
 
 def __getattr__(name: str):

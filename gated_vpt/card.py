@@ -24,7 +24,7 @@ from .config import GatedPromptConfig
 from .convert import CONVERSION_RECORD
 from .introspection import gate_report
 from .recipes import CLASSIFICATION
-from .tasks import INSTALL, LOCAL_NOTE, TASKS, Task, register_task
+from .tasks import INSTALL, LOCAL_NOTE, TASKS, Task, register_task, registered_tasks
 from .version import __version__
 
 CARD_TAGS = ("gated-vpt", "visual-prompt-tuning", "peft", "vision")
@@ -79,8 +79,8 @@ def write_model_card(
     card's tags are also added to its base model's ``model_tags``, so a later ``save_pretrained`` (which rewrites
     the card's tags) keeps them.
 
-    ``task`` (``"image-classification"``, or ``"semantic-segmentation"`` once ``gated_vpt.segmentation`` is imported:
-    the tasks registered in ``gated_vpt.tasks``) sets the pipeline tag, the model-index task and the usage snippet (a
+    ``task`` (``"image-classification"`` or ``"semantic-segmentation"``: the tasks registered in ``gated_vpt.tasks``)
+    sets the pipeline tag, the model-index task and the usage snippet (a
     segmentation adapter loads through ``gated_vpt.segmentation.load_segmentation_adapter``); by default it is read
     off the adapter: the registered task whose heads its ``modules_to_save`` hold, else classification.
 
@@ -161,9 +161,9 @@ def is_gated_vpt_card(card_text: str) -> bool:
 
 def _task(task: Optional[str], settings: dict) -> str:
     if task is None:
-        claimed = [name for name, known in TASKS.items() if known.claims(settings.get("modules_to_save"))]
+        claimed = [name for name, known in registered_tasks().items() if known.claims(settings.get("modules_to_save"))]
         return claimed[0] if claimed else CLASSIFICATION
-    if task not in TASKS:
+    if task not in registered_tasks():
         raise ValueError(f"task={task!r} is not supported: use one of {list(TASKS)} (or leave it unset).")
     return task
 

@@ -144,7 +144,6 @@ def _data_check(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> None:
-    from . import segmentation  # noqa: F401  (registers its task: a segmentation adapter's card, if written here)
     from .hub import push_adapter
 
     sha = push_adapter(args.directory, args.repo_id, private=args.private, commit_message=args.message)

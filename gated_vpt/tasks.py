@@ -2,8 +2,10 @@
 
 ``gated_vpt.card`` writes every card from this table and imports no task package. The card registers
 image classification itself (the default: an adapter whose heads no other task claims is a classifier);
-``gated_vpt.segmentation`` registers semantic segmentation when it is imported. A new task is one
-``register_task`` call in its own package.
+``gated_vpt.segmentation`` registers semantic segmentation when it is imported. The package's ``__init__``, which
+lies above the task packages, hands ``add_task_importer`` what imports them, so a card written before any was
+imported still knows every task (``registered_tasks``). A new task is one ``register_task`` call in its own package
+and one import in that importer.
 """
 
 from __future__ import annotations
@@ -51,9 +53,23 @@ class Task:
 
 
 TASKS: dict[str, Task] = {}
+_importers: list[Callable[[], object]] = []
 
 
 def register_task(task: Task) -> Task:
     """Add ``task`` to the table (or replace the one of that name)."""
     TASKS[task.name] = task
     return task
+
+
+def add_task_importer(importer: Callable[[], object]) -> None:
+    """Have ``registered_tasks`` call ``importer`` (which imports task packages) once, when a task is first needed."""
+    if importer not in _importers:
+        _importers.append(importer)
+
+
+def registered_tasks() -> dict[str, Task]:
+    """The table, once the task packages named by ``add_task_importer`` have been imported."""
+    while _importers:
+        _importers.pop()()
+    return TASKS

@@ -77,6 +77,13 @@ def test_no_import_cycles_module_by_module_package_inits_included():
     assert cycles == []
 
 
+def test_only_the_command_imports_the_face():
+    # gated_vpt/__init__ imports the core, and the Hub layer and the task packages when they are used: a module below
+    # the command that imported it would close a loop.
+    graph = grimp.build_graph("gated_vpt", cache_dir=None)
+    assert graph.find_modules_that_directly_import("gated_vpt") <= {"gated_vpt.cli"}
+
+
 def test_importing_the_core_loads_no_upper_layer(fresh_process):
     assert "gated_vpt.loading" in fresh_process["modules_after_core_import"]
     assert [m for m in UPPER if m in fresh_process["modules_after_core_import"]] == []

@@ -16,7 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel, ViTForImageClassification
 
-from gated_vpt import GatedPromptConfig, init_classifier_
+from gated_vpt.config import GatedPromptConfig
+from gated_vpt.heads import init_classifier_
 from gated_vpt.quiet import transformers_loading
 
 from .data import (

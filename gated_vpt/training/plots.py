@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 if TYPE_CHECKING:
-    from gated_vpt import GateReport
+    from gated_vpt.introspection import GateReport
 
 
 def _pyplot():

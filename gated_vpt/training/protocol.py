@@ -278,6 +278,9 @@ def load_training_script():
         raise FileNotFoundError(
             f"The protocol runs {TRAIN_SCRIPT}, which ships with the source repository; run it from a checkout."
         )
+    from ..registration import register
+
+    register()  # the script builds its models in this process; the gated-vpt command loads no core for `protocol`
     spec = importlib.util.spec_from_file_location("train_image_classification", TRAIN_SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

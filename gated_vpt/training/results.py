@@ -9,7 +9,7 @@ from typing import Callable, Optional, Sequence, Union
 
 from peft import PeftModel
 
-from gated_vpt import gate_report
+from gated_vpt.introspection import gate_report
 from gated_vpt.card import write_model_card
 from gated_vpt.loading import write_labels
 from gated_vpt.recipes import CLASSIFICATION
