@@ -10,11 +10,16 @@ from __future__ import annotations
 import ast
 import configparser
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import grimp
 from importlinter.api import read_configuration  # noqa: F401  (configures import-linter for use_cases)
+from conftest import make_backbone
 from importlinter.application import use_cases
+
+import gated_vpt
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "gated_vpt"
@@ -82,6 +87,24 @@ def test_only_the_command_imports_the_face():
     # the command that imported it would close a loop.
     graph = grimp.build_graph("gated_vpt", cache_dir=None)
     assert graph.find_modules_that_directly_import("gated_vpt") <= {"gated_vpt.cli"}
+
+
+def test_the_card_knows_every_task_before_its_package_is_imported(tmp_path):
+    # The card learns segmentation from gated_vpt.tasks, filled by gated_vpt.segmentation; a new process that never
+    # imported that package still writes a segmentation card for a segmentation adapter's folder.
+    from gated_vpt.segmentation import SegmentationHeadConfig, SegmentationModel, get_segmentation_peft_model
+    from gated_vpt.segmentation import save_segmentation_adapter
+
+    heads = SegmentationHeadConfig(num_labels=3, aux_blocks=[1])
+    model = get_segmentation_peft_model(SegmentationModel(make_backbone("vit"), heads), gated_vpt.GatedPromptConfig())
+    folder = save_segmentation_adapter(model, tmp_path / "adapter")
+    code = ("import sys, gated_vpt\nfrom gated_vpt.card import write_model_card\n"
+            "assert 'gated_vpt.segmentation' not in sys.modules\n"
+            "print(write_model_card(sys.argv[1]).read_text().split('pipeline_tag: ')[1].split()[0])")
+    process = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=300,
+                             cwd=ROOT)
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert process.stdout.split() == ["image-segmentation"]
 
 
 def test_importing_the_core_loads_no_upper_layer(fresh_process):
