@@ -20,6 +20,8 @@ from torch import nn
 BLOCK_CONTAINERS = ("layers", "encoder.layer", "encoder.layers", "model.layer")
 # The keyword argument that carries a block's rotary position embeddings (``BlockLayout.rotary``).
 ROTARY = "position_embeddings"
+# Written by ``gated-vpt convert`` beside a backbone it converted: the source checkpoint's family and size.
+CONVERSION_RECORD = "conversion.json"
 HeadReads = Literal["cls", "probe", "mean"]
 
 

@@ -20,8 +20,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 from torch import nn
 
+from .backbones import CONVERSION_RECORD
 from .config import GatedPromptConfig
-from .convert import CONVERSION_RECORD
 from .introspection import gate_report
 from .recipes import CLASSIFICATION
 from .tasks import INSTALL, LOCAL_NOTE, TASKS, Task, register_task, registered_tasks

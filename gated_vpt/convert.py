@@ -48,7 +48,6 @@ _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _HUB_REPO = re.compile(r"[\w.-]+/[\w.-]+")
 HUB_WEIGHTS = "model.safetensors"
 # What a converted folder records about its source (``model_type`` among it): model cards read it for the licence.
-CONVERSION_RECORD = "conversion.json"
 _BLOCK_PARTS = {
     "norm1": "layernorm_before",
     "attn.proj": "attention.o_proj",
@@ -118,6 +117,8 @@ def convert_checkpoint(
     ```
     """
     from transformers import ViTForImageClassification, ViTModel
+
+    from .backbones import CONVERSION_RECORD
 
     output_dir = Path(output_dir)
     if model_type not in MODEL_TYPES:
