@@ -17,7 +17,7 @@ from .resize import RESIZE_METHODS
 NON_SEMANTIC_ARGS = (
     "config", "output_dir", "resume_from_checkpoint", "checkpointing_steps", "save_total_limit", "max_train_steps",
     "with_tracking", "report_to", "push_to_hub", "hub_model_id", "per_device_eval_batch_size",
-    "gradient_checkpointing", "torch_compile", "dry_run",
+    "gradient_checkpointing", "torch_compile", "dry_run", "stop_signals",
 )
 
 
@@ -60,6 +60,16 @@ def _save_total_limit(text: Union[str, int, None]) -> Optional[int]:
     if text.isdigit() and int(text) > 0:
         return int(text)
     raise argparse.ArgumentTypeError(f"expected a positive number of checkpoints or 'none' (keep all), got {text!r}")
+
+
+def _signal_names(text: str) -> tuple[str, ...]:
+    import signal
+
+    names = tuple(dict.fromkeys(v.strip().upper().removeprefix("SIG") for v in text.split(",") if v.strip()))
+    unknown = [n for n in names if n in ("KILL", "STOP") or not isinstance(getattr(signal, f"SIG{n}", None), signal.Signals)]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"expected signal names such as USR2,TERM, got {text!r}")
+    return names
 
 
 def add_model_args(parser: argparse.ArgumentParser, default_model: Optional[str]) -> None:
@@ -160,6 +170,10 @@ def add_run_args(parser: argparse.ArgumentParser, default_output_dir: str) -> No
     group.add_argument("--max_train_steps", type=int, default=None,
                        help="Stop after this many optimizer updates without writing results (the schedule still spans "
                             "--num_train_epochs, so the run can be resumed from its last checkpoint).")
+    group.add_argument("--stop_signals", type=_signal_names, default=(),
+                       help="Signal names, e.g. USR2,TERM: on one of them, save a checkpoint after the current optimizer "
+                            "update and exit with status 3 (what a scheduler's job needs before its time limit or a "
+                            "pre-emption; `gated-vpt protocol --cluster` sets it). Default: none, signals act as usual.")
     group.add_argument("--with_tracking", action="store_true", help="Log to Accelerate's trackers.")
     group.add_argument("--report_to", default="tensorboard", help="Trackers for --with_tracking ('all', 'tensorboard', ...).")
     group.add_argument("--push_to_hub", action="store_true",

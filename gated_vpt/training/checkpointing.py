@@ -230,6 +230,13 @@ def prune_checkpoints(output_dir: Union[str, Path], keep: int, protected: Option
     return deleted
 
 
+def remove_checkpoints(output_dir: Union[str, Path]) -> None:
+    """Delete every checkpoint in ``output_dir`` (a finished run's, which nothing resumes from)."""
+    for candidate in Path(output_dir).glob("*"):
+        if candidate.name.startswith(CHECKPOINT_PREFIXES) and (candidate / STATE_FILE).is_file():
+            shutil.rmtree(candidate)
+
+
 def follow_umask(directory: Union[str, Path]) -> None:
     """Give the files in ``directory`` the mode the umask gives new files (usually 0644): safetensors' ``save_file``
     (which peft's ``save_pretrained`` uses) writes 0600, unlike the JSON beside them."""

@@ -1,6 +1,7 @@
 """The training loop shared by the task scripts: epochs of accumulated updates under Accelerate, the learning-rate
 schedule per epoch or per update, checkpoints (every epoch, optionally every N updates), resuming mid-epoch, a
-progress bar on the main process, tracker logging, and an evaluation callback after every epoch.
+progress bar on the main process, tracker logging, an evaluation callback after every epoch, and a checkpoint
+then ``RunInterrupted`` when one of ``--stop_signals`` arrives (a scheduler's notice before its time limit).
 
 The model must return ``outputs.loss`` when called as ``model(**batch)``.
 """
@@ -10,9 +11,11 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Union
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 import torch
 from accelerate import Accelerator
@@ -29,7 +32,7 @@ from .checkpointing import (
     save_checkpoint,
 )
 from .results import write_stopped
-from .run import RunStopped
+from .run import RunInterrupted, RunStopped
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ class LoopSettings:
     resumed_from: Optional[Path] = None
     max_train_steps: Optional[int] = None
     with_tracking: bool = False
+    stop_signals: tuple[str, ...] = ()
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, run_config: dict) -> "LoopSettings":
@@ -61,12 +65,55 @@ class LoopSettings:
             resumed_from=resolve_resume_path(args.resume_from_checkpoint, args.output_dir) if args.resume_from_checkpoint else None,
             max_train_steps=args.max_train_steps,
             with_tracking=args.with_tracking,
+            stop_signals=tuple(getattr(args, "stop_signals", ())),
         )
 
 
 def updates_per_epoch(num_batches: int, gradient_accumulation_steps: int) -> int:
     """Optimizer updates per epoch (Accelerate also steps on the last, shorter accumulation of an epoch)."""
     return math.ceil(num_batches / gradient_accumulation_steps)
+
+
+class StopRequest:
+    """While entered, any of ``signals`` (names such as ``"USR2"``) only records that a stop was asked for; the loop
+    asks ``agreed`` at every optimizer update (all processes decide together) and stops there. Without signals
+    (or off the main thread) it installs nothing and never asks the other processes.
+
+    Example:
+
+    ```py
+    with StopRequest(("USR2",)) as stop:
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert stop.requested
+    ```
+    """
+
+    def __init__(self, signals: Sequence[str] = ()):
+        self.signals = [getattr(signal, f"SIG{name}") for name in signals]
+        self.active = bool(self.signals) and threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopRequest":
+        if self.active:
+            self._previous = {number: signal.signal(number, self._record) for number in self.signals}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def _record(self, signum, frame) -> None:
+        self.requested = True
+
+    def agreed(self, accelerator: Accelerator) -> bool:
+        """Whether any process was asked to stop (one small gather per call with several processes)."""
+        if not self.active:
+            return False
+        if accelerator.num_processes == 1:
+            return self.requested
+        flag = torch.tensor([float(self.requested)], device=accelerator.device)
+        return bool(accelerator.gather(flag).sum().item())
 
 
 def train(
@@ -82,7 +129,24 @@ def train(
 ) -> Optional[TrainState]:
     """Train from ``state`` to the last epoch; return the final state, or None when ``max_train_steps`` stopped
     the run early. ``epoch_aware`` are further objects with ``set_epoch`` (e.g. a data set whose augmentation depends
-on the epoch)."""
+on the epoch). One of ``settings.stop_signals`` saves a checkpoint after the current update and raises
+    ``RunInterrupted``."""
+    with StopRequest(settings.stop_signals) as stop:
+        return _train(accelerator, model, optimizer, scheduler, train_loader, epoch_aware, settings, state, evaluate, stop)
+
+
+def _train(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    train_loader: DataLoader,
+    epoch_aware: Iterable,
+    settings: LoopSettings,
+    state: TrainState,
+    evaluate: Optional[Callable[[], dict]],
+    stop: StopRequest,
+) -> Optional[TrainState]:
     epoch_aware = list(epoch_aware)
     total_batches = settings.num_train_epochs * len(train_loader)
     done = state.epoch * len(train_loader) + state.batches_in_epoch
@@ -126,8 +190,13 @@ on the epoch)."""
                 accelerator.log({"train/loss": loss.item(), **_learning_rates(optimizer)}, step=state.completed_steps)
             last_batch = state.batches_in_epoch == len(train_loader)
             steps = settings.checkpointing_steps
-            if isinstance(steps, int) and state.completed_steps % steps == 0 and not last_batch:
+            due = isinstance(steps, int) and state.completed_steps % steps == 0
+            stopping = not last_batch and stop.agreed(accelerator)  # an epoch's last update: after its checkpoint
+            if (due or stopping) and not last_batch:
                 _checkpoint(accelerator, model, optimizer, scheduler, state, settings, f"step_{state.completed_steps}")
+            if stopping:
+                bar.close()
+                raise RunInterrupted(_interrupted_message(settings.output_dir, state))
             if settings.max_train_steps is not None and state.completed_steps >= settings.max_train_steps:
                 bar.close()
                 accelerator.print(f"Stopped after {state.completed_steps} updates (--max_train_steps).")
@@ -147,10 +216,22 @@ on the epoch)."""
         bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "epoch"})
         if settings.with_tracking:
             accelerator.log({f"epoch/{k}": v for k, v in record.items()}, step=state.completed_steps)
-        if settings.checkpointing_steps is not None:
+        stopping = stop.agreed(accelerator)
+        if settings.checkpointing_steps is not None or stopping:
             _checkpoint(accelerator, model, optimizer, scheduler, state, settings, f"epoch_{epoch}")
+        if stopping:
+            bar.close()
+            raise RunInterrupted(_interrupted_message(settings.output_dir, state))
     bar.close()
     return state
+
+
+def _interrupted_message(output_dir: Path, state: TrainState) -> str:
+    return (
+        f"Stopped on a signal after optimizer update {state.completed_steps} (epoch {state.epoch}, batch "
+        f"{state.batches_in_epoch}), with a checkpoint in {output_dir}: the same command with "
+        "--resume_from_checkpoint latest continues it."
+    )
 
 
 def _non_finite_message(value: float, epoch: int, state: TrainState, batches: int, output_dir: Path) -> str:

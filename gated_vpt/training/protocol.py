@@ -9,6 +9,8 @@ last-epoch test top-1; then write the table in the paper's form with the paper's
     gated-vpt protocol --benchmark vtab1k --print_jobs > jobs.txt                    # the commands, for a scheduler
     gated-vpt protocol --benchmark vtab1k --paper_rates                              # released run.sh: Table 5 rates, seed 42
     gated-vpt protocol --recipes a.json b.json -- --num_train_epochs 50              # flags after -- go to every run
+    gated-vpt protocol --benchmark vtab1k --cluster slurm --slurm_partition gpu      # Slurm job arrays (executors)
+    gated-vpt protocol --benchmark vtab1k --dry_run --images_per_second 400          # runs, images, GPU-hours
 
 Each run is ``examples/train_image_classification.py`` with the task's recipe; its results stay under the output root
 in ``<root>/<task>/<stage>/lr<rate>_seed<seed>/`` (``metrics.json``, adapter, plots). A run with a ``metrics.json``
@@ -25,7 +27,6 @@ import logging
 import os
 import queue
 import shlex
-import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +47,8 @@ from .paper_benchmarks import (
     VTAB_GROUPS,
     method_args,
 )
+from .executors import ClusterSettings, add_cluster_args, run_on_cluster
+from .protocol_cost import add_cost_args, format_costs, measure_speed, stage_costs
 from .protocol_report import REPORTED, TaskResult, read_score, write_report
 
 logger = logging.getLogger(__name__)
@@ -184,8 +187,15 @@ class Protocol:
                                       unscored=len(scores) - len(tests)))
         return results
 
+    def planned_runs(self) -> int:
+        """All runs of the protocol, the final runs of tasks not tuned yet included."""
+        return len(self.tasks) * ((len(self.learning_rates) if self.tune else 0) + len(self.seeds))
+
     def write_report(self) -> str:
-        return write_report(self.output_root, self.title, self.results(), self.paper_groups, self.paper_overall,
+        """The table (``protocol_report``), its title marked partial while runs are missing."""
+        settled = sum(run.settled for run in self.all_runs())
+        title = self.title if settled == self.planned_runs() else f"{self.title} (partial: {settled} of {self.planned_runs()} runs)"
+        return write_report(self.output_root, title, self.results(), self.paper_groups, self.paper_overall,
                             self.report_epoch)
 
 
@@ -327,6 +337,8 @@ def execute(
     """Run every pending run (tune runs first; final runs once their task is tuned) in this process, or as
     ``accelerate launch`` processes one per GPU in ``gpus``. Returns (finished, stopped, failed) runs: a stopped
     run wrote ``stopped.json`` (e.g. a non-finite loss) and is settled; a failed one is retried by the next call."""
+    from .checkpointing import remove_checkpoints
+
     script = None if gpus else load_training_script()
     done, stopped, failed = [], [], []
     while True:
@@ -340,7 +352,7 @@ def execute(
         for run, _ in outcomes:
             (done if run.finished else stopped if run.stopped else failed).append(run)
             if run.settled and not keep_checkpoints:
-                _remove_checkpoints(run.output_dir)
+                remove_checkpoints(run.output_dir)
 
 
 def _run_in_process(script, run: Run) -> bool:
@@ -389,14 +401,6 @@ def _run_on_gpus(runs: Sequence[Run], gpus: Sequence[str]) -> list[tuple[Run, bo
 
     with ThreadPoolExecutor(max_workers=len(gpus)) as pool:
         return list(pool.map(launch, runs))
-
-
-def _remove_checkpoints(output_dir: Path) -> None:
-    from .checkpointing import CHECKPOINT_PREFIXES, STATE_FILE
-
-    for candidate in output_dir.glob("*"):
-        if candidate.name.startswith(CHECKPOINT_PREFIXES) and (candidate / STATE_FILE).is_file():
-            shutil.rmtree(candidate)
 
 
 def _float_list(text: str) -> tuple[float, ...]:
@@ -462,6 +466,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "first; a task's final runs once its tune runs have finished: print again then)")
     parser.add_argument("--report_only", action="store_true", help="write the table from the finished runs; run nothing")
     parser.add_argument("--keep_checkpoints", action="store_true", help="keep the checkpoints of finished runs")
+    add_cost_args(parser)
+    add_cluster_args(parser)
     args = parser.parse_args(argv)
     if args.paper_rates and args.learning_rates is not None:
         parser.error("--paper_rates trains at each recipe's rate and skips the grid: drop --learning_rates")
@@ -496,8 +502,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
         protocol = build_protocol(args)
-        if not args.report_only:
+        cluster = ClusterSettings.from_args(args, f"gvpt-{protocol.output_root.name}") if args.cluster else None
+        if cluster is not None:
+            cluster.check()
+        if args.dry_run or args.measure_speed:
+            return _print_costs(protocol, args, sys.stdout)
+        if not (args.report_only or args.status):
             check_runs(protocol, load_training_script())
+        if cluster is not None and not args.report_only:
+            return run_on_cluster(protocol, cluster, TRAIN_SCRIPT, args)
     except (ValueError, OSError) as error:
         print(f"gated-vpt protocol: error: {error}", file=sys.stderr)
         return 1
@@ -508,7 +521,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         waiting = [t.name for t in protocol.tasks if protocol.chosen_learning_rate(t)[0] is None]
         print(f"# {len(runs)} runs can start now" + (f"; {len(waiting)} tasks wait for their tune runs before their "
               "final runs (print the jobs again once those finished)" if waiting else ""), file=sys.stderr)
-        return 0
+        return _print_costs(protocol, args, sys.stderr, prefix="# ")
     failed = []
     if not args.report_only:
         done, stopped, failed = execute(protocol, args.gpus, args.keep_checkpoints)
@@ -517,6 +530,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(protocol.write_report())
     print(f"Table: {protocol.output_root / 'results.md'} (also results.csv, results.png)")
     return 1 if failed else 0
+
+
+def _print_costs(protocol: Protocol, args: argparse.Namespace, stream, prefix: str = "") -> int:
+    script = load_training_script()
+    speed, eval_speed, source = args.images_per_second, None, "--images_per_second"
+    if args.measure_speed:
+        speed, eval_speed, device = measure_speed(protocol, script)
+        source = f"--measure_speed on {device}"
+    text = format_costs(protocol.title, stage_costs(protocol, script), speed, eval_speed, args.gpus_per_job, source)
+    print("\n".join(prefix + line for line in text.splitlines()), file=stream)
+    return 0
 
 
 if __name__ == "__main__":

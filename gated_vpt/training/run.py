@@ -36,16 +36,27 @@ from .results import write_results
 
 class RunStopped(RuntimeError):
     """A run that cannot start or go on (a backbone not prepared, a non-finite loss...), for the reason its message
-    gives. ``exit_on_stop`` prints the message without a traceback and exits with status 1."""
+    gives. ``exit_on_stop`` prints the message without a traceback and exits with its ``exit_status`` (1)."""
+
+    exit_status = 1
+
+
+class RunInterrupted(RunStopped):
+    """A run stopped on request (a signal named by ``--stop_signals``, e.g. a scheduler's notice before its time
+    limit) right after saving a checkpoint: the same command with ``--resume_from_checkpoint latest`` continues it
+    exactly. Its exit status is 3."""
+
+    exit_status = 3
 
 
 def exit_on_stop(main: Callable[[], object]) -> None:
-    """Run a script's ``main``; a ``RunStopped`` ends the process with its message on stderr and exit status 1."""
+    """Run a script's ``main``; a ``RunStopped`` ends the process with its message on stderr and its exit status
+    (1; 3 for a ``RunInterrupted``)."""
     try:
         main()
     except RunStopped as stop:
         print(f"error: {stop}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(stop.exit_status)
 
 
 def require_prepared_backbone(args: argparse.Namespace) -> None:
