@@ -275,3 +275,26 @@ def test_paper_rates_trains_each_recipe_rate_once_with_seed_42_and_says_which_te
     assert code == 0 and "test top-1 at the best validation epoch (mean ± std)" in out
     assert out.count("| n/a |") == len(TASKS) and "(no validation split, as in VTAB-1k final runs" in out
     assert {row["test_top1_epoch"] for row in csv.DictReader(open(root / "results.csv"))} == {"best_validation"}
+
+
+@pytest.mark.slow
+def test_the_local_executor_runs_the_same_protocol_and_writes_the_same_table(bench, tmp_path, monkeypatch):
+    """--cluster local: each run a submitit job (a process of its own); the command submits and returns, --status
+    tells the states, and --wait finishes the protocol with the table of the in-process runs."""
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the jobs compute as this process does (one thread)
+    root = tmp_path / "local"
+    argv = [*bench["argv"][:-6], "--output_root", str(root), *bench["argv"][-4:], "--cluster", "local",
+            "--max_parallel_jobs", "2", "--poll_seconds", "0.5"]
+    code, out, _ = _main(*argv)
+    assert code == 0 and "== submitted 2 runs (local)" in out and "run the same command again" in out
+    code, out, _ = _main(*argv, "--status")
+    lines = out.splitlines()
+    assert code == 0 and lines[-1].startswith("4 runs: ") and lines[-2].startswith("not planned   the final runs of")
+    assert [line.split()[0] for line in lines[2:4]] == ["not", "not"]  # digits-b's tune runs wait for a free place
+    code, out, _ = _main(*argv, "--wait")
+    assert code == 0 and "== 8 done" in out
+    ours, theirs = (list(csv.DictReader(open(r / "results.csv"))) for r in (root, bench["root"]))
+    assert ours == theirs
+    assert (root / "results.md").read_text() == (bench["root"] / "results.md").read_text()
+    assert not list(root.rglob("epoch_*"))  # the finished runs' checkpoints are removed, as in-process

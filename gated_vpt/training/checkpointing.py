@@ -231,10 +231,11 @@ def prune_checkpoints(output_dir: Union[str, Path], keep: int, protected: Option
 
 
 def remove_checkpoints(output_dir: Union[str, Path]) -> None:
-    """Delete every checkpoint in ``output_dir`` (a finished run's, which nothing resumes from)."""
+    """Delete every checkpoint in ``output_dir`` (a finished run's, which nothing resumes from; another process may
+    be deleting them too)."""
     for candidate in Path(output_dir).glob("*"):
         if candidate.name.startswith(CHECKPOINT_PREFIXES) and (candidate / STATE_FILE).is_file():
-            shutil.rmtree(candidate)
+            shutil.rmtree(candidate, ignore_errors=True)
 
 
 def follow_umask(directory: Union[str, Path]) -> None:

@@ -478,6 +478,12 @@ def run_on_cluster(protocol, settings: ClusterSettings, script: Path, args: argp
         print("== run the same command again to submit what follows and write the table (or add --wait; --status "
               "shows each run; --report_only writes a partial table)")
         return 0
+    if not settings.keep_checkpoints:  # the jobs delete them too, but may still be exiting
+        from .checkpointing import remove_checkpoints
+
+        for status in statuses:
+            if status.state == "done":
+                remove_checkpoints(status.run.output_dir)
     print(protocol.write_report())
     print(f"Table: {Path(protocol.output_root) / 'results.md'} (also results.csv, results.png)")
     return 1 if counts["failed"] else 0
