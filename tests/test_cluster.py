@@ -230,3 +230,23 @@ def test_a_signalled_local_job_checkpoints_requeues_and_ends_as_an_uninterrupted
     while psutil.pid_exists(controller) and psutil.Process(controller).status() != psutil.STATUS_ZOMBIE:
         time.sleep(0.2)
     assert not list(run_dir.glob("step_*")) and not list(run_dir.glob("epoch_*"))
+
+
+def test_report_only_marks_a_partial_table(recipes, tmp_path):
+    argv = ["--recipes", *map(str, recipes), "--output_root", str(tmp_path), "--learning_rates", "0.05,2.5", "--seeds", "0,1"]
+    plan = protocol.build_protocol(protocol.parse_args(argv))
+    for run in plan.tune_runs(plan.tasks[0]):
+        run.output_dir.mkdir(parents=True)
+        (run.output_dir / "metrics.json").write_text(json.dumps({"validation_accuracy": run.learning_rate / 10}))
+    code, out, _ = _main(*argv, "--report_only")
+    assert code == 0 and out.startswith("## recipes: digits-a, digits-b (partial: 2 of 8 runs)\n")
+    assert "| digits-a | Natural | 2.5 | 25.00 | pending | 0 |" in (tmp_path / "results.md").read_text()
+
+
+def test_measure_speed_times_the_first_recipe_on_this_device(recipes, tmp_path):
+    code, out, _ = _main("--recipes", str(recipes[0]), "--output_root", str(tmp_path / "out"), "--skip_tune",
+                         "--dry_run", "--measure_speed")
+    [estimate] = [line for line in out.splitlines() if line.startswith("estimate: ")]
+    assert code == 0 and "training images/s from --measure_speed on CPU; evaluation" in estimate and "measured)" in estimate
+    rate = float(estimate.split("GPU per run; ")[1].split(" training")[0].replace(",", ""))
+    assert rate > 0

@@ -204,6 +204,34 @@ def test_interrupted_run_resumes_to_the_same_adapter(uninterrupted, assets, tmp_
     assert history(interrupted) == history(output)
 
 
+def test_a_stop_signal_checkpoints_at_the_next_update_and_the_run_resumes_exactly(uninterrupted, assets, tmp_path, monkeypatch):
+    """--stop_signals USR2 (a scheduler's notice): the signal arrives during the third update (mid-epoch 0); the
+    run writes step_3 right after it and stops with RunInterrupted; resuming ends with the uninterrupted adapter."""
+    import signal
+
+    from gated_vpt.training.run import RunInterrupted
+
+    updates, step = [], torch.optim.SGD.step
+
+    def step_and_signal(self, *args, **kwargs):
+        updates.append(1)
+        if len(updates) == 3:
+            signal.raise_signal(signal.SIGUSR2)  # without the flag this would end the process
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step_and_signal)
+    output = tmp_path / "stopped"
+    previous = signal.getsignal(signal.SIGUSR2)
+    with pytest.raises(RunInterrupted, match="Stopped on a signal after optimizer update 3 .epoch 0, batch 6."):
+        script.main(_argv(assets, output, stop_signals="USR2"))
+    assert signal.getsignal(signal.SIGUSR2) == previous and RunInterrupted.exit_status == 3
+    assert sorted(p.name for p in output.iterdir() if p.is_dir()) == ["step_2", "step_3"]
+    monkeypatch.undo()
+    script.main(_argv(assets, output, resume_from_checkpoint="latest"))
+    expected, resumed = _adapter(uninterrupted[0]), _adapter(output)
+    assert all(torch.equal(expected[key], resumed[key]) for key in expected)
+
+
 def test_resume_latest_skips_a_truncated_newest_checkpoint_and_still_matches(uninterrupted, assets, tmp_path, caplog):
     """A full disk truncated step_4's weights: `latest` says so, resumes from step_2, and the run still ends with
     the uninterrupted run's adapter."""
