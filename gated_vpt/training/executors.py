@@ -451,11 +451,8 @@ def submit_pending(protocol, settings: ClusterSettings, script: Path, retry_fail
 
 
 def run_on_cluster(protocol, settings: ClusterSettings, script: Path, args: argparse.Namespace) -> int:
-    """``gated-vpt protocol --cluster ...``: print the runs' states (``--status``), or submit what can start and
-    return (``--wait``: until every run is settled, then write the table). Returns the exit status."""
-    if args.status:
-        print(format_statuses(protocol))
-        return 0
+    """``gated-vpt protocol --cluster ...``: submit what can start and return (``--wait``: until every run is
+    settled), then write the table once every run is. Returns the exit status."""
     poll = args.poll_seconds or (60.0 if settings.executor == "slurm" else 2.0)
     retry = args.retry_failed
     while True:

@@ -47,7 +47,7 @@ from .paper_benchmarks import (
     VTAB_GROUPS,
     method_args,
 )
-from .executors import ClusterSettings, add_cluster_args, run_on_cluster
+from .executors import ClusterSettings, add_cluster_args, format_statuses, run_on_cluster
 from .protocol_cost import add_cost_args, format_costs, measure_speed, stage_costs
 from .protocol_report import REPORTED, TaskResult, read_score, write_report
 
@@ -505,23 +505,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cluster = ClusterSettings.from_args(args, f"gvpt-{protocol.output_root.name}") if args.cluster else None
         if cluster is not None:
             cluster.check()
-        if args.dry_run or args.measure_speed:
+        elif args.wait or args.retry_failed:
+            raise ValueError("--wait and --retry_failed go with --cluster slurm or --cluster local.")
+        if args.status:
+            print(format_statuses(protocol))
+            return 0
+        if args.dry_run or (args.measure_speed and not args.print_jobs):
             return _print_costs(protocol, args, sys.stdout)
-        if not (args.report_only or args.status):
+        if not args.report_only:
             check_runs(protocol, load_training_script())
+        if args.print_jobs:
+            return _print_jobs(protocol, args)
         if cluster is not None and not args.report_only:
             return run_on_cluster(protocol, cluster, TRAIN_SCRIPT, args)
     except (ValueError, OSError) as error:
         print(f"gated-vpt protocol: error: {error}", file=sys.stderr)
         return 1
-    if args.print_jobs:
-        runs = protocol.pending_runs()
-        for run in runs:
-            print(run.command())
-        waiting = [t.name for t in protocol.tasks if protocol.chosen_learning_rate(t)[0] is None]
-        print(f"# {len(runs)} runs can start now" + (f"; {len(waiting)} tasks wait for their tune runs before their "
-              "final runs (print the jobs again once those finished)" if waiting else ""), file=sys.stderr)
-        return _print_costs(protocol, args, sys.stderr, prefix="# ")
     failed = []
     if not args.report_only:
         done, stopped, failed = execute(protocol, args.gpus, args.keep_checkpoints)
@@ -532,9 +531,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 1 if failed else 0
 
 
+def _print_jobs(protocol: Protocol, args: argparse.Namespace) -> int:
+    runs = protocol.pending_runs()
+    for run in runs:
+        print(run.command())
+    waiting = [t.name for t in protocol.tasks if protocol.chosen_learning_rate(t)[0] is None]
+    print(f"# {len(runs)} runs can start now" + (f"; {len(waiting)} tasks wait for their tune runs before their "
+          "final runs (print the jobs again once those finished)" if waiting else ""), file=sys.stderr)
+    return _print_costs(protocol, args, sys.stderr, prefix="# ")
+
+
 def _print_costs(protocol: Protocol, args: argparse.Namespace, stream, prefix: str = "") -> int:
     script = load_training_script()
     speed, eval_speed, source = args.images_per_second, None, "--images_per_second"
+    if speed is not None and not 0 < speed < float("inf"):
+        raise ValueError(f"--images_per_second {speed}: expected a positive speed, e.g. 400.")
     if args.measure_speed:
         speed, eval_speed, device = measure_speed(protocol, script)
         source = f"--measure_speed on {device}"
