@@ -7,6 +7,9 @@
 - ``paper_benchmarks``: the VTAB-1k and FGVC tasks and the paper's reported numbers, as data.
 - ``protocol``, ``protocol_report``: ``gated-vpt protocol`` (learning-rate grid, seeds, resuming, GPUs, job
   lists) and its table in the paper's form.
+- ``executors``: the protocol's runs as submitit jobs (``--cluster slurm|local``), their states, requeue on the
+  scheduler's signal.
+- ``protocol_cost``: the runs, images and GPU-hours of a protocol before it runs (``--dry_run``).
 - ``optim``: SGD/AdamW with an optional gate learning rate; warmup + cosine or SETR's polynomial decay, per epoch
   or per update.
 - ``checkpointing``: pickle-free, resumable checkpoints.
