@@ -167,7 +167,7 @@ class ClusterSettings:
         """submitit's ``SlurmExecutor.update_parameters`` for an array of ``num_jobs`` runs, one task on one node."""
         parameters = {
             "job_name": self.job_name, "time": self.time_minutes, "nodes": 1, "ntasks_per_node": 1,
-            "gpus_per_node": self.gpus_per_job, "signal_delay_s": SIGNAL_DELAY_S,
+            "gpus_per_node": self.gpus_per_job or None, "signal_delay_s": SIGNAL_DELAY_S,
             "array_parallelism": self.max_parallel_jobs or num_jobs,
             "partition": self.partition, "account": self.account, "cpus_per_task": self.cpus_per_job,
             "mem": self.slurm_memory() if self.memory else None,
@@ -215,6 +215,8 @@ class TrainingJob:
         return [sys.executable, str(self.script), *self.run.launch_argv(), "--stop_signals", stop_signal()]
 
     def __call__(self) -> str:
+        if self.run.finished:  # e.g. finished in the moment the scheduler requeued it
+            return str(self.run.metrics_path)
         log = Path(self.run.output_dir) / TRAIN_LOG
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a") as handle:
