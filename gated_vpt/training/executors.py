@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
 import shutil
 import signal
@@ -268,7 +267,15 @@ class TrainingJob:
 @dataclass(frozen=True)
 class RunStatus:
     """A run's state: ``done``, ``stopped`` (a non-finite loss), ``running``, ``queued``, ``failed`` or ``not
-    submitted``, with its job id and, for a failed run, the log and its last error line."""
+    submitted``, with its job id and, for a failed run, the log and its last error line.
+
+    Example:
+
+    ```py
+    for status in run_statuses(protocol.all_runs()):
+        print(status.line())  # e.g. "queued        dtd tune lr 0.5 seed 0  job 4242_3"
+    ```
+    """
 
     run: Any
     state: str
@@ -429,7 +436,16 @@ def local_slots(settings: ClusterSettings, busy: Sequence[dict] = ()) -> list[Op
 
 @dataclass
 class Submission:
-    """What one pass of ``submit_pending`` did."""
+    """What one pass of ``submit_pending`` did: the job ids and runs it submitted, the runs left for a free place
+    (local executor), the failed runs it left alone and the queued or running ones.
+
+    Example:
+
+    ```py
+    submission = submit_pending(protocol, ClusterSettings("local", max_parallel_jobs=2), TRAIN_SCRIPT)
+    print(job_list(submission.job_ids), len(submission.waiting))
+    ```
+    """
 
     job_ids: list[str] = field(default_factory=list)
     submitted: list = field(default_factory=list)

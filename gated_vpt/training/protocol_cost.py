@@ -42,7 +42,15 @@ def add_cost_args(parser: argparse.ArgumentParser) -> None:
 
 @dataclass
 class StageCost:
-    """One task's runs of one stage: how many there are and are not done, and the work of each."""
+    """One task's runs of one stage: how many there are and are not done, and the work of each.
+
+    Example:
+
+    ```py
+    >>> StageCost("dtd", "tune", runs=7, remaining=7, epochs=100, train_images=800, eval_images=20000).seconds(400.0, 1200.0)
+    216.66666666666666
+    ```
+    """
 
     task: str
     stage: str
