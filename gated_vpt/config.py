@@ -40,16 +40,10 @@ class GatedPromptConfig(PeftConfig, GatedPromptSettings):
         metadata={"help": "Filled in from the backbone table (the encoder blocks); not meant to be set by hand."},
     )
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs) -> "GatedPromptConfig":
-        """peft's loader, which also notes where the adapter lives (``note_source``)."""
-        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-        config.note_source(pretrained_model_name_or_path, subfolder, config_given=False, **kwargs)
-        return config
-
     def note_source(self, path_or_repo_id: str, subfolder: Optional[str] = None, *, config_given: bool, **kwargs) -> None:
-        """Note the adapter files this config is about to be loaded with: peft reads the weights only after it has
-        changed the model, so ``GatedPromptModel`` reads and checks them from this source first. ``config_given``:
+        """Note the adapter files this config is about to be loaded with (peft's config loader does, see
+        ``gated_vpt.registration``): peft and transformers read the weights only after they have changed the model,
+        so ``GatedPromptModel`` reads and checks them from this source first. ``config_given``:
         the config was passed to ``PeftModel.from_pretrained(..., config=...)``, so the files' own config is not
         used."""
         download = {key: kwargs.get(key) for key in ("revision", "token", "cache_dir")}

@@ -286,8 +286,14 @@ def check_saved_adapter(config: GatedPromptConfig, location: dict, config_given:
         config.require_backbone_record(str(directory / "adapter_config.json"))
         if config.modules_to_save is None:
             config.modules_to_save = []  # saved configs record the modules they saved: none
+    check_given_weights(config, tensors, model, str(directory / WEIGHTS_NAME))
+
+
+def check_given_weights(config: GatedPromptConfig, tensors: dict[str, torch.Tensor], model: nn.Module, where: str) -> None:
+    """Refuse ``tensors`` (keys as in adapter files) unless they are exactly what ``config`` implies for ``model``,
+    before anything is changed; ``where`` names them in the message."""
     backbone = prepare_config(config, model)
-    check_tensors(expected_tensors(config, backbone, model), tensors, str(directory / WEIGHTS_NAME))
+    check_tensors(expected_tensors(config, backbone, model), tensors, where)
 
 
 def _loaded_tensors(model: nn.Module, adapter_name: str) -> dict[str, Expected]:

@@ -12,9 +12,14 @@ filled when ``gated_vpt.hub`` is imported would leave a script that never import
 model whose active adapter is gated_vpt the call goes there; every other model, or any model before a push was
 handed, keeps peft's behaviour.
 
-``PeftModel.from_pretrained(model, path, config=GatedPromptConfig(...))`` skips the config loader, which is where
-gated_vpt notes the adapter's files so that they are checked before the model changes; for a gated_vpt config the
-call notes them itself (``_note_given_configs``), and is otherwise peft's.
+A gated_vpt config read from files notes where they are (``_note_read_configs``), so that the tuner reads and checks
+the weights before it changes the model, whoever asked: ``PeftModel.from_pretrained``, ``PeftModel.load_adapter``
+and transformers' own adapter loading (``model.load_adapter(path)``, ``AutoModel*.from_pretrained(adapter_dir)``
+and the pipelines built on it), which all read the config through ``PeftConfig.from_pretrained``. A config passed
+by the caller skips that loader: ``PeftModel.from_pretrained(model, path, config=...)`` and transformers'
+``model.load_adapter(path, peft_config=...)`` note the files themselves, and
+``model.load_adapter(peft_config=..., adapter_state_dict=...)`` checks the given tensors
+(``_note_given_configs``, ``_check_transformers_loads``); every other call is peft's or transformers' own.
 """
 
 from __future__ import annotations
@@ -47,7 +52,9 @@ def register(push_to_hub: Optional[Callable[..., Any]] = None) -> PeftType:
             name=METHOD_NAME, config_cls=GatedPromptConfig, model_cls=GatedPromptModel, prefix=PREFIX
         )
     _route_push_to_hub(push_to_hub)
+    _note_read_configs()
     _note_given_configs()
+    _check_transformers_loads()
     return peft_type
 
 
@@ -83,12 +90,63 @@ def _note_given_configs() -> None:
     def from_pretrained(cls, *args, **kwargs):
         arguments = signature.bind(cls, *args, **kwargs).arguments
         config = arguments.get("config")
-        if getattr(config, "peft_type", None) == METHOD_NAME.upper():  # the files are model_id's, wherever the config came from
+        if _is_gated_vpt(config):  # the files are model_id's, wherever the config came from
             config.note_source(arguments["model_id"], config_given=True, **arguments.get("kwargs", {}))
         return original(cls, *args, **kwargs)
 
     from_pretrained.routes_gated_vpt = True
     PeftModel.from_pretrained = classmethod(from_pretrained)
+
+
+def _note_read_configs() -> None:
+    """Have peft's config loader note the files of every gated_vpt config it reads (see the module notes)."""
+    from peft.config import PeftConfigMixin
+
+    original = PeftConfigMixin.from_pretrained.__func__
+    if getattr(original, "routes_gated_vpt", False):
+        return
+
+    @functools.wraps(original)
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder=None, **kwargs):
+        config = original(cls, pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        if _is_gated_vpt(config):
+            config.note_source(pretrained_model_name_or_path, subfolder, config_given=False, **kwargs)
+        return config
+
+    from_pretrained.routes_gated_vpt = True
+    PeftConfigMixin.from_pretrained = classmethod(from_pretrained)
+
+
+def _check_transformers_loads() -> None:
+    """Have transformers' ``model.load_adapter`` check a gated_vpt adapter whose config the caller passes (see the
+    module notes)."""
+    from transformers.integrations.peft import PeftAdapterMixin
+
+    original = PeftAdapterMixin.load_adapter
+    if getattr(original, "routes_gated_vpt", False):
+        return
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def load_adapter(self, *args, **kwargs):
+        arguments = signature.bind(self, *args, **kwargs).arguments
+        config = arguments.get("peft_config")
+        if _is_gated_vpt(config):
+            if arguments.get("adapter_state_dict") is not None:
+                from .model import check_given_weights
+
+                check_given_weights(config, arguments["adapter_state_dict"], self, "adapter_state_dict")
+            elif arguments.get("peft_model_id"):
+                download = {**(arguments.get("adapter_kwargs") or {}), **arguments.get("kwargs", {})}
+                config.note_source(arguments["peft_model_id"], download.pop("subfolder", None), config_given=True, **download)
+        return original(self, *args, **kwargs)
+
+    load_adapter.routes_gated_vpt = True
+    PeftAdapterMixin.load_adapter = load_adapter
+
+
+def _is_gated_vpt(config: object) -> bool:
+    return getattr(config, "peft_type", None) == METHOD_NAME.upper()
 
 
 def _forget(peft_type: PeftType) -> None:

@@ -18,7 +18,7 @@ from conftest import images, make_backbone, randomize_adapter_
 from peft import PeftModel, get_peft_model
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from transformers import ViTImageProcessor
+from transformers import AutoModelForImageClassification, ViTImageProcessor, pipeline
 
 import gated_vpt
 from gated_vpt.cli import main as cli_main
@@ -82,7 +82,7 @@ CASES = {
         _set("backbone", {"model_type": "vit", "hidden_size": 48, "num_hidden_layers": 4, "num_special_tokens": 1}),
         r"hidden_size: adapter 48, model 32|shape \[4, 32\], expected \[4, 48\]",
     ),
-    "config a JSON list": (_replace_config([1, 2]), r"JSON list|list indices"),
+    "config a JSON list": (_replace_config([1, 2]), r"JSON list|list indices|not a mapping"),
     "modules_to_save the backbone": (_set("modules_to_save", ["vit"]), r"modules_to_save=\['vit'\] names 'vit'.*encoder block"),
     "modules_to_save False": (_set("modules_to_save", False), r"GatedPromptConfig\.modules_to_save=False is invalid"),
     "modules_to_save 0": (_set("modules_to_save", 0), r"GatedPromptConfig\.modules_to_save=0 is invalid"),
@@ -174,20 +174,64 @@ def test_the_untouched_adapter_loads_through_every_loader(good):
 
 
 
-@pytest.mark.parametrize("loader", ["peft.from_pretrained", "gated_vpt.load_adapter"])
+# The ways to load an adapter onto a plain transformers model: peft's, ours and transformers' own integration.
+LOADERS = {
+    "peft.from_pretrained": PeftModel.from_pretrained,
+    "gated_vpt.load_adapter": gated_vpt.load_adapter,
+    "transformers model.load_adapter": lambda model, directory: model.load_adapter(str(directory)),
+}
+
+
+@pytest.mark.parametrize("loader", list(LOADERS))
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_corrupted_adapter_is_refused_and_the_base_model_is_untouched(good, tmp_path, loader, case):
     corruption, message = CASES[case]
     directory = _corrupt(good, tmp_path / "bad", corruption)
     base = _base()
     before = _snapshot(base)
-    load = PeftModel.from_pretrained if loader == "peft.from_pretrained" else gated_vpt.load_adapter
-    errors = (ValueError, TypeError) if case == "config a JSON list" and loader == "peft.from_pretrained" else ValueError
+    # peft's own config loader reads the JSON list (for every method) and fails on it with a TypeError.
+    errors = (ValueError, TypeError) if case == "config a JSON list" and loader != "gated_vpt.load_adapter" else ValueError
     with pytest.raises(errors, match=message):
-        load(base, directory)
+        LOADERS[loader](base, directory)
     _assert_same(before, _snapshot(base))
     assert torch.equal(before["output"], _snapshot(_base())["output"])  # the same as a fresh copy
-    assert not hasattr(base, "peft_config")
+    assert not hasattr(base, "peft_config") and not getattr(base, "_hf_peft_config_loaded", False)
+
+
+def test_transformers_loads_the_untouched_adapter_as_peft_does(good):
+    base = _base()
+    base.load_adapter(str(good))
+    assert torch.equal(base(images(2)).logits, PeftModel.from_pretrained(_base(), good)(images(2)).logits)
+
+
+@pytest.mark.parametrize("how", ["AutoModelForImageClassification", "pipeline"])
+@pytest.mark.parametrize("case", WEIGHT_CASES)
+def test_transformers_refuses_a_corrupted_adapter_folder_given_as_the_model(good, base_dir, tmp_path, image_file, how, case):
+    """``AutoModel*.from_pretrained(adapter_dir)`` (and a pipeline given the folder) loads the base model the adapter
+    names, then the adapter through ``model.load_adapter``."""
+    corruption, message = CASES[case]
+    directory = _corrupt(good, tmp_path / "bad", lambda config, tensors: (config.update(base_model_name_or_path=str(base_dir)), corruption(config, tensors)))
+    with pytest.raises(ValueError, match=message):
+        if how == "pipeline":
+            pipeline("image-classification", model=str(directory), image_processor=str(base_dir))(str(image_file))
+        else:
+            AutoModelForImageClassification.from_pretrained(str(directory))
+
+
+@pytest.mark.parametrize("given", ["weights file", "adapter_state_dict"])
+@pytest.mark.parametrize("case", WEIGHT_CASES)
+def test_transformers_checks_the_weights_of_a_config_the_caller_passes(good, tmp_path, given, case):
+    corruption, message = CASES[case]
+    directory = _corrupt(good, tmp_path / "bad", corruption)
+    base = _base()
+    before = _snapshot(base)
+    config = gated_vpt.GatedPromptConfig(num_prompt_tokens=4)
+    with pytest.raises(ValueError, match=message):
+        if given == "weights file":
+            base.load_adapter(str(directory), peft_config=config)
+        else:
+            base.load_adapter(peft_config=config, adapter_state_dict=load_file(directory / "adapter_model.safetensors"))
+    _assert_same(before, _snapshot(base))
 
 
 @pytest.mark.parametrize("case", WEIGHT_CASES + ["given config has more prompts than the file"])
