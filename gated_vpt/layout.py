@@ -59,22 +59,31 @@ def saved_key(module_key: str) -> str:
 
 def saved_modules(config: GatedPromptSettings, backbone: Backbone, model: nn.Module) -> dict[str, nn.Module]:
     """The modules ``config.modules_to_save`` names in ``model`` (peft's rule: a module whose name ends with an
-    entry), unwrapped from peft's wrappers. Refuses entries that match nothing or reach into the encoder blocks."""
+    entry), unwrapped from peft's wrappers. Each entry must name exactly one module, a task head outside the
+    backbone (the vision tower with its embeddings, blocks and norms): an adapter may not replace frozen weights."""
     from peft.utils.other import AuxiliaryTrainingWrapper  # a saved file is checked without peft; a model has it
 
     names = config.modules_to_save or []
+    tower = next(key for key, module in model.named_modules() if module is backbone.encoder)
     found: dict[str, nn.Module] = {}
-    matched = set()
+    matches: dict[str, list[str]] = {name: [] for name in names}
     for key, module in model.named_modules(remove_duplicate=False):
         entries = [name for name in names if key.endswith(name)]
         if not key or not entries or _inside_wrapper(model, key):
             continue
-        overlapping = [block for block in backbone.block_names if block.startswith(key + ".") or key.startswith(block + ".") or key == block]
-        if overlapping:
-            _refuse_overlap(names, key, overlapping[0])
-        matched.update(entries)
+        if not tower or key == tower or key.startswith(tower + ".") or tower.startswith(key + "."):
+            _refuse_backbone_module(names, key, tower or type(model).__name__)
+        for name in entries:
+            matches[name].append(key)
         found[key] = module.original_module if isinstance(module, AuxiliaryTrainingWrapper) else module
-    unmatched = [name for name in names if name not in matched]
+    several = {name: keys for name, keys in matches.items() if len(keys) > 1}
+    if several:
+        name, keys = next(iter(several.items()))
+        raise ValueError(
+            f"GatedPromptConfig.modules_to_save={names}: {name!r} matches several modules ({', '.join(keys)}); "
+            "name each head by a path that matches only it, e.g. ['classifier']."
+        )
+    unmatched = [name for name, keys in matches.items() if not keys]
     if unmatched:
         modules = [key for key, _ in model.named_children()]
         raise ValueError(
@@ -84,11 +93,11 @@ def saved_modules(config: GatedPromptSettings, backbone: Backbone, model: nn.Mod
     return found
 
 
-def _refuse_overlap(names: list[str], module: str, block: str) -> None:
+def _refuse_backbone_module(names: list[str], module: str, backbone: str) -> None:
     raise ValueError(
-        f"GatedPromptConfig.modules_to_save={names} names {module!r}, which contains or lies inside the prompted "
-        f"encoder block {block!r}: modules_to_save is for heads outside the backbone (e.g. ['classifier']). The "
-        "frozen backbone cannot be saved with an adapter."
+        f"GatedPromptConfig.modules_to_save={names} names {module!r}, which is part of the backbone {backbone!r} or "
+        "holds it: modules_to_save is for task heads outside the backbone (e.g. ['classifier']). The frozen backbone "
+        "cannot be trained or saved with an adapter."
     )
 
 
@@ -129,7 +138,7 @@ def expected_from_record(config: GatedPromptSettings, tensors: dict[str, torch.T
             paths = _module_paths(key)
             reaching = [path for path in paths if path.endswith(name)]
             if reaching:
-                _refuse_overlap(config.modules_to_save, reaching[0], paths[-1])
+                _refuse_backbone_module(config.modules_to_save, reaching[0], paths[-1])
         owned = {
             key: tensor for key, tensor in tensors.items()
             if not _SAVED_BLOCK_KEY.match(key) and any(path.endswith(name) for path in _module_paths(key))

@@ -187,7 +187,14 @@ def test_the_prompt_bound_says_why():
 
 
 def test_modules_to_save_that_reach_into_the_backbone_or_match_nothing_are_refused():
-    for modules, message in ((["vit"], "encoder block"), (["attention"], "encoder block"), (["classifer"], "matches no module")):
+    for modules, message in (
+        (["vit"], "names 'vit', which is part of the backbone 'vit'"),
+        (["attention"], "part of the backbone"),
+        (["classifier", "vit.embeddings"], "names 'vit.embeddings', which is part of the backbone"),
+        (["layernorm"], "names 'vit.layernorm'"),
+        (["projection"], "names 'vit.embeddings.patch_embeddings.projection'"),
+        (["classifer"], "matches no module"),
+    ):
         base = make_backbone("vit_clf")
         with pytest.raises(ValueError, match=message):
             get_peft_model(base, GatedPromptConfig(modules_to_save=modules))

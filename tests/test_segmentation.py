@@ -224,6 +224,11 @@ def test_bad_labels_and_settings_are_refused():
     segmenter = SegmentationModel(make_backbone("vit"), SegmentationHeadConfig(num_labels=3))
     with pytest.raises(ValueError, match="leaves out"):
         get_segmentation_peft_model(segmenter, gated_vpt.GatedPromptConfig(modules_to_save=["decode_head"]))
+    segmenter = SegmentationModel(make_backbone("vit"), SegmentationHeadConfig(num_labels=3, aux_blocks=(1,), channels=8))
+    several = gated_vpt.GatedPromptConfig(modules_to_save=["decode_head", "aux_heads", "classifier"])
+    with pytest.raises(ValueError, match=r"'classifier' matches several modules \(decode_head\.classifier, aux_heads"):
+        get_segmentation_peft_model(segmenter, several)
+    assert not any(isinstance(m, gated_vpt.GatedPromptBlock) for m in segmenter.modules())
 
 
 # --- data --------------------------------------------------------------------------------------------------------

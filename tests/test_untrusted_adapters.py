@@ -48,6 +48,15 @@ def _poison(key, value):
     return apply
 
 
+def _with_module(name, tensors_by_name, key=None):
+    """modules_to_save names ``name`` besides the classifier, and the file holds tensors for it (at ``key``)."""
+    def apply(config, tensors):
+        config["modules_to_save"] = ["classifier", name]
+        tensors.update({f"base_model.model.{key or name}.{k}": v for k, v in tensors_by_name.items()})
+
+    return apply
+
+
 def _replace_config(value):
     return lambda config, tensors: (config.clear(), config.update({"__replace__": value}))
 
@@ -83,7 +92,23 @@ CASES = {
         r"hidden_size: adapter 48, model 32|shape \[4, 32\], expected \[4, 48\]",
     ),
     "config a JSON list": (_replace_config([1, 2]), r"JSON list|list indices|not a mapping"),
-    "modules_to_save the backbone": (_set("modules_to_save", ["vit"]), r"modules_to_save=\['vit'\] names 'vit'.*encoder block"),
+    "modules_to_save the backbone": (_set("modules_to_save", ["vit"]), r"modules_to_save=\['vit'\] names 'vit'.*part of the backbone"),
+    "modules_to_save the embeddings": (
+        _with_module("vit.embeddings", {"cls_token": torch.zeros(1, 1, 32), "position_embeddings": torch.zeros(1, 17, 32)}),
+        r"names 'vit\.embeddings', which is part of the backbone 'vit'",
+    ),
+    "modules_to_save nested matches": (
+        _with_module("embeddings", {"cls_token": torch.zeros(1, 1, 32)}, key="vit.embeddings"),
+        r"names 'vit\.embeddings', which is part of the backbone",
+    ),
+    "modules_to_save the final norm": (
+        _with_module("vit.layernorm", {"weight": torch.zeros(32), "bias": torch.zeros(32)}),
+        r"names 'vit\.layernorm', which is part of the backbone",
+    ),
+    "modules_to_save the patch projection": (
+        _with_module("projection", {"weight": torch.zeros(32, 3, 4, 4)}, key="vit.embeddings.patch_embeddings.projection"),
+        r"names 'vit\.embeddings\.patch_embeddings\.projection', which is part of the backbone",
+    ),
     "modules_to_save False": (_set("modules_to_save", False), r"GatedPromptConfig\.modules_to_save=False is invalid"),
     "modules_to_save 0": (_set("modules_to_save", 0), r"GatedPromptConfig\.modules_to_save=0 is invalid"),
     "modules_to_save 'abc'": (_set("modules_to_save", "abc"), r"\['abc'\] matches no module|modules_to_save entry 'abc'"),
@@ -99,7 +124,9 @@ WEIGHT_CASES = [
     "integer prompt", "gate as a vector", "NaN prompt", "inf gate", "NaN classifier",
 ]
 # Without a model, the shapes of the saved head are unknown: `gated-vpt info` shows such an adapter as it is.
-NEEDS_A_MODEL = {"missing classifier", "classifier of another shape"}
+NEEDS_A_MODEL = {"missing classifier", "classifier of another shape"} | {
+    case for case in CASES if case.startswith("modules_to_save the") and case != "modules_to_save the backbone"
+} | {"modules_to_save nested matches"}
 
 
 def _base():
