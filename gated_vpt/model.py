@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import warnings
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from .prompts import prompt_init_bound
 from .settings import PREFIX
 
 BASE = "__base__"  # peft's name for "no adapter" in adapter_names
+ADAPTER_NAME = re.compile(r"[\w-]+")
 
 
 class GatedPromptModel(BaseTuner):
@@ -88,8 +90,11 @@ class GatedPromptModel(BaseTuner):
         self._replace_module(parent, target_name, block, target)
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs) -> None:
-        config = self.peft_config[adapter_name]
-        source = config.__dict__.pop("_source", None)
+        check_adapter_name(adapter_name)
+        source = self.peft_config[adapter_name].__dict__.pop("_source", None)
+        # The model decides parts of the config (backbone record, head pooling, target blocks): fill in a copy, so
+        # the caller's config can be used again, e.g. for a model of another size.
+        config = self.peft_config[adapter_name] = copy.deepcopy(self.peft_config[adapter_name])
         loading = self.__dict__.setdefault("_gvpt_loading", {})
         if source is not None:
             # Loaded from files (PeftModel.from_pretrained / load_adapter): peft reads the weights only after
@@ -248,6 +253,16 @@ class GatedPromptModel(BaseTuner):
     @staticmethod
     def _check_target_module_exists(peft_config: GatedPromptConfig, key: str) -> bool:
         return re.fullmatch(peft_config.target_modules, key) is not None
+
+
+def check_adapter_name(name: object) -> None:
+    """Refuse an adapter name that is not a plain word: it becomes part of module keys (split at dots) and, for
+    every adapter but the first, the name of the folder ``save_pretrained`` writes it to."""
+    if not isinstance(name, str) or not ADAPTER_NAME.fullmatch(name):
+        raise ValueError(
+            f"Adapter name {name!r} is invalid: use letters, digits, '_' and '-' only (e.g. 'default', 'cub-200'). "
+            "Names with dots, path separators or '..', absolute paths and empty names are refused."
+        )
 
 
 def prepare_config(config: GatedPromptConfig, model: nn.Module) -> Backbone:

@@ -24,6 +24,7 @@ by the caller skips that loader: ``PeftModel.from_pretrained(model, path, config
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 from typing import Any, Callable, Optional
@@ -135,7 +136,7 @@ def _check_transformers_loads() -> None:
             if arguments.get("adapter_state_dict") is not None:
                 from .model import check_given_weights
 
-                check_given_weights(config, arguments["adapter_state_dict"], self, "adapter_state_dict")
+                check_given_weights(copy.deepcopy(config), arguments["adapter_state_dict"], self, "adapter_state_dict")
             elif arguments.get("peft_model_id"):
                 download = {**(arguments.get("adapter_kwargs") or {}), **arguments.get("kwargs", {})}
                 config.note_source(arguments["peft_model_id"], download.pop("subfolder", None), config_given=True, **download)

@@ -389,3 +389,46 @@ def test_the_cli_names_an_image_it_cannot_read(good, tmp_path, base_dir, capsys,
     assert cli_main(["predict", str(good), str(broken), "--base", str(base_dir)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("gated-vpt: error: Cannot read an image: " + str(broken)) and err.count("\n") == 1, err
+
+
+BAD_NAMES = ["a.b", "..", "../outside", "/tmp/absolute", "a/b", "a\\b", "", "line\nbreak"]
+# name -> how an adapter gets a name: created, added to a PeftModel, or loaded under it
+NAMING = {
+    "get_peft_model": lambda model, good, name: get_peft_model(model, gated_vpt.GatedPromptConfig(num_prompt_tokens=4), adapter_name=name),
+    "PeftModel.add_adapter": lambda model, good, name: model.add_adapter(name, gated_vpt.GatedPromptConfig(num_prompt_tokens=4)),
+    "PeftModel.from_pretrained": lambda model, good, name: PeftModel.from_pretrained(model, good, adapter_name=name),
+    "PeftModel.load_adapter": lambda model, good, name: model.load_adapter(good, adapter_name=name),
+    "gated_vpt.load_adapter": lambda model, good, name: gated_vpt.load_adapter(model, good, adapter_name=name),
+    "transformers model.load_adapter": lambda model, good, name: model.load_adapter(str(good), adapter_name=name),
+}
+ADDS_TO_A_PEFT_MODEL = {"PeftModel.add_adapter", "PeftModel.load_adapter"}
+
+
+@pytest.mark.filterwarnings("ignore:Adapter name .* should not be contained in the prefix")
+@pytest.mark.parametrize("how", list(NAMING))
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_an_adapter_name_that_is_not_a_plain_word_is_refused_before_anything_changes(good, tmp_path, how, name):
+    model = PeftModel.from_pretrained(_base(), good) if how in ADDS_TO_A_PEFT_MODEL else _base()
+    before = _snapshot(model)
+    with pytest.raises(ValueError, match=r"Adapter name .* is invalid: use letters, digits, '_' and '-' only"):
+        NAMING[how](model, good, name)
+    _assert_same(before, _snapshot(model))
+    if how in ADDS_TO_A_PEFT_MODEL:  # still fully usable: it adds, switches and saves as before
+        assert list(model.peft_config) == ["default"]
+        model.add_adapter("second", gated_vpt.GatedPromptConfig(num_prompt_tokens=4))
+        model.set_adapter("second")
+        model.save_pretrained(tmp_path / "saved")
+        assert sorted(p.name for p in (tmp_path / "saved").iterdir() if p.is_dir()) == ["second"]
+    assert not list(tmp_path.parent.glob("outside")) and not Path("/tmp/absolute").exists()
+
+
+def test_get_peft_model_leaves_the_callers_config_as_it_was():
+    config = gated_vpt.GatedPromptConfig(num_prompt_tokens=4)
+    before = dict(vars(config))
+    first = get_peft_model(_base(), config)
+    assert vars(config) == before
+    # ... so the same config serves a backbone of another size, and the first model keeps its own record.
+    other = get_peft_model(make_backbone("vit_clf", num_hidden_layers=2), config)
+    assert vars(config) == before
+    assert first.peft_config["default"].backbone["num_hidden_layers"] == 4
+    assert other.peft_config["default"].backbone["num_hidden_layers"] == 2
