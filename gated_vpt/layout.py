@@ -26,6 +26,7 @@ PEFT_PREFIX = "base_model.model."
 # transformers uses: ``layers.N`` (ViT since 5.9), ``encoder.layers.N`` (CLIP, SigLIP), ``model.layer.N`` (DINOv3) and
 # a ``vision_model.`` wrapper (the CLIP and SigLIP classification classes; CLIPVisionModel before 5.x) all fold into it.
 _BLOCK_KEY = re.compile(r"(^|\.)(?:vision_model\.)?(?:layers|encoder\.layers?|model\.layer)\.(\d+)\.(?=" + PREFIX + ")")
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _SAVED_BLOCK_KEY = re.compile(r"^(.*?)encoder\.layer\.(\d+)\.(" + PREFIX + r"\w+)$")
 
 
@@ -191,6 +192,8 @@ def check_tensors(expected: dict[str, Expected], tensors: dict[str, torch.Tensor
 
 
 def _tensor_problem(tensor: torch.Tensor, spec: Expected) -> Optional[str]:
+    if tensor.numel() == 0:  # an empty tensor must not stand in for a shape (e.g. of a head to be built from it)
+        return f"is empty (shape {list(tensor.shape)}); every tensor of an adapter holds values"
     if tuple(tensor.shape) != spec.shape:
         return f"has shape {list(tensor.shape)}, expected {list(spec.shape)} for {spec.what}"
     if spec.dtype.is_floating_point != tensor.dtype.is_floating_point or (
@@ -198,8 +201,11 @@ def _tensor_problem(tensor: torch.Tensor, spec: Expected) -> Optional[str]:
     ):
         kind = "a floating-point dtype" if spec.dtype.is_floating_point else str(spec.dtype)
         return f"has dtype {tensor.dtype}, expected {kind}"
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-        return "holds NaN or infinite values"
+    if tensor.is_floating_point() and tensor.dtype not in FLOAT_DTYPES:
+        return f"has dtype {tensor.dtype}, which adapters are not saved in (use {', '.join(map(str, FLOAT_DTYPES))})"
+    # Checked as the model will hold them: a float64 value beyond float32's range would load as infinity.
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor.to(spec.dtype)).all()):
+        return f"holds NaN or infinite values (as {spec.dtype})"
     return None
 
 

@@ -35,6 +35,9 @@ HEAD_CONFIG_NAME = "segmentation_head.json"
 # A training run's output folder holds its adapter in this subfolder.
 RUN_ADAPTER_DIR = "adapter"
 PICKLED_WEIGHTS = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
+# The largest JSON file an adapter may bring (its config, class names, head settings): class names for 100,000
+# classes fit in a few megabytes.
+MAX_JSON_BYTES = 16 * 2**20
 
 
 def load_adapter(
@@ -136,14 +139,27 @@ def read_adapter_files(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     config_path = directory / CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; save adapters with model.save_pretrained(directory).")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{config_path} is not valid JSON ({error}); re-save or re-download the adapter.") from error
+    config = read_json(config_path, "adapter settings")
     settings = GatedPromptSettings.from_saved(config, str(config_path))
     state_dict = read_adapter_weights(directory)
     check_tensors(expected_from_record(settings, state_dict), state_dict, str(directory / WEIGHTS_NAME))
     return config, state_dict
+
+
+def read_json(path: Path, what: Optional[str] = None) -> object:
+    """A small JSON file that came with an adapter (a JSON object of ``what``, when given); ``ValueError`` when it is
+    not valid JSON, larger than ``MAX_JSON_BYTES`` or nested too deeply to parse."""
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise ValueError(f"{path} is {size:,} bytes; an adapter's JSON files are small (at most {MAX_JSON_BYTES:,}), so it is not one.")
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        problem = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        raise ValueError(f"{path} is not valid JSON ({problem}); re-save or re-download the adapter.") from error
+    if what is not None and not isinstance(value, dict):
+        raise ValueError(f"{path} holds a JSON {type(value).__name__}, not an object of {what}; it is not an adapter's file.")
+    return value
 
 
 def read_adapter_weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -201,8 +217,8 @@ def read_labels(directory: Union[str, Path]) -> Optional[list[str]]:
     if not path.is_file():
         return None
     try:
-        names = json.loads(path.read_text())
-    except json.JSONDecodeError:
+        names = read_json(path)
+    except ValueError:
         names = None
     if not (
         isinstance(names, dict) and sorted(names) == sorted(map(str, range(len(names))))

@@ -27,11 +27,13 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from peft import PeftModel
 from peft.utils.peft_types import PeftType, register_peft_method
 
+from .loading import read_json
 from .peft_type import extend_peft_type
 from .settings import METHOD_NAME, PREFIX
 
@@ -100,7 +102,8 @@ def _note_given_configs() -> None:
 
 
 def _note_read_configs() -> None:
-    """Have peft's config loader note the files of every gated_vpt config it reads (see the module notes)."""
+    """Have peft's config loader note the files of every gated_vpt config it reads (see the module notes), and
+    read every adapter config (of any peft method) within ``read_json``'s bounds."""
     from peft.config import PeftConfigMixin
 
     original = PeftConfigMixin.from_pretrained.__func__
@@ -114,8 +117,17 @@ def _note_read_configs() -> None:
             config.note_source(pretrained_model_name_or_path, subfolder, config_given=False, **kwargs)
         return config
 
+    original_json = PeftConfigMixin.from_json_file.__func__
+
+    @functools.wraps(original_json)
+    def from_json_file(cls, path_json_file: str, **kwargs):
+        # peft's json.load raises RecursionError on deep nesting, and a non-object fails later with a TypeError.
+        read_json(Path(path_json_file), "adapter settings")
+        return original_json(cls, path_json_file, **kwargs)
+
     from_pretrained.routes_gated_vpt = True
     PeftConfigMixin.from_pretrained = classmethod(from_pretrained)
+    PeftConfigMixin.from_json_file = classmethod(from_json_file)
 
 
 def _check_transformers_loads() -> None:

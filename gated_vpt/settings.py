@@ -20,6 +20,9 @@ HeadPooling = Literal["auto", "cls", "mean"]
 # prompts, and 1024 already makes a block about 40 times as costly; more is a mistake or a hostile file.
 MAX_PROMPT_TOKENS = 1024
 BACKBONE_RECORD = {"model_type": str, "hidden_size": int, "num_hidden_layers": int, "num_special_tokens": int}
+# Bounds on a backbone record, far above any ViT (ViT-22B: 48 blocks of width 6144): a saved adapter's shapes are
+# derived from the record before any model is at hand, so a hostile record must not make that work unbounded.
+MAX_BACKBONE_RECORD = {"hidden_size": 65536, "num_hidden_layers": 1024, "num_special_tokens": 1024}
 
 
 @dataclass
@@ -162,6 +165,11 @@ class GatedPromptSettings:
             and all(self.backbone[k] > 0 for k in ("hidden_size", "num_hidden_layers")) and self.backbone["num_special_tokens"] >= 0
         ):
             fail("backbone", "it is filled in when the adapter is created: a JSON object with " + ", ".join(BACKBONE_RECORD))
+        beyond = [f"{k} at most {bound}" for k, bound in MAX_BACKBONE_RECORD.items() if self.backbone and self.backbone[k] > bound]
+        if beyond:
+            fail("backbone", "no ViT-family backbone is that large: " + ", ".join(beyond))
+        if self.backbone and self.prompt_start_block >= self.backbone["num_hidden_layers"]:
+            fail("prompt_start_block", f"the backbone has {self.backbone['num_hidden_layers']} blocks: use a block index below that")
         for name in ("base_model_name_or_path", "revision"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 fail(name, "use a string or leave it unset")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import make_backbone
 from PIL import Image as PILImage
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 
 import gated_vpt
@@ -187,6 +187,23 @@ def test_head_settings_from_a_stranger_are_checked_against_the_weights_before_bu
     path = tmp_path / HEAD_CONFIG_NAME
     values = json.loads(path.read_text())
     path.write_text(json.dumps([values] if change is None else {**values, **change}))
+    with pytest.raises(ValueError, match=message):
+        load_segmentation_adapter(make_backbone("dinov2"), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("replacement", "message"),
+    [  # both sets of head settings agree with this lone tensor: the heads they describe are checked before building
+        (torch.zeros(4, 6000, 1, 1), r"stages\.0\.conv\.weight has shape \[8, 32, 3, 3\], expected \[6000, 32, 3, 3\] for heads of 6000 channels"),
+        (torch.zeros(4, 6000, 0, 0), r"decode_head\.classifier\.weight is empty \(shape \[4, 6000, 0, 0\]\)"),
+    ],
+)
+def test_a_head_tensor_that_claims_other_channels_is_refused_before_any_head_is_built(tmp_path, replacement, message):
+    save_segmentation_adapter(segmentation_model("dinov2", aux_blocks=(0, 2), num_labels=4), tmp_path)
+    (tmp_path / HEAD_CONFIG_NAME).unlink()
+    tensors = load_file(tmp_path / "adapter_model.safetensors")
+    tensors["base_model.model.decode_head.classifier.weight"] = replacement
+    save_file(tensors, tmp_path / "adapter_model.safetensors")
     with pytest.raises(ValueError, match=message):
         load_segmentation_adapter(make_backbone("dinov2"), tmp_path)
 

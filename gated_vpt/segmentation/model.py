@@ -30,7 +30,8 @@ from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from ..backbones import resolve_backbone, without_head
 from ..config import GatedPromptConfig
-from ..loading import HEAD_CONFIG_NAME
+from ..layout import PEFT_PREFIX, Expected, check_tensors
+from ..loading import HEAD_CONFIG_NAME, read_json
 from ..quiet import peft_wrapping
 from ..settings import is_integer, is_number
 from .setr import AuxiliaryHeads, Norm, ProgressiveUpsamplingHead, num_upsampling_stages
@@ -105,10 +106,7 @@ class SegmentationHeadConfig:
                 f"{path} not found: a segmentation adapter directory holds {HEAD_CONFIG_NAME} next to the adapter "
                 "files (written by the segmentation training script or SegmentationHeadConfig.save)."
             )
-        try:
-            values = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON ({error}); re-save or re-download the adapter.") from error
+        values = read_json(path)
         if not isinstance(values, dict):
             raise ValueError(f"{path} holds a JSON {type(values).__name__}, not an object of head settings.")
         unknown = sorted(set(values) - set(cls.__dataclass_fields__))
@@ -314,7 +312,7 @@ def load_segmentation_adapter(
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-    from ..loading import load_adapter, read_adapter_files, resolve_adapter_dir
+    from ..loading import WEIGHTS_NAME, load_adapter, read_adapter_files, resolve_adapter_dir
 
     directory = resolve_adapter_dir(path_or_repo_id, revision=revision, token=token)
     head_file = directory / HEAD_CONFIG_NAME
@@ -324,7 +322,8 @@ def load_segmentation_adapter(
         except (EntryNotFoundError, LocalEntryNotFoundError):
             pass
     # The heads are built before their weights are loaded and checked: build only what the weights hold.
-    implied = head_config_from_weights(read_adapter_files(directory)[1])
+    tensors = read_adapter_files(directory)[1]
+    implied = head_config_from_weights(tensors)
     head_config = SegmentationHeadConfig.load(head_file) if head_file.is_file() else implied
     disagreeing = [name for name in STRUCTURE if _structure(head_config, name) != _structure(implied, name)]
     if disagreeing:
@@ -333,6 +332,14 @@ def load_segmentation_adapter(
             + ", ".join(f"{name} {getattr(head_config, name)!r} vs {getattr(implied, name)!r} in the weights" for name in disagreeing)
             + ". Re-save the adapter with save_segmentation_adapter or download it again."
         )
+    with torch.device("meta"):  # the heads these settings build, without allocating them
+        skeleton = SegmentationModel(backbone, head_config)
+    heads = {key: value for key, value in skeleton.state_dict().items() if key.split(".")[0] in HEAD_MODULES}
+    check_tensors(
+        {PEFT_PREFIX + key: Expected(tuple(value.shape), value.dtype, f"heads of {head_config.channels} channels") for key, value in heads.items()},
+        {key: value for key, value in tensors.items() if key.removeprefix(PEFT_PREFIX).split(".")[0] in HEAD_MODULES},
+        str(directory / WEIGHTS_NAME),
+    )
     model = SegmentationModel(backbone, head_config)
     return load_adapter(model, directory, is_trainable=is_trainable)
 
