@@ -58,6 +58,7 @@ def register(push_to_hub: Optional[Callable[..., Any]] = None) -> PeftType:
     _note_read_configs()
     _note_given_configs()
     _check_transformers_loads()
+    _refuse_pickled_saves()
     return peft_type
 
 
@@ -156,6 +157,29 @@ def _check_transformers_loads() -> None:
 
     load_adapter.routes_gated_vpt = True
     PeftAdapterMixin.load_adapter = load_adapter
+
+
+def _refuse_pickled_saves() -> None:
+    """Refuse ``save_pretrained(..., safe_serialization=False)`` for a model holding a gated_vpt adapter: it would
+    write a pickle, which every gated_vpt loader refuses to read (unpickling runs code)."""
+    original = PeftModel.save_pretrained
+    if getattr(original, "routes_gated_vpt", False):
+        return
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def save_pretrained(self, *args, **kwargs):
+        arguments = signature.bind(self, *args, **kwargs).arguments
+        if arguments.get("safe_serialization", True) is False and any(map(_is_gated_vpt, self.peft_config.values())):
+            raise ValueError(
+                "gated_vpt adapters are saved as safetensors only: safe_serialization=False would write a pickle "
+                "(adapter_model.bin), which gated_vpt does not load since unpickling runs code. Leave "
+                "safe_serialization at its default, True."
+            )
+        return original(self, *args, **kwargs)
+
+    save_pretrained.routes_gated_vpt = True
+    PeftModel.save_pretrained = save_pretrained
 
 
 def _is_gated_vpt(config: object) -> bool:

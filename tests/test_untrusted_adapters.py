@@ -402,6 +402,15 @@ def test_pickled_weights_are_never_read_even_through_peft(good, tmp_path):
     assert not hasattr(base, "peft_config")
 
 
+def test_a_pickled_adapter_is_never_written(tmp_path):
+    model = get_peft_model(_base(), gated_vpt.GatedPromptConfig(num_prompt_tokens=4))
+    with pytest.raises(ValueError, match=r"safetensors only: safe_serialization=False would write a pickle"):
+        model.save_pretrained(tmp_path / "out", safe_serialization=False)
+    assert not (tmp_path / "out").exists()
+    model.save_pretrained(tmp_path / "out")  # the default writes safetensors, which every loader reads
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+
+
 @pytest.mark.parametrize("content", [b"not an image", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10\x00\x00\x00\x10\x08\x02"])
 def test_the_cli_names_an_image_it_cannot_read(good, tmp_path, base_dir, capsys, content):
     broken = tmp_path / "broken.png"
