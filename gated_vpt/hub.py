@@ -182,9 +182,16 @@ def _stage_directory(directory: Path, staging: Path, repo_id: str) -> None:
     from .card import is_gated_vpt_card, set_adapter_id, write_model_card
 
     read_adapter_files(directory)
-    for pattern in UPLOADED_FILES:
-        for file in directory.glob(pattern):
-            shutil.copyfile(file, staging / file.name)
+    files = [file for pattern in UPLOADED_FILES for file in directory.glob(pattern)]
+    links = [file.name for file in files if file.is_symlink() or not file.is_file()]
+    if links:  # a link may point anywhere, e.g. at the stored Hub token: only the folder's own files are published
+        raise ValueError(
+            f"{directory} holds {', '.join(sorted(links))}, which {'is' if len(links) == 1 else 'are'} not a regular "
+            "file (a symbolic link, or a folder); push uploads only the folder's own files. Replace each with the "
+            "file itself, or remove it."
+        )
+    for file in files:
+        shutil.copyfile(file, staging / file.name, follow_symlinks=False)
     card = staging / CARD_NAME
     if card.is_file() and is_gated_vpt_card(card.read_text()):
         card.write_text(set_adapter_id(card.read_text(), repo_id))

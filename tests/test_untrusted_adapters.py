@@ -402,6 +402,31 @@ def test_pickled_weights_are_never_read_even_through_peft(good, tmp_path):
     assert not hasattr(base, "peft_config")
 
 
+@pytest.mark.parametrize("linked", ["id2label.json", "gates.png", "adapter_model.safetensors"])
+def test_push_never_follows_a_symbolic_link_in_the_folder(good, tmp_path, monkeypatch, linked):
+    import huggingface_hub
+
+    from gated_vpt.hub import push_adapter
+
+    secret = tmp_path / "token"
+    secret.write_text("hf_SECRETtoken")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for file in good.iterdir():
+        (folder / file.name).write_bytes(file.read_bytes())
+    if linked == "adapter_model.safetensors":
+        (folder / linked).unlink()
+        (tmp_path / "elsewhere.safetensors").write_bytes((good / linked).read_bytes())
+        (folder / linked).symlink_to(tmp_path / "elsewhere.safetensors")
+    else:
+        (folder / linked).symlink_to(secret)
+    calls = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "__init__", lambda *args, **kwargs: calls.append(kwargs))
+    with pytest.raises(ValueError, match=rf"holds {linked}, which is not a regular file.*push uploads only the folder's own files"):
+        push_adapter(folder, "user/repo", token="hf_x")
+    assert not calls  # refused before the Hub was contacted
+
+
 def test_a_pickled_adapter_is_never_written(tmp_path):
     model = get_peft_model(_base(), gated_vpt.GatedPromptConfig(num_prompt_tokens=4))
     with pytest.raises(ValueError, match=r"safetensors only: safe_serialization=False would write a pickle"):
