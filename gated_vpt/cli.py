@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import load_core
-from .tokens import refuse_token_options
+from .tokens import refuse_token_options, token_argument
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # OSError covers FileNotFoundError, PermissionError, ConnectionError and PIL's unreadable-image errors.
@@ -37,6 +37,10 @@ USER_ERRORS = (ValueError, OSError)
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 error, 2 usage)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    refused = token_argument(argv)  # also in what `protocol` passes on after --
+    if refused:
+        print(f"gated-vpt: error: {refused}", file=sys.stderr)
+        return 1
     if argv[:1] == ["convert"]:
         from . import convert
 

@@ -30,7 +30,7 @@ from .loading import (
     write_labels,
 )
 from .tasks import TASKS
-from .tokens import TOKEN_SOURCES
+from .tokens import TOKEN_SOURCES, without_credentials
 
 CARD_NAME = "README.md"
 # Beside the adapter's config and weights: the card, the class names (a segmentation adapter's are in its head
@@ -216,7 +216,7 @@ def _hub_errors(repo_id: str, revision: Optional[str] = None, write: bool = Fals
         if any(_is_transport_error(e) or isinstance(e, LocalEntryNotFoundError) for e in chain):
             cached = "" if write else ", and it is not in the local cache"
             raise ConnectionError(
-                f"Could not reach the Hub at {constants.ENDPOINT} for {where}{cached}. Check your network connection "
+                f"Could not reach the Hub at {without_credentials(constants.ENDPOINT)} for {where}{cached}. Check your network connection "
                 "and the HF_ENDPOINT variable, or use a local adapter directory."
             ) from error
         if write and isinstance(error, HfHubHTTPError) and error.response.status_code in (401, 403):

@@ -101,3 +101,14 @@ def test_an_output_directory_that_cannot_be_written_is_refused_at_the_start(tmp_
     with pytest.raises(ValueError, match=f"--output_dir {output}: {blocker} is a file, not a folder"):
         script.main(["--output_dir", str(output), "--num_train_epochs", "1", "--warmup_epochs", "0"])
     assert blocker.read_text() == "a file"
+
+
+@pytest.mark.parametrize("script", ["train_image_classification", "train_semantic_segmentation"])
+@pytest.mark.parametrize("flag", [["--learning_rate", "nan"], ["--learning_rate", "-1"]])
+def test_a_bad_flag_value_ends_a_training_script_with_one_line_and_no_traceback(script, flag, capsys):
+    from gated_vpt.training.run import exit_on_stop
+
+    with pytest.raises(SystemExit) as exit_info:
+        exit_on_stop(lambda: load_example(script).main(["--model_name_or_path", "none", *flag]))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.startswith(f"error: Invalid arguments: {flag[0]}") and err.count("\n") == 1, err

@@ -7,9 +7,10 @@ The argument names (argparse ``dest``) are the recipe keys of ``gated_vpt.recipe
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Optional, Sequence, Union
 
-from gated_vpt.tokens import refuse_token_options
+from gated_vpt.tokens import refuse_token_options, token_argument
 
 from .resize import RESIZE_METHODS
 
@@ -201,6 +202,9 @@ def parse_args_with_recipe(parser: argparse.ArgumentParser, argv: Optional[Seque
 
     Raises ``ValueError`` when the recipe is invalid or sets an argument this script does not have.
     """
+    refused = token_argument(sys.argv[1:] if argv is None else argv)
+    if refused:
+        raise ValueError(refused)
     args = parser.parse_args(argv)
     if args.config is None:
         _check_args(parser, args)
@@ -229,7 +233,7 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             raise ValueError(f"--{action.dest}={value!r} is invalid: use one of {list(action.choices)}.")
     problems = argument_problems(vars(args))
     if problems:
-        raise ValueError("Invalid arguments:\n" + "\n".join(f"  - {problem}" for problem in problems))
+        raise ValueError("Invalid arguments: " + "; ".join(problems))
     if getattr(args, "push_to_hub", False) and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id <user>/<name>.")
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from gated_vpt.recipes import CLASSIFICATION, RECIPES_DIR, load_recipe
+from gated_vpt.tokens import token_argument
 
 from .paper_benchmarks import (
     BACKBONE_NAMES,
@@ -425,6 +426,9 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
+    refused = token_argument(argv)  # before any message could show the arguments passed on to the runs
+    if refused:
+        raise SystemExit(f"gated-vpt protocol: error: {refused}")
     train_args = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(

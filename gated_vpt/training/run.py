@@ -50,13 +50,14 @@ class RunInterrupted(RunStopped):
 
 
 def exit_on_stop(main: Callable[[], object]) -> None:
-    """Run a script's ``main``; a ``RunStopped`` ends the process with its message on stderr and its exit status
-    (1; 3 for a ``RunInterrupted``)."""
+    """Run a script's ``main``; a ``RunStopped``, or a ``ValueError`` (what bad input raises, e.g. an argument or a
+    recipe), ends the process with its message on one line of stderr and its exit status (1; 3 for a
+    ``RunInterrupted``)."""
     try:
         main()
-    except RunStopped as stop:
-        print(f"error: {stop}", file=sys.stderr)
-        sys.exit(stop.exit_status)
+    except (RunStopped, ValueError) as stop:
+        print("error: " + " ".join(str(stop).split()), file=sys.stderr)
+        sys.exit(getattr(stop, "exit_status", 1))
 
 
 def require_prepared_backbone(args: argparse.Namespace) -> None:
