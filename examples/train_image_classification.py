@@ -36,6 +36,7 @@ from gated_vpt.training.classification import (
 from gated_vpt.training.loop import LoopSettings, train, updates_per_epoch
 from gated_vpt.training.optim import build_optimizer, build_scheduler
 from gated_vpt.training.run import (
+    claim_output_dir,
     exit_on_stop,
     finish_run,
     initial_state,
@@ -81,6 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     data = load_classification_data(args, num_channels=backbone.num_channels)
     run_config = cli.run_config(args, accelerator.num_processes)
     resume_path = checked_resume_path(args.resume_from_checkpoint, args.output_dir, run_config)
+    claim_output_dir(accelerator, args.output_dir)  # a second run on the folder is refused from here on
 
     with peft_wrapping():
         model = get_peft_model(load_image_classifier(args.model_name_or_path, data.labels), prompt_config(args))

@@ -37,6 +37,7 @@ from gated_vpt.training.classification import count_parameters
 from gated_vpt.training.loop import LoopSettings, train, updates_per_epoch
 from gated_vpt.training.optim import build_optimizer, build_scheduler
 from gated_vpt.training.run import (
+    claim_output_dir,
     exit_on_stop,
     finish_run,
     initial_state,
@@ -118,6 +119,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     data = load_segmentation_data(args)
     run_config = cli.run_config(args, accelerator.num_processes)
     resume_path = checked_resume_path(args.resume_from_checkpoint, args.output_dir, run_config)
+    claim_output_dir(accelerator, args.output_dir)  # a second run on the folder is refused from here on
 
     model = build_segmentation_model(args, SHAPES_LABELS if args.quick else None)
     if args.decoder_norm == "batch" and accelerator.num_processes > 1 and accelerator.device.type == "cuda":

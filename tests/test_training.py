@@ -619,3 +619,43 @@ def test_dry_run_reads_a_benchmark_folder_for_its_stage(tmp_path, capsys, stage,
     assert f"(vtab1k layout): train = {'train800' if stage == 'tune' else 'train800val200'} ({train_images} images)" in printed
     assert f"updates per epoch: {updates} (ceil({train_images} / 8) batches" in printed
     assert "trainable parameters: 1,038 of" in printed  # 3 classes: 5 x 128 prompts, 11 scalars, 3 x 128 + 3 head
+
+
+_HOLD_FOLDER = """
+import sys, types
+from gated_vpt.training.run import claim_output_dir
+claim_output_dir(types.SimpleNamespace(is_main_process=True), sys.argv[1])
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no operating-system lock on Windows")
+def test_a_second_run_on_an_output_folder_in_use_is_refused_and_a_dead_runs_folder_is_taken_over(assets, tmp_path, monkeypatch):
+    import subprocess
+
+    from gated_vpt.training import run
+
+    monkeypatch.setattr(run, "_CLAIMED", {})  # this process holds nothing yet
+    output = tmp_path / "busy"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_FOLDER, str(output)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(ValueError, match=rf"--output_dir {output} is in use by another run \(process {holder.pid}\)"):
+            script.main(_argv(assets, output, num_train_epochs=1, warmup_epochs=0))
+        assert sorted(p.name for p in output.iterdir()) == [".run.lock"]  # nothing of the second run was written
+    finally:
+        holder.kill()
+        holder.wait()
+    metrics = script.main(_argv(assets, output, num_train_epochs=1, warmup_epochs=0))  # the dead run's folder is free
+    assert "test_accuracy" in metrics and (output / "adapter" / "adapter_model.safetensors").is_file()
+    for handle in run._CLAIMED.values():
+        handle.close()
+
+
+def test_an_output_folder_that_is_a_link_to_nothing_is_refused_at_the_start(assets, tmp_path):
+    output = tmp_path / "link"
+    output.symlink_to(tmp_path / "missing")
+    with pytest.raises(ValueError, match=rf"--output_dir {output}: {output} is a symbolic link to {tmp_path / 'missing'}, which does not exist"):
+        script.main(_argv(assets, output))
+    assert not (tmp_path / "missing").exists()

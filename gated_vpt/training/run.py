@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -30,8 +31,17 @@ from peft import PeftModel
 from torch import nn
 from torch.utils.data import DataLoader
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 from .checkpointing import TrainState, load_checkpoint
 from .results import write_results
+
+# The lock file that marks a run's output folder as in use (``claim_output_dir``).
+RUN_LOCK = ".run.lock"
+_CLAIMED: dict[Path, object] = {}
 
 
 class RunStopped(RuntimeError):
@@ -93,11 +103,16 @@ def start_accelerator(args: argparse.Namespace) -> Accelerator:
 
 
 def check_output_dir(output_dir: Union[str, Path]) -> None:
-    """Refuse an output directory that cannot be written (a file, a path below a file, a read-only folder) at the
-    start, not when the first checkpoint is due. Creates nothing."""
+    """Refuse an output directory that cannot be written (a file, a path below a file, a read-only folder, a
+    symbolic link to nothing) at the start, not when the first checkpoint is due. Creates nothing."""
     path = Path(output_dir)
     existing = path
     while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():
+            raise ValueError(
+                f"--output_dir {path}: {existing} is a symbolic link to {os.readlink(existing)}, which does not exist. "
+                "Create its target or choose another --output_dir."
+            )
         existing = existing.parent
     if not existing.is_dir():
         raise ValueError(f"--output_dir {path}: {existing} is a file, not a folder. Choose another --output_dir.")
@@ -106,6 +121,33 @@ def check_output_dir(output_dir: Union[str, Path]) -> None:
             pass
     except OSError as error:
         raise ValueError(f"--output_dir {path}: cannot write in {existing} ({error.strerror}). Choose another --output_dir.") from error
+
+
+def claim_output_dir(accelerator: Accelerator, output_dir: Union[str, Path]) -> None:
+    """Hold ``output_dir`` for this run until its process ends (creating it), so that a second run on it is refused
+    instead of overwriting its checkpoints. The hold is an operating-system lock on ``RUN_LOCK`` in the folder: a run
+    that dies releases it, and the next run takes the folder over (e.g. resuming it). Where the operating system
+    has no such lock (Windows), nothing is held."""
+    path = Path(output_dir).resolve()
+    if not accelerator.is_main_process or fcntl is None or path in _CLAIMED:
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    handle = open(path / RUN_LOCK, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        raise ValueError(
+            f"--output_dir {output_dir} is in use by another run ({holder or 'a running process'}); wait for it to "
+            "end, or choose another --output_dir."
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()}\n")
+    handle.flush()
+    _CLAIMED[path] = handle  # open, and so locked, until the process exits
 
 
 def prepare(
