@@ -230,10 +230,12 @@ def _predict(args: argparse.Namespace) -> None:
 def _read_image(path: Path):
     from PIL import Image
 
+    from .training.data import convert_image
+
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, Image.DecompressionBombError) as error:  # UnidentifiedImageError is an OSError
+            return convert_image(image, "RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as error:  # UnidentifiedImageError is an OSError
         raise ValueError(f"Cannot read an image: {path} ({error}). Pass image files (PNG, JPEG, ...) or folders of them.") from error
 
 

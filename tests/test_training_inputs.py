@@ -112,3 +112,37 @@ def test_a_bad_flag_value_ends_a_training_script_with_one_line_and_no_traceback(
         exit_on_stop(lambda: load_example(script).main(["--model_name_or_path", "none", *flag]))
     err = capsys.readouterr().err
     assert exit_info.value.code == 1 and err.startswith(f"error: Invalid arguments: {flag[0]}") and err.count("\n") == 1, err
+
+
+def _image(mode: str, value) -> Image.Image:
+    if mode in ("I;16", "I", "F"):
+        dtype = {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]
+        return Image.fromarray(np.full((3, 3), value, dtype=dtype))
+    return Image.new(mode, (3, 3), value)
+
+
+# mode, a fill value, and the gray level (or RGB) it means: Pillow's own convert clips the first four
+@pytest.mark.parametrize(
+    ("mode", "value", "meaning"),
+    [("I;16", 65535, (255, 255, 255)), ("I;16", 32896, (128, 128, 128)), ("I", 40000, (156, 156, 156)),
+     ("F", 0.5, (128, 128, 128)), ("I", 200, (200, 200, 200)), ("F", 200.0, (200, 200, 200)), ("1", 1, (255, 255, 255)),
+     ("L", 77, (77, 77, 77)), ("LA", (77, 0), (77, 77, 77)), ("P", 3, None), ("RGBA", (1, 2, 3, 4), (1, 2, 3)),
+     ("CMYK", (0, 255, 255, 0), (255, 0, 0)), ("YCbCr", (255, 128, 128), (255, 255, 255)), ("HSV", (0, 255, 255), (255, 0, 0)),
+     ("LAB", (255, 128, 128), (254, 255, 254)), ("RGBX", (9, 8, 7, 0), (9, 8, 7))],
+)
+def test_every_image_mode_converts_to_the_models_input_without_silent_damage(mode, value, meaning):
+    from gated_vpt.training.data import convert_image
+
+    image = _image(mode, value)
+    rgb, gray = convert_image(image, "RGB"), convert_image(image, "L")
+    assert rgb.mode == "RGB" and gray.mode == "L" and rgb.size == gray.size == (3, 3)
+    if meaning is not None:
+        assert rgb.getpixel((1, 1)) == meaning
+
+
+@pytest.mark.parametrize(("mode", "value"), [("I", 70000), ("I", -5), ("F", 300.0), ("F", -0.5)])
+def test_image_values_without_an_8_bit_meaning_are_refused(mode, value):
+    from gated_vpt.training.data import convert_image
+
+    with pytest.raises(ValueError, match=rf"An image of mode {mode} holds (values from|negative values)"):
+        convert_image(_image(mode, value), "RGB")

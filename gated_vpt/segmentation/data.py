@@ -23,7 +23,7 @@ from datasets import Dataset, Image
 from PIL import Image as PILImage
 from torch.nn import functional as F
 
-from ..training.data import IMAGE_SUFFIXES, TransformedImages, image_files, mix_seed
+from ..training.data import IMAGE_SUFFIXES, TransformedImages, convert_image, image_files, mix_seed
 
 MASK_FOLDERS = ("annotations", "masks", "labels")
 
@@ -67,7 +67,7 @@ def to_tensors(image: PILImage.Image, mask: PILImage.Image, where: str = "") -> 
             f"The mask{where} is {mask.size[0]}x{mask.size[1]} pixels but its image is {image.size[0]}x{image.size[1]}; "
             "every mask must have exactly its image's size."
         )
-    pixels = torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1).contiguous()
+    pixels = torch.from_numpy(np.array(convert_image(image, "RGB"), dtype=np.uint8)).permute(2, 0, 1).contiguous()
     labels = torch.from_numpy(np.array(mask).astype(np.int64))
     return pixels, labels
 

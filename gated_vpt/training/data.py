@@ -229,6 +229,47 @@ def target_mode(num_channels: int) -> str:
     return "RGB" if num_channels == 3 else "L"
 
 
+def convert_image(image: PILImage.Image, mode: str) -> PILImage.Image:
+    """``image`` in ``mode`` (``"RGB"`` or ``"L"``) without silent damage. Pillow clips 16- and 32-bit integer
+    images to 255 (a 16-bit scan turns white) and float images to integers (values in [0, 1] turn black); these are
+    scaled to 8 bits first: ``I;16`` modes from 0..65535, ``I`` from 0..255 or else 0..65535, ``F`` from 0..1 or
+    else 0..255. Values outside those ranges, and modes Pillow cannot convert, raise ``ValueError``.
+
+    Example:
+
+    ```py
+    >>> import numpy as np
+    >>> sixteen_bit = PILImage.fromarray(np.full((2, 2), 32896, dtype=np.uint16))
+    >>> convert_image(sixteen_bit, "RGB").getpixel((0, 0))
+    (128, 128, 128)
+    ```
+    """
+    if image.mode.startswith("I") or image.mode == "F":
+        values = np.asarray(image, dtype=np.float32)
+        low, high = float(values.min(initial=0)), float(values.max(initial=0))
+        if image.mode == "F" and low >= 0 and high <= 1:
+            scale = 255.0
+        elif image.mode.startswith("I;16") or (image.mode == "I" and 255 < high <= 65535):
+            scale = 255 / 65535
+        elif low >= 0 and high <= 255:
+            scale = 1.0
+        else:
+            raise ValueError(
+                f"An image of mode {image.mode} holds values from {low:g} to {high:g}, which have no 8-bit meaning (the "
+                "ranges understood: 0..255, 0..65535 for 16-bit, 0..1 for floating point). Save it as an 8-bit image."
+            )
+        if low < 0:
+            raise ValueError(f"An image of mode {image.mode} holds negative values ({low:g}); save it as an 8-bit image.")
+        image = PILImage.fromarray(np.round(values * scale).astype(np.uint8))
+    try:
+        return image.convert(mode)
+    except ValueError:  # e.g. LAB has no direct way to L: through RGB
+        try:
+            return image.convert("RGB").convert(mode)
+        except ValueError as error:
+            raise ValueError(f"An image of mode {image.mode} cannot be converted to {mode} ({error}); save it as RGB or grayscale.") from error
+
+
 def label_names(datasets: DatasetDict, column: str, num_labels: Optional[int]) -> list[str]:
     """Class names of the label ``column`` (a ``ClassLabel``, or integers 0..K-1); checks every split and, when
     given, that there are ``num_labels`` classes."""
@@ -322,7 +363,7 @@ class ImageTransform:
         return self.train and self.kind == "fgvc"
 
     def __call__(self, image: PILImage.Image, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        image = image.convert(target_mode(self.num_channels))
+        image = convert_image(image, target_mode(self.num_channels))
         if self.kind == "vtab":
             return self._normalised(self._resized(image, self.image_size, self.image_size))
         width, height = shorter_side_size(image.size, int(math.floor(self.image_size * 256 / 224 + 0.5)))
