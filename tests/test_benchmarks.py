@@ -149,3 +149,17 @@ def test_bench_start_times_the_commands_and_each_one_succeeds(tmp_path):
                                         "`gated-vpt info bench/tiny`"]  # the last through the local Hub server
     assert [row[4] for row in rows] == ["1", "1", "2", "2"] and [row[6] for row in rows] == ["0", "0", "0", "0"]
     assert all(float(row[1]) > 0 and row[5] == ("yes" if float(row[1]) < float(row[4]) else "no") for row in rows)
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak memory is read from Linux's /proc")
+def test_bench_refusals_sees_every_hostile_case_refused_by_every_loader(tmp_path):
+    from benchmarks import bench_refusals
+
+    out = tmp_path / "refusals.md"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        bench_refusals.main(["--out", str(out)])
+    headers, rows = parse_table(out.read_text(), "case")
+    assert headers == ["case", "loader", "refused with", "time (ms)", "peak extra memory (MiB)"]
+    assert len(rows) == 7 * 4 + 2 and {row[2] for row in rows} == {"ValueError"}
+    assert {row[1] for row in rows} == {"gated_vpt.load_adapter", "PeftModel.from_pretrained", "transformers model.load_adapter",
+                                        "gated-vpt info", "load_segmentation_adapter"}
