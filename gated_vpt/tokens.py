@@ -10,8 +10,9 @@ from typing import Optional, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 TOKEN_SOURCES = "set the HF_TOKEN environment variable or run `hf auth login`"
-# A flag naming a token in any spelling (--token, --hub_token, --hub-token=..., --hubtoken), and a value that is one.
-_TOKEN_FLAG = re.compile(r"--?[\w-]*token(=.*)?", re.IGNORECASE | re.DOTALL)
+# A flag naming a token in any spelling (--token, --hub_token, --hub-token=..., --hubtoken, and argparse's
+# abbreviations such as --hub_tok), and a value that is one.
+_TOKEN_FLAG = re.compile(r"--?[\w-]*tok(?:e|en)?(=.*)?", re.IGNORECASE | re.DOTALL)
 _TOKEN_VALUE = re.compile(r"hf_[A-Za-z0-9]{8,}")
 
 

@@ -85,7 +85,7 @@ MATHS = [
      "noise = torch.rand(num_patches, device=pixel_values.device, dtype=torch.float32)"),
     ("report: temperature not clamped", "introspection.py", "temperatures[index].float().clamp(*TEMPERATURE_RANGE).item()",
      "temperatures[index].float().item()"),
-    ("saved adapters: NaN accepted", "layout.py", "if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):",
+    ("saved adapters: NaN accepted", "layout.py", "if tensor.is_floating_point() and not bool(torch.isfinite(tensor.to(spec.dtype)).all()):",
      "if False:"),
     ("saved adapters: extra tensors accepted", "layout.py", "unexpected = sorted(set(tensors) - set(expected))", "unexpected = []"),
     ("config: gate_init without upper bound", "settings.py", "not 0 < self.gate_init <= 50", "not 0 < self.gate_init"),

@@ -16,7 +16,7 @@ PLAIN_SECRET = "plainSECRET42"  # a token of another form: refused through its f
 SPELLINGS = [
     ["--hub_token", SECRET], ["--token", SECRET], ["--hub-token", PLAIN_SECRET], [f"--hub_token={PLAIN_SECRET}"],
     [f"--hub-token={PLAIN_SECRET}"], ["--hubtoken", PLAIN_SECRET], ["--HUB_TOKEN", PLAIN_SECRET], ["--anything", SECRET],
-    [f"--hub_model_id={SECRET}"],
+    [f"--hub_model_id={SECRET}"], ["--hub_tok", PLAIN_SECRET], ["--tok", PLAIN_SECRET],
 ]
 
 
