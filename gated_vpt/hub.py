@@ -216,8 +216,8 @@ def _hub_errors(repo_id: str, revision: Optional[str] = None, write: bool = Fals
         if any(_is_transport_error(e) or isinstance(e, LocalEntryNotFoundError) for e in chain):
             cached = "" if write else ", and it is not in the local cache"
             raise ConnectionError(
-                f"Could not reach the Hub at {without_credentials(constants.ENDPOINT)} for {where}{cached}. Check your network connection "
-                "and the HF_ENDPOINT variable, or use a local adapter directory."
+                f"Could not reach the Hub at {without_credentials(constants.ENDPOINT)} for {where}{cached}. Check your "
+                "network connection and the HF_ENDPOINT variable, or use a local adapter directory."
             ) from error
         if write and isinstance(error, HfHubHTTPError) and error.response.status_code in (401, 403):
             raise PermissionError(
