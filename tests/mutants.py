@@ -125,10 +125,10 @@ CACHE = [
      "self.base_layer.eval()"),
 ]
 RESUME = [
-    ("resume: another epoch count accepted", "training/args.py", '"torch_compile", "dry_run",\n)',
-     '"torch_compile", "dry_run", "num_train_epochs",\n)'),
-    ("resume: another accumulation accepted", "training/args.py", '"torch_compile", "dry_run",\n)',
-     '"torch_compile", "dry_run", "gradient_accumulation_steps",\n)'),
+    ("resume: another epoch count accepted", "training/args.py", '"dry_run", "stop_signals",\n)',
+     '"dry_run", "stop_signals", "num_train_epochs",\n)'),
+    ("resume: another accumulation accepted", "training/args.py", '"dry_run", "stop_signals",\n)',
+     '"dry_run", "stop_signals", "gradient_accumulation_steps",\n)'),
     ("resume: process count not recorded", "training/args.py", '    config["num_processes"] = num_processes\n', ""),
     ("updates per epoch: the short last accumulation dropped", "training/loop.py",
      "return math.ceil(num_batches / gradient_accumulation_steps)", "return num_batches // gradient_accumulation_steps"),
