@@ -133,7 +133,7 @@ RESUME = [
     ("updates per epoch: the short last accumulation dropped", "training/loop.py",
      "return math.ceil(num_batches / gradient_accumulation_steps)", "return num_batches // gradient_accumulation_steps"),
     ("schedule stepped on every micro-batch", "training/loop.py",
-     "            if not accelerator.sync_gradients:\n                continue\n", ""),
+     "                if not accelerator.sync_gradients:\n                    continue\n", ""),
 ]
 PROTOCOL = [
     ("protocol: a rate chosen from a partial grid", "training/protocol.py", "if not scores or not all(run.settled for run in runs):",

@@ -129,101 +129,88 @@ def train(
 ) -> Optional[TrainState]:
     """Train from ``state`` to the last epoch; return the final state, or None when ``max_train_steps`` stopped
     the run early. ``epoch_aware`` are further objects with ``set_epoch`` (e.g. a data set whose augmentation depends
-on the epoch). One of ``settings.stop_signals`` saves a checkpoint after the current update and raises
+    on the epoch). One of ``settings.stop_signals`` saves a checkpoint after the current update and raises
     ``RunInterrupted``."""
     with StopRequest(settings.stop_signals) as stop:
-        return _train(accelerator, model, optimizer, scheduler, train_loader, epoch_aware, settings, state, evaluate, stop)
-
-
-def _train(
-    accelerator: Accelerator,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    train_loader: DataLoader,
-    epoch_aware: Iterable,
-    settings: LoopSettings,
-    state: TrainState,
-    evaluate: Optional[Callable[[], dict]],
-    stop: StopRequest,
-) -> Optional[TrainState]:
-    epoch_aware = list(epoch_aware)
-    total_batches = settings.num_train_epochs * len(train_loader)
-    done = state.epoch * len(train_loader) + state.batches_in_epoch
-    bar = tqdm(total=total_batches, initial=done, disable=not accelerator.is_local_main_process, desc="training")
-    for epoch in range(state.epoch, settings.num_train_epochs):
-        model.train()
-        loader = train_loader
-        if state.batches_in_epoch:
-            loader = accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
-        # Accelerate's loaders re-seed their sampler from their own iteration count when they start, and a loader
-        # made to skip batches starts that count at 0: set the epoch explicitly, after the loader is chosen.
-        for item in (loader, *epoch_aware):
-            item.set_epoch(epoch)
-        for batch in loader:
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                # Every process's loss sum and sample count: the epoch's loss is a per-sample mean, so the last,
-                # shorter batch counts for what it holds.
-                size = float(len(batch["pixel_values"]))
-                local = torch.stack((loss.detach().float() * size, torch.tensor(size, device=loss.device)))
-                loss_sum, count = accelerator.gather(local).view(-1, 2).sum(0).tolist()
-                if not math.isfinite(loss_sum):
+        epoch_aware = list(epoch_aware)
+        total_batches = settings.num_train_epochs * len(train_loader)
+        done = state.epoch * len(train_loader) + state.batches_in_epoch
+        bar = tqdm(total=total_batches, initial=done, disable=not accelerator.is_local_main_process, desc="training")
+        for epoch in range(state.epoch, settings.num_train_epochs):
+            model.train()
+            loader = train_loader
+            if state.batches_in_epoch:
+                loader = accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
+            # Accelerate's loaders re-seed their sampler from their own iteration count when they start, and a loader
+            # made to skip batches starts that count at 0: set the epoch explicitly, after the loader is chosen.
+            for item in (loader, *epoch_aware):
+                item.set_epoch(epoch)
+            for batch in loader:
+                with accelerator.accumulate(model):
+                    loss = model(**batch).loss
+                    # Every process's loss sum and sample count: the epoch's loss is a per-sample mean, so the last,
+                    # shorter batch counts for what it holds.
+                    size = float(len(batch["pixel_values"]))
+                    local = torch.stack((loss.detach().float() * size, torch.tensor(size, device=loss.device)))
+                    loss_sum, count = accelerator.gather(local).view(-1, 2).sum(0).tolist()
+                    if not math.isfinite(loss_sum):
+                        bar.close()
+                        message = _non_finite_message(loss_sum, epoch, state, len(train_loader), settings.output_dir)
+                        if accelerator.is_main_process:
+                            write_stopped(settings.output_dir, message)
+                        raise RunStopped(message)
+                    accelerator.backward(loss)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                state.batches_in_epoch += 1
+                state.epoch_loss_sum += loss_sum
+                state.epoch_loss_count += int(count)
+                bar.update(1)
+                if not accelerator.sync_gradients:
+                    continue
+                state.completed_steps += 1
+                if settings.scheduler_step == "step":
+                    scheduler.step()
+                if settings.with_tracking:
+                    logged = {"train/loss": loss.item(), **_learning_rates(optimizer)}
+                    accelerator.log(logged, step=state.completed_steps)
+                last_batch = state.batches_in_epoch == len(train_loader)
+                steps = settings.checkpointing_steps
+                due = isinstance(steps, int) and state.completed_steps % steps == 0
+                stopping = not last_batch and stop.agreed(accelerator)  # an epoch's last update: after its checkpoint
+                if (due or stopping) and not last_batch:
+                    name = f"step_{state.completed_steps}"
+                    _checkpoint(accelerator, model, optimizer, scheduler, state, settings, name)
+                if stopping:
                     bar.close()
-                    message = _non_finite_message(loss_sum, epoch, state, len(train_loader), settings.output_dir)
-                    if accelerator.is_main_process:
-                        write_stopped(settings.output_dir, message)
-                    raise RunStopped(message)
-                accelerator.backward(loss)
-                optimizer.step()
-                optimizer.zero_grad()
-            state.batches_in_epoch += 1
-            state.epoch_loss_sum += loss_sum
-            state.epoch_loss_count += int(count)
-            bar.update(1)
-            if not accelerator.sync_gradients:
-                continue
-            state.completed_steps += 1
-            if settings.scheduler_step == "step":
+                    raise RunInterrupted(_interrupted_message(settings.output_dir, state))
+                if settings.max_train_steps is not None and state.completed_steps >= settings.max_train_steps:
+                    bar.close()
+                    accelerator.print(f"Stopped after {state.completed_steps} updates (--max_train_steps).")
+                    return None
+            record = {
+                "epoch": epoch,
+                "train_loss": state.epoch_loss_sum / max(1, state.epoch_loss_count),
+                **_learning_rates(optimizer),
+            }
+            if settings.scheduler_step == "epoch":
                 scheduler.step()
+            if evaluate is not None:
+                record.update(evaluate())
+            state.history.append(record)
+            state.epoch, state.batches_in_epoch = epoch + 1, 0
+            state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0
+            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "epoch"})
             if settings.with_tracking:
-                accelerator.log({"train/loss": loss.item(), **_learning_rates(optimizer)}, step=state.completed_steps)
-            last_batch = state.batches_in_epoch == len(train_loader)
-            steps = settings.checkpointing_steps
-            due = isinstance(steps, int) and state.completed_steps % steps == 0
-            stopping = not last_batch and stop.agreed(accelerator)  # an epoch's last update: after its checkpoint
-            if (due or stopping) and not last_batch:
-                _checkpoint(accelerator, model, optimizer, scheduler, state, settings, f"step_{state.completed_steps}")
+                accelerator.log({f"epoch/{k}": v for k, v in record.items()}, step=state.completed_steps)
+            stopping = stop.agreed(accelerator)
+            if settings.checkpointing_steps is not None or stopping:
+                _checkpoint(accelerator, model, optimizer, scheduler, state, settings, f"epoch_{epoch}")
             if stopping:
                 bar.close()
                 raise RunInterrupted(_interrupted_message(settings.output_dir, state))
-            if settings.max_train_steps is not None and state.completed_steps >= settings.max_train_steps:
-                bar.close()
-                accelerator.print(f"Stopped after {state.completed_steps} updates (--max_train_steps).")
-                return None
-        record = {
-            "epoch": epoch,
-            "train_loss": state.epoch_loss_sum / max(1, state.epoch_loss_count),
-            **_learning_rates(optimizer),
-        }
-        if settings.scheduler_step == "epoch":
-            scheduler.step()
-        if evaluate is not None:
-            record.update(evaluate())
-        state.history.append(record)
-        state.epoch, state.batches_in_epoch = epoch + 1, 0
-        state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0
-        bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "epoch"})
-        if settings.with_tracking:
-            accelerator.log({f"epoch/{k}": v for k, v in record.items()}, step=state.completed_steps)
-        stopping = stop.agreed(accelerator)
-        if settings.checkpointing_steps is not None or stopping:
-            _checkpoint(accelerator, model, optimizer, scheduler, state, settings, f"epoch_{epoch}")
-        if stopping:
-            bar.close()
-            raise RunInterrupted(_interrupted_message(settings.output_dir, state))
-    bar.close()
-    return state
+        bar.close()
+        return state
 
 
 def _interrupted_message(output_dir: Path, state: TrainState) -> str:
