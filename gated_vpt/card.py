@@ -23,6 +23,7 @@ from torch import nn
 from .backbones import CONVERSION_RECORD
 from .config import GatedPromptConfig
 from .introspection import gate_report
+from .loading import is_local_path
 from .recipes import CLASSIFICATION
 from .tasks import INSTALL, LOCAL_NOTE, TASKS, Task, register_task, registered_tasks
 from .version import __version__
@@ -50,7 +51,6 @@ FEATURE_EXTRACTORS = ("clip_vision_model", "siglip_vision_model", "dinov3_vit")
 DEFAULT_BASE_CLASS = "AutoModelForImageClassification"
 NON_COMMERCIAL_BASES = ("facebook/vit-mae-",)  # and local folders converted from the official MAE weights
 _ADAPTER_LINE = re.compile(r'^adapter_id = "(?P<id>[^"]*)"$', re.MULTILINE)
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 _NOT_METRICS = ("loss", "runtime", "per_second", "epoch", "step")
 # Paths inside a checkout of this repository (e.g. the embedded assets/mae-tiny) are named relative to it.
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
@@ -195,7 +195,7 @@ def _name_or_path(model: Optional[nn.Module]) -> Optional[str]:
 
 
 def _is_hub_id(name: Optional[str]) -> bool:
-    return bool(name) and _HUB_ID.fullmatch(name) is not None and not Path(name).exists()
+    return bool(name) and not is_local_path(name) and not Path(name).exists()
 
 
 def _portable(name: Optional[str]) -> Optional[str]:

@@ -96,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
                          "(default: the adapter's id2label.json, written by the training scripts)")
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--json", action="store_true", help="print one JSON object per image")
+    predict.add_argument("--skip_bad_images", "--skip-bad-images", action="store_true",
+                         help="leave out files that are not readable images, with a note, instead of stopping")
     predict.set_defaults(run=_predict)
 
     commands.add_parser("convert", add_help=False, help="convert checkpoints (see `gated-vpt convert --help`)")
@@ -164,10 +166,10 @@ def _pull(args: argparse.Namespace) -> None:
 def _adapter_dir(args: argparse.Namespace) -> Path:
     """The adapter's local directory: a folder (an adapter, or a run's output folder holding ``adapter/``) as it is,
     a Hub repo id through the Hub (or its cache). The callers read and check its files."""
-    from .loading import run_adapter_dir
+    from .loading import is_local_path, resolve_adapter_dir
 
-    if Path(args.adapter).is_dir():
-        return run_adapter_dir(args.adapter)
+    if Path(args.adapter).exists() or is_local_path(args.adapter):  # never looked up on the Hub
+        return resolve_adapter_dir(args.adapter)
     from .hub import fetch_adapter
 
     return fetch_adapter(args.adapter, revision=args.revision)
@@ -210,12 +212,13 @@ def _predict(args: argparse.Namespace) -> None:
 
     if args.top_k < 1 or args.batch_size < 1:
         raise ValueError("--top-k and --batch-size must be positive integers.")
-    paths = _image_paths(args.images)
+    paths, _ = _readable(_image_paths(args.images), args.skip_bad_images, decode=False)  # before the model loads
     model, processor, labels = _load_classifier(args)
     k = min(args.top_k, len(labels))
     for start in range(0, len(paths), args.batch_size):
-        batch = paths[start : start + args.batch_size]
-        images = [_read_image(path) for path in batch]
+        batch, images = _readable(paths[start : start + args.batch_size], args.skip_bad_images, decode=True)
+        if not batch:
+            continue
         with torch.no_grad():
             logits = model(pixel_values=processor(images=images, return_tensors="pt")["pixel_values"]).logits
         scores, indices = logits.softmax(dim=-1).topk(k, dim=-1)
@@ -227,16 +230,27 @@ def _predict(args: argparse.Namespace) -> None:
                 print(f"{path}: " + ", ".join(f"{t['label']} ({t['score']:.4f})" for t in top))
 
 
-def _read_image(path: Path):
+def _readable(paths: Sequence[Path], skip: bool, decode: bool) -> tuple[list[Path], list]:
+    """The paths whose images open (only their headers read, or fully ``decode``d to RGB) and those images; an
+    unreadable file raises ``ValueError`` naming it, or with ``skip`` is left out with a note on stderr."""
     from PIL import Image
 
     from .training.data import convert_image
 
-    try:
-        with Image.open(path) as image:
-            return convert_image(image, "RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as error:  # UnidentifiedImageError is an OSError
-        raise ValueError(f"Cannot read an image: {path} ({error}). Pass image files (PNG, JPEG, ...) or folders of them.") from error
+    kept, images = [], []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                images.append(convert_image(image, "RGB") if decode else None)
+            kept.append(path)
+        except (OSError, ValueError, Image.DecompressionBombError) as error:  # UnidentifiedImageError is an OSError
+            if not skip:
+                raise ValueError(
+                    f"Cannot read an image: {path} ({error}). Pass image files (PNG, JPEG, ...) or folders of them, "
+                    "or --skip_bad_images to leave unreadable files out."
+                ) from error
+            print(f"note: skipped {path}, not a readable image ({error}).", file=sys.stderr)
+    return kept, images
 
 
 def _load_classifier(args: argparse.Namespace):
@@ -245,21 +259,38 @@ def _load_classifier(args: argparse.Namespace):
     from transformers import AutoImageProcessor
 
     from .card import BASE_CLASSES, DEFAULT_BASE_CLASS
-    from .loading import load_adapter, read_adapter_files, read_labels
+    from .loading import HEAD_CONFIG_NAME, is_local_path, load_adapter, missing_folder, read_adapter_files, read_labels
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     directory = _adapter_dir(args)
     config, state_dict = read_adapter_files(directory)
-    base_id = args.base or config.get("base_model_name_or_path")
-    if not base_id:
-        raise ValueError("The adapter does not record its base model; pass --base <model id or directory>.")
+    if (directory / HEAD_CONFIG_NAME).is_file():
+        raise ValueError(
+            f"{args.adapter} is a semantic segmentation adapter ({HEAD_CONFIG_NAME}); predict classifies images. Load "
+            "it with gated_vpt.segmentation.load_segmentation_adapter and predict with "
+            "gated_vpt.segmentation.inference.predict (docs/SEGMENTATION.md)."
+        )
     heads = [tensor for key, tensor in state_dict.items() if key.endswith("classifier.weight")]
     if not heads:
         raise ValueError("This adapter has no classifier head (modules_to_save), so it cannot predict labels.")
+    base_id = args.base or config.get("base_model_name_or_path")
+    recorded = "" if args.base else " (the base recorded in the adapter)"
+    if not base_id:
+        raise ValueError("The adapter does not record its base model; pass --base <model id or directory>.")
+    if is_local_path(base_id) and not Path(base_id).exists():
+        if args.base:
+            raise missing_folder(base_id, "--base an existing model folder")
+        raise FileNotFoundError(
+            f"The adapter's base model {base_id} is not on this machine (the adapter recorded it where it was "
+            "trained): pass --base <the same backbone's Hub id or local folder>."
+        )
     num_labels = heads[0].shape[0]
     model_class = getattr(transformers, BASE_CLASSES.get(config["backbone"]["model_type"], DEFAULT_BASE_CLASS))
-    base = model_class.from_pretrained(base_id, num_labels=num_labels, ignore_mismatched_sizes=True)
+    try:
+        base = model_class.from_pretrained(base_id, num_labels=num_labels, ignore_mismatched_sizes=True)
+    except OSError as error:
+        raise OSError(f"Cannot load the base model {base_id!r}{recorded}: {error} Pass --base <a Hub id or local folder>.") from error
     model = load_adapter(base, directory).eval()
     try:
         processor = AutoImageProcessor.from_pretrained(base_id, backend="pil")

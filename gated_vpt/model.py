@@ -19,7 +19,7 @@ from .config import GatedPromptConfig
 from .gate import clamp_temperatures_
 from .heads import check_pooling
 from .layer import NOT_MERGEABLE, GatedPromptBlock
-from .layout import Expected, check_tensors, expected_tensors, saved_key, saved_modules
+from .layout import PEFT_PREFIX, Expected, check_tensors, expected_tensors, saved_key, saved_modules
 from .loading import WEIGHTS_NAME, read_adapter_files, read_adapter_weights, resolve_adapter_dir
 from .prompts import prompt_init_bound
 from .settings import PREFIX
@@ -308,7 +308,24 @@ def check_given_weights(config: GatedPromptConfig, tensors: dict[str, torch.Tens
     """Refuse ``tensors`` (keys as in adapter files) unless they are exactly what ``config`` implies for ``model``,
     before anything is changed; ``where`` names them in the message."""
     backbone = prepare_config(config, model)
+    _check_head_size(config, backbone, model, tensors)
     check_tensors(expected_tensors(config, backbone, model), tensors, where)
+
+
+def _check_head_size(config: GatedPromptConfig, backbone: Backbone, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse, naming the fix, an adapter whose linear head has another number of outputs than the model's: the
+    base was built with another ``num_labels``, nothing is wrong with the file."""
+    for key, module in saved_modules(config, backbone, model).items():
+        weight, bias = (tensors.get(f"{PEFT_PREFIX}{key}.{name}") for name in ("weight", "bias"))
+        if isinstance(module, nn.Linear) and weight is not None and weight.dim() == 2 and (
+            weight.shape[0] != module.out_features and weight.shape[1] == module.in_features
+            and (module.bias is None or (bias is not None and tuple(bias.shape) == (weight.shape[0],)))
+        ):
+            raise ValueError(
+                f"The base has {module.out_features} labels, the adapter's head ({key}) {weight.shape[0]}: build the "
+                f"base with num_labels={weight.shape[0]}, e.g. {type(model).__name__}.from_pretrained(<base>, "
+                f"num_labels={weight.shape[0]}). Nothing was loaded."
+            )
 
 
 def _loaded_tensors(model: nn.Module, adapter_name: str) -> dict[str, Expected]:

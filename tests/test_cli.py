@@ -200,3 +200,30 @@ def test_the_installed_command_imports_only_what_each_command_needs(files, tmp_p
     after_info = loaded[len(helps) + len(infos) - 1]
     assert "torch" in after_info and not {"peft", "transformers"} & after_info
     assert "peft" in loaded[-1]
+
+
+def test_predict_with_the_recorded_base_missing_asks_for_base(files, tmp_path, capsys):
+    shutil.copytree(files / "adapter", tmp_path / "adapter")
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(tmp_path / "another-machine" / "base")
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "adapter"), str(files / "images")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"gated-vpt: error: The adapter's base model {tmp_path / 'another-machine' / 'base'} is not "
+                          "on this machine") and "pass --base" in err and err.count("\n") == 1, err
+    assert main(["predict", str(tmp_path / "adapter"), str(files / "images" / "photo0.png"), "--base", str(files / "base")]) == 0
+
+
+def test_predict_skip_bad_images_leaves_them_out_with_a_note(files, tmp_path, capsys):
+    shutil.copytree(files / "images", tmp_path / "images")
+    (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
+    assert main(["predict", str(files / "adapter"), str(tmp_path / "images")]) == 1
+    assert "--skip_bad_images" in capsys.readouterr().err
+    assert main(["predict", str(files / "adapter"), str(tmp_path / "images"), "--skip_bad_images", "--json"]) == 0
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.splitlines()]
+    paths = [tmp_path / "images" / f"photo{i}.png" for i in range(3)]
+    assert [row["image"] for row in rows] == [str(p) for p in paths]
+    assert [[t["index"] for t in row["top"]] for row in rows] == _expected_top(files, paths, 3)[1]
+    assert f"skipped {tmp_path / 'images' / 'broken.png'}" in err

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -458,3 +459,42 @@ def test_cli_push_uses_the_token_but_never_shows_or_stores_it(hub, saved, cli_on
     leaks = [name for name, data in files.items() if FAKE_TOKEN.encode() in data]
     leaks += [str(p) for folder in (saved["root"], cli_home) for p in folder.rglob("*") if p.is_file() and FAKE_TOKEN.encode() in p.read_bytes()]
     assert FAKE_TOKEN not in push["out"] + push["err"] and not leaks
+
+
+# --- local paths are never Hub ids -----------------------------------------------------------------------------
+
+def test_local_looking_paths_that_do_not_exist_say_so_without_asking_the_hub(hub, saved, saved_segmentation, tmp_path):
+    run = tmp_path / "outputs" / "run"
+    shutil.copytree(saved["v1"], run / "adapter")
+    (tmp_path / "elsewhere").mkdir()
+    load = ("import gated_vpt\nfrom conftest import make_backbone\ntry:\n"
+            "    gated_vpt.load_adapter(make_backbone('vit_clf'), {path!r})\n"
+            "except FileNotFoundError as error:\n    result = str(error)")
+    steps = [
+        {"code": f"import os\nos.chdir({str(tmp_path / 'elsewhere')!r})"},
+        {"argv": ["info", "outputs/run"]},  # the run folder of a directory above
+        {"argv": ["info", "../outputs/rnu"]},  # a typo
+        {"argv": ["predict", "./run", str(saved["images"])]},
+        {"argv": ["push", "../outputs/rnu", "test-org/typo"]},
+        {"argv": ["info", str(tmp_path / "no" / "such" / "adapter")]},
+        {"code": load.format(path="../outputs/rnu")},
+        {"argv": ["predict", str(saved_segmentation["root"] / "adapter"), str(saved["images"])]},
+    ]
+    env = _env(hub.url, tmp_path / "home")
+    env["PYTHONPATH"] += os.pathsep + str(ROOT / "tests")
+    requests_before = len(hub.requests)
+    _, above, typo, predict, push, absolute, python, segmentation = _run_steps(steps, env)
+    assert len(hub.requests) == requests_before  # nothing reached the server
+    _assert_clean_error(above, "No such folder: outputs/run", f"relative to a folder above this one: {run}")
+    _assert_clean_error(typo, "No such folder: ../outputs/rnu", "Similar names in ../outputs/: run")
+    _assert_clean_error(predict, "No such folder: ./run")
+    _assert_clean_error(push, "No such folder: ../outputs/rnu")
+    _assert_clean_error(absolute, f"No such folder: {tmp_path / 'no' / 'such' / 'adapter'}")
+    assert python["result"].startswith("No such folder: ../outputs/rnu"), python
+    _assert_clean_error(segmentation, "is a semantic segmentation adapter", "load_segmentation_adapter")
+    assert "--base" not in segmentation["err"]
+
+
+def test_a_hub_id_that_is_no_local_folder_says_both(hub, tmp_path):
+    [info] = _run_steps([{"argv": ["info", "test-org/not-here"]}], _env(hub.url, tmp_path))
+    _assert_clean_error(info, "No local folder 'test-org/not-here' here and no Hub repository of that name")

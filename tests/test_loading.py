@@ -49,7 +49,7 @@ def test_missing_files_are_named(saved, tmp_path):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         load_adapter(_base(), empty)
-    with pytest.raises(FileNotFoundError, match="not an adapter directory"):
+    with pytest.raises(FileNotFoundError, match="No such folder"):
         load_adapter(_base(), tmp_path / "no" / "such" / "dir")
 
 
@@ -96,3 +96,15 @@ def test_broken_config_json_is_named(saved):
     (path / "adapter_config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_adapter(_base(), path)
+
+
+def test_a_base_with_another_num_labels_is_named_as_the_cause(saved):
+    path, _, _ = saved
+    for load in (load_adapter, PeftModel.from_pretrained):
+        base = _base(num_labels=5)
+        before = {k: v.clone() for k, v in base.state_dict().items()}
+        with pytest.raises(ValueError) as error:
+            load(base, path)
+        assert str(error.value).startswith("The base has 5 labels, the adapter's head (classifier) 3: build the base "
+                                           "with num_labels=3") and "must not be used" not in str(error.value)
+        assert not hasattr(base, "peft_config") and all(torch.equal(v, before[k]) for k, v in base.state_dict().items())
