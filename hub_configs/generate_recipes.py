@@ -4,7 +4,7 @@
     python hub_configs/generate_recipes.py --check  # exit 1 if a file differs from what would be written
 
 The training scripts read only the JSON files (through ``gated_vpt.recipes.load_recipe``); tests/test_recipes.py
-checks that the files match this script and, independently, METHOD.md's Table 5.
+checks that the files match this script and, independently, the paper's Table 5.
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ MATHS = [
     ("saved adapters: extra tensors accepted", "layout.py", "unexpected = sorted(set(tensors) - set(expected))", "unexpected = []"),
     ("config: gate_init without upper bound", "settings.py", "not 0 < self.gate_init <= 50", "not 0 < self.gate_init"),
 ]
-# The training recipe (METHOD.md): TRAINING_TESTS look for these
+# The training recipe (docs/HOW_IT_WORKS.md): TRAINING_TESTS look for these
 TRAINING = [
     ("warmup: first epoch above 0", "training/optim.py", "            return t / self.warmup\n        progress = (t - self.warmup) / max(1, self.total",
      "            return (t + 1) / self.warmup\n        progress = (t - self.warmup) / max(1, self.total"),

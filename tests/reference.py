@@ -1,11 +1,11 @@
-"""An independent plain-PyTorch computation of METHOD.md's forward pass, to check gated_vpt against.
+"""An independent plain-PyTorch computation of the forward pass in docs/HOW_IT_WORKS.md, to check gated_vpt against.
 
 Nothing here goes through gated_vpt's code: the embeddings come from the frozen model's own embeddings module,
 every encoder block is recomputed by hand from its weights (layer norms, q/k/v projections, attention logits
 divided by ``sqrt(d_head) * tau``, softmax, output projection, MLP, residuals, Dinov2's layer scales, DINOv3's rotary
 embeddings on the patch rows, with cos and sin from the model's own module), and so are the final norms and heads
 (CLIP's pre-encoder LayerNorm, SigLIP's attention-pooling head, the classifiers); the prompts,
-gates, temperatures and head pooling follow METHOD.md's equations and the README's per-backbone rules. The
+gates, temperatures and head pooling follow docs/HOW_IT_WORKS.md's equations and the README's per-backbone rules. The
 adapter's values are read from a PeftModel by parameter name only (``read_adapter``).
 """
 
@@ -74,7 +74,7 @@ def num_special_tokens(config) -> int:
 
 def reference_forward(base: nn.Module, pixel_values: torch.Tensor, adapter: Optional[Adapter] = None) -> torch.Tensor:
     """Logits (models with a ``classifier``) or the last hidden state (bare models) of ``base`` with ``adapter``
-    applied as METHOD.md defines it (eval mode: no prompt dropout). ``adapter=None``: the plain model."""
+    applied as docs/HOW_IT_WORKS.md defines it (eval mode: no prompt dropout). ``adapter=None``: the plain model."""
     outputs = reference_outputs(base, pixel_values, adapter)
     return outputs["logits"] if "logits" in outputs else outputs["last_hidden_state"]
 
@@ -171,7 +171,7 @@ def _linear_weights(weight_and_bias: tuple[torch.Tensor, torch.Tensor], x: torch
 
 
 def _check_layout(adapter: Adapter, num_blocks: int) -> None:
-    """The parameters METHOD.md prescribes, block by block: prompts at the start block (deep: at every later block
+    """The parameters the method prescribes, block by block: prompts at the start block (deep: at every later block
     too), gates for blocks start..L-2, temperatures for blocks start..L-1."""
     prompted = range(adapter.start, num_blocks)
     expected_prompts = set(prompted) if adapter.mode == "deep" else {adapter.start}

@@ -1,4 +1,4 @@
-"""The matrix: every supported backbone x every variant, against tests/reference.py (METHOD.md computed by hand)."""
+"""The matrix: every supported backbone x every variant, against tests/reference.py (the method computed by hand)."""
 
 import copy
 import re
@@ -42,7 +42,7 @@ def variant_config(variant: str, backbone: str) -> dict:
 
 
 def expected_settings(variant: dict, backbone: str) -> dict:
-    """METHOD.md's meaning of a variant's config, worked out here rather than read from the library."""
+    """docs/HOW_IT_WORKS.md's meaning of a variant's config, worked out here rather than read from the library."""
     mode = variant.get("prompt_mode", "shallow")
     return dict(
         mode=mode,

@@ -1,4 +1,4 @@
-"""Semantics of METHOD.md that the reference matrix does not pin on its own, the parameter layout and init, the
+"""The method's semantics that the reference matrix does not pin on its own, the parameter layout and init, the
 trainable set and eval-mode backbone, adapter files, several adapters on one base, unload, and config errors."""
 
 import json
@@ -40,7 +40,7 @@ def record_block_io(model):
     return record
 
 
-# --- METHOD.md semantics -------------------------------------------------------------------------------------
+# --- the method's semantics ---------------------------------------------------------------------------------
 
 
 def test_vpt_shallow_is_the_gated_method_with_open_gates_at_unit_temperature(pixels):

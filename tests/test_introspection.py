@@ -1,4 +1,4 @@
-"""gate_report against a direct computation of METHOD.md's unrolled selection weights."""
+"""gate_report against a direct computation of docs/HOW_IT_WORKS.md's unrolled selection weights."""
 
 import math
 

@@ -15,7 +15,7 @@ import pytest
 
 from gated_vpt.recipes import ARGS, PAPER_FIELDS, RECIPES_DIR, list_recipes, load_recipe
 
-# METHOD.md, paper Table 5: task | MAE (BS, prompt tokens, LR, gate_init) | MoCo v3 (same).
+# The paper's Table 5: task | MAE (BS, prompt tokens, LR, gate_init) | MoCo v3 (same).
 TABLE5 = """
 | Caltech101 | 128, 1, 0.5, 5 | 128, 10, 2.5, 4 |
 | CIFAR-100 | 128, 1, 0.25, 5 | 128, 10, 1, 15 |
@@ -43,7 +43,7 @@ TABLE5 = """
 | NABirds | 64, 100, 0.5, 5 | 64, 100, 1, 5 |
 | ADE20K | 16, 100, 0.001, 10 | 16, 100, 0.001, 10 |
 """
-# Table 5's task name -> (recipe file stem after the backbone, class count from METHOD.md).
+# Table 5's task name -> (recipe file stem after the backbone, class count from the paper).
 TASKS = {
     "Caltech101": ("vtab-caltech101", 102), "CIFAR-100": ("vtab-cifar100", 100), "DTD": ("vtab-dtd", 47),
     "Flowers102": ("vtab-flowers102", 102), "Pets": ("vtab-pets", 37), "SVHN": ("vtab-svhn", 10),
@@ -56,13 +56,13 @@ TASKS = {
     "Stanford Dogs": ("fgvc-dogs", 120), "NABirds": ("fgvc-nabirds", 555), "ADE20K": ("ade20k", 150),
 }
 BACKBONE_IDS = {"mae": "backbones/mae-vit-b16", "mocov3": "backbones/mocov3-vit-b16-linear"}
-# The paper's backbones (METHOD.md): MAE's pretraining weights (timm's Hub copy holds them as safetensors), MoCo v3's
+# The paper's backbones: MAE's pretraining weights (timm's Hub copy holds them as safetensors), MoCo v3's
 # linear-probe checkpoint.
 BACKBONE_CHECKPOINTS = {"mae": ("mae_pretrain_vit_base.pth", "timm/vit_base_patch16_224.mae"),
                         "mocov3": ("linear-vit-b-300ep.pth.tar",)}
 
 
-# METHOD.md, "Results to reproduce": (backbone, method) -> the paper's numbers.
+# The paper's Tables 1-3: (backbone, method) -> the paper's numbers.
 FGVC_TOP1 = {  # CUB, Flowers, Cars, Dogs, NABirds
     ("mae", "vpt-shallow"): (42.15, 69.15, 43.38, 77.07, 57.43), ("mae", "vpt-deep"): (68.33, 80.05, 67.67, 78.83, 65.22),
     ("mae", "gated"): (70.56, 78.55, 71.70, 78.90, 67.26),
@@ -76,7 +76,7 @@ VTAB_GROUP_MEANS = {  # Natural, Specialized, Structured
     ("mocov3", "vpt-shallow"): (67.34, 82.26, 37.55), ("mocov3", "vpt-deep"): (70.27, 83.04, 42.38),
     ("mocov3", "gated"): (74.84, 83.38, 49.10),
 }
-VTAB_GROUPS = {  # METHOD.md's class-count list, in group order: 7 Natural, 4 Specialized, 8 Structured
+VTAB_GROUPS = {  # The paper's class counts, in group order: 7 Natural, 4 Specialized, 8 Structured
     "Natural": ("Caltech101", "CIFAR-100", "DTD", "Flowers102", "Pets", "SVHN", "SUN397"),
     "Specialized": ("Camelyon", "EuroSAT", "Resisc45", "Retinopathy"),
     "Structured": ("Clevr-Count", "Clevr-Dist", "DMLab", "KITTI-Dist", "dSpr-Loc", "dSpr-Ori", "sNORB-Azim", "sNORB-Elev"),
@@ -152,7 +152,7 @@ def _parse_name(name: str) -> tuple[str, str, str]:
 
 def test_every_recipe_carries_the_spec_settings_and_the_papers_numbers():
     """All 78 files, baselines included, read as JSON (not through the generator): the method, Table 5's batch
-    size, the class count, METHOD.md's training recipe, prompt dropout 0.1 on prompts from block 0, one seed, and
+    size, the class count, the paper's training recipe, prompt dropout 0.1 on prompts from block 0, one seed, and
     the number the paper reports for exactly this backbone, task and method."""
     task_of_stem = {stem: task for task, (stem, _) in TASKS.items()}
     group_of_task = {task: group for group, tasks in VTAB_GROUPS.items() for task in tasks}

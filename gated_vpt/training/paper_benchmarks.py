@@ -1,6 +1,6 @@
 """The paper's classification benchmarks as data: the VTAB-1k and FGVC tasks (recipe slug, name, class count,
 folder name in the shared data layouts, VTAB group), the adapter settings of each method, and the numbers the paper
-reports (METHOD.md, "Results to reproduce"). ``hub_configs/generate_recipes.py`` writes the recipes from these
+reports (its Tables 1-3). ``hub_configs/generate_recipes.py`` writes the recipes from these
 tables and ``gated_vpt.training.protocol`` puts the paper's numbers next to a protocol run's.
 
 Example:
