@@ -2,8 +2,9 @@
 
 ``--quick`` runs offline in under a minute on 2 CPU cores (34 s measured, docs/SEGMENTATION.md): a tiny random
 ViT with gated prompts and SETR-PUP heads learns synthetic shapes, and the validation mIoU is printed. With
-``--config hub_configs/<mae|mocov3>-ade20k.json`` (or flags) it runs the paper's ADE20K recipe: batch 16, SGD lr 0.001, polynomial decay per update, 100 prompts,
-gate_init 10, auxiliary heads on blocks 5 and 9, random resize-crop 512, single- and multi-scale mIoU.
+``--config hub_configs/<mae|mocov3>-ade20k.json`` (or flags) it runs the paper's ADE20K recipe: batch 16, SGD
+lr 0.001, polynomial decay per update, 100 prompts, gate_init 10, auxiliary heads on blocks 5 and 9, random
+resize-crop 512, single- and multi-scale mIoU.
 
     python examples/train_semantic_segmentation.py --quick
     accelerate launch examples/train_semantic_segmentation.py --config hub_configs/mae-ade20k.json --reduce_labels true
