@@ -68,12 +68,10 @@ def write_run_folder(folder: Path) -> None:
     from transformers import ViTConfig, ViTForImageClassification
 
     from gated_vpt import GatedPromptConfig
-    from gated_vpt.quiet import peft_wrapping
 
     config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
                        intermediate_size=64, num_labels=3)
-    with peft_wrapping():
-        model = get_peft_model(ViTForImageClassification(config), GatedPromptConfig())
+    model = get_peft_model(ViTForImageClassification(config), GatedPromptConfig())
     model.save_pretrained(folder / "adapter")
 
 

@@ -19,7 +19,6 @@ from accelerate.logging import get_logger
 from peft import get_peft_model
 from transformers import AutoConfig
 
-from gated_vpt.quiet import peft_wrapping
 from gated_vpt.recipes import CLASSIFICATION
 from gated_vpt.training import args as cli
 from gated_vpt.training.checkpointing import checked_resume_path
@@ -84,8 +83,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     resume_path = checked_resume_path(args.resume_from_checkpoint, args.output_dir, run_config)
     claim_output_dir(accelerator, args.output_dir)  # a second run on the folder is refused from here on
 
-    with peft_wrapping():
-        model = get_peft_model(load_image_classifier(args.model_name_or_path, data.labels), prompt_config(args))
+    model = get_peft_model(load_image_classifier(args.model_name_or_path, data.labels), prompt_config(args))
     if args.gradient_checkpointing:
         model.get_base_model().activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = count_parameters(model)

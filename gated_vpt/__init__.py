@@ -25,6 +25,7 @@ __all__ = [
     "gate_report",
     "init_classifier_",
     "load_adapter",
+    "load_base_model",
     "set_fast_path",
     "supported_model_types",
 ]
@@ -33,8 +34,10 @@ __all__ = [
 def load_core() -> None:
     """Import the core and register the method with peft: what importing the package does (idempotent)."""
     global BACKBONES, BlockReport, GateReport, GatedPromptBlock, GatedPromptConfig, GatedPromptModel
-    global fast_path, fast_path_enabled, gate_report, init_classifier_, load_adapter, set_fast_path, supported_model_types
+    global fast_path, fast_path_enabled, gate_report, init_classifier_, load_adapter, load_base_model, set_fast_path
+    global supported_model_types
     from .backbones import BACKBONES, supported_model_types
+    from .base_models import load_base_model
     from .config import GatedPromptConfig
     from .fast_path import fast_path, fast_path_enabled, set_fast_path
     from .heads import init_classifier_

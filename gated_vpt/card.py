@@ -21,6 +21,7 @@ from safetensors import safe_open
 from torch import nn
 
 from .backbones import CONVERSION_RECORD
+from .base_models import BASE_CLASSES, DEFAULT_BASE_CLASS
 from .config import GatedPromptConfig
 from .introspection import gate_report
 from .loading import is_local_path
@@ -38,17 +39,8 @@ CITATION = """@inproceedings{yoo2023improving,
   volume    = {202},
   year      = {2023}
 }"""
-# transformers has no AutoModelForImageClassification entry for vit_mae (MAE weights load into ViT's head), nor for the
-# bare CLIP and SigLIP vision towers, whose adapters are image feature extractors (pooler_output) for a head of one's own.
-BASE_CLASSES = {
-    "vit": "ViTForImageClassification",
-    "vit_mae": "ViTForImageClassification",
-    "clip_vision_model": "CLIPVisionModel",
-    "siglip_vision_model": "SiglipVisionModel",
-    "dinov3_vit": "DINOv3ViTModel",
-}
+# The bare vision towers' adapters are image feature extractors (pooler_output) for a head of one's own.
 FEATURE_EXTRACTORS = ("clip_vision_model", "siglip_vision_model", "dinov3_vit")
-DEFAULT_BASE_CLASS = "AutoModelForImageClassification"
 NON_COMMERCIAL_BASES = ("facebook/vit-mae-",)  # and local folders converted from the official MAE weights
 _ADAPTER_LINE = re.compile(r'^adapter_id = "(?P<id>[^"]*)"$', re.MULTILINE)
 _NOT_METRICS = ("loss", "runtime", "per_second", "epoch", "step")
@@ -334,10 +326,10 @@ def _usage_section(
 ```python
 import gated_vpt  # registers the gated_vpt method with peft
 from peft import PeftModel
-from transformers import {base_class}
 
 adapter_id = "{adapter_id}"
-base = {base_class}.from_pretrained("{base_id}"{labels}){LOCAL_NOTE if local_base else ""}
+# a transformers {base_class}, sized for the adapter's classifier
+base = gated_vpt.load_base_model("{base_id}"{labels}){LOCAL_NOTE if local_base else ""}
 model = PeftModel.from_pretrained(base, adapter_id).eval()
 # or, with file checks and clear errors: model = gated_vpt.load_adapter(base, adapter_id)
 ```

@@ -258,7 +258,7 @@ def _load_classifier(args: argparse.Namespace):
     import transformers
     from transformers import AutoImageProcessor
 
-    from .card import BASE_CLASSES, DEFAULT_BASE_CLASS
+    from .base_models import load_base_model
     from .loading import HEAD_CONFIG_NAME, is_local_path, load_adapter, missing_folder, read_adapter_files, read_labels
 
     transformers.logging.set_verbosity_error()
@@ -286,9 +286,8 @@ def _load_classifier(args: argparse.Namespace):
             "trained): pass --base <the same backbone's Hub id or local folder>."
         )
     num_labels = heads[0].shape[0]
-    model_class = getattr(transformers, BASE_CLASSES.get(config["backbone"]["model_type"], DEFAULT_BASE_CLASS))
     try:
-        base = model_class.from_pretrained(base_id, num_labels=num_labels, ignore_mismatched_sizes=True)
+        base = load_base_model(base_id, num_labels)
     except OSError as error:
         raise OSError(f"Cannot load the base model {base_id!r}{recorded}: {error} Pass --base <a Hub id or local folder>.") from error
     model = load_adapter(base, directory).eval()

@@ -74,7 +74,6 @@ def load_adapter(
     """
     from peft import PeftModel
 
-    from .quiet import peft_wrapping
 
     directory = resolve_adapter_dir(path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir)
     read_adapter_files(directory)
@@ -83,8 +82,7 @@ def load_adapter(
     if isinstance(base_model, PeftModel):
         base_model.load_adapter(str(directory), adapter_name=adapter_name, is_trainable=is_trainable)
         return base_model
-    with peft_wrapping():
-        return PeftModel.from_pretrained(base_model, str(directory), adapter_name=adapter_name, is_trainable=is_trainable)
+    return PeftModel.from_pretrained(base_model, str(directory), adapter_name=adapter_name, is_trainable=is_trainable)
 
 
 def resolve_adapter_dir(

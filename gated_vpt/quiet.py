@@ -4,7 +4,8 @@ Each context manager restores the previous state on exit, so other code's warnin
 
 - ``peft_wrapping()``: peft 0.21 reads transformers' deprecated ``is_gradient_checkpointing`` whenever it wraps a
   model (``get_peft_model``, ``PeftModel.from_pretrained``), which warns ``FutureWarning`` on every call; the
-  warning is about peft's code, not the user's.
+  warning is about peft's code, not the user's. ``gated_vpt.registration`` applies it to every ``PeftModel``
+  built for a gated_vpt config, so ``get_peft_model`` and ``PeftModel.from_pretrained`` do not warn.
 - ``transformers_loading()``: ``from_pretrained`` of MAE weights into ``ViTForImageClassification`` logs a
   model-type warning, a progress bar and a load report listing the new classifier; the caller checks the loading
   info itself (see ``gated_vpt.training.classification.load_image_classifier``).

@@ -12,6 +12,11 @@ filled when ``gated_vpt.hub`` is imported would leave a script that never import
 model whose active adapter is gated_vpt the call goes there; every other model, or any model before a push was
 handed, keeps peft's behaviour.
 
+peft's ``PeftModel.__init__`` reads transformers' deprecated ``is_gradient_checkpointing`` property of the base
+model, which warns ``FutureWarning`` about peft's code whenever a model is wrapped (``get_peft_model``,
+``PeftModel.from_pretrained``). For a gated_vpt config the constructor runs without that one warning
+(``gated_vpt.quiet.peft_wrapping``); the property still warns anywhere else, and other methods are unchanged.
+
 A gated_vpt config read from files notes where they are (``_note_read_configs``), so that the tuner reads and checks
 the weights before it changes the model, whoever asked: ``PeftModel.from_pretrained``, ``PeftModel.load_adapter``
 and transformers' own adapter loading (``model.load_adapter(path)``, ``AutoModel*.from_pretrained(adapter_dir)``
@@ -35,6 +40,7 @@ from peft.utils.peft_types import PeftType, register_peft_method
 
 from .loading import read_json
 from .peft_type import extend_peft_type
+from .quiet import peft_wrapping
 from .settings import METHOD_NAME, PREFIX
 
 
@@ -59,6 +65,7 @@ def register(push_to_hub: Optional[Callable[..., Any]] = None) -> PeftType:
     _note_given_configs()
     _check_transformers_loads()
     _refuse_pickled_saves()
+    _wrap_without_deprecation_warning()
     return peft_type
 
 
@@ -184,6 +191,25 @@ def _refuse_pickled_saves() -> None:
 
 def _is_gated_vpt(config: object) -> bool:
     return getattr(config, "peft_type", None) == METHOD_NAME.upper()
+
+
+
+def _wrap_without_deprecation_warning() -> None:
+    """Have ``PeftModel.__init__`` wrap a model for a gated_vpt config without transformers' warning about peft's use
+    of ``is_gradient_checkpointing`` (see the module notes)."""
+    original = PeftModel.__init__
+    if getattr(original, "routes_gated_vpt", False):
+        return
+
+    @functools.wraps(original)
+    def __init__(self, model, peft_config, *args, **kwargs):
+        if not _is_gated_vpt(peft_config):
+            return original(self, model, peft_config, *args, **kwargs)
+        with peft_wrapping():
+            return original(self, model, peft_config, *args, **kwargs)
+
+    __init__.routes_gated_vpt = True
+    PeftModel.__init__ = __init__
 
 
 def _forget(peft_type: PeftType) -> None:

@@ -165,7 +165,7 @@ def test_card_for_a_local_base_keeps_local_paths_out(saved):
     assert data.base_model is None and not any(str(saved["base"]) in tag for tag in data.tags)
     text = (saved["v1"] / "README.md").read_text()
     assert str(saved["root"]) not in text and data.model_name == "v1"
-    assert 'from_pretrained("base", num_labels=3)  # a local folder: the path to your copy' in text
+    assert 'load_base_model("base", num_labels=3)  # a local folder: the path to your copy' in text
     assert "# Gated visual prompt tuning adapter for `base` (a local model folder, not on the Hub)" in text
 
 
@@ -498,3 +498,23 @@ def test_local_looking_paths_that_do_not_exist_say_so_without_asking_the_hub(hub
 def test_a_hub_id_that_is_no_local_folder_says_both(hub, tmp_path):
     [info] = _run_steps([{"argv": ["info", "test-org/not-here"]}], _env(hub.url, tmp_path))
     _assert_clean_error(info, "No local folder 'test-org/not-here' here and no Hub repository of that name")
+
+
+def test_card_snippet_on_an_mae_base_loads_without_transformers_warnings(tmp_path, monkeypatch, caplog):
+    make_backbone("vit_mae").save_pretrained(tmp_path / "mae")
+    model = get_peft_model(gated_vpt.load_base_model(tmp_path / "mae", num_labels=4), gated_vpt.GatedPromptConfig())
+    randomize_adapter_(model, seed=4)
+    model.eval().save_pretrained(tmp_path / "adapter")
+    write_model_card(tmp_path / "adapter", model)
+    snippet = re.search(r"## Usage\n\n```python\n(.*?)```", (tmp_path / "adapter" / "README.md").read_text(), re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("WARNING"):
+        ViTForImageClassification.from_pretrained("mae", num_labels=4)  # transformers' own messages, for contrast
+        plain, _ = caplog.text, caplog.clear()
+        scope: dict = {}
+        exec(snippet, scope)
+    assert "can yield errors" in plain and "LOAD REPORT" in plain
+    assert [record.getMessage() for record in caplog.records if record.levelname == "WARNING"] == []
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(scope["model"](x).logits, model(x).logits)
+    assert type(scope["base"]).__name__ == "ViTForImageClassification" and scope["base"].config.model_type == "vit_mae"

@@ -108,3 +108,23 @@ def test_a_base_with_another_num_labels_is_named_as_the_cause(saved):
         assert str(error.value).startswith("The base has 5 labels, the adapter's head (classifier) 3: build the base "
                                            "with num_labels=3") and "must not be used" not in str(error.value)
         assert not hasattr(base, "peft_config") and all(torch.equal(v, before[k]) for k, v in base.state_dict().items())
+
+
+def test_load_base_model_reports_only_weights_that_are_not_the_new_head(tmp_path, caplog):
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining, ViTMAEModel
+
+    mae = dict(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+               intermediate_size=64, mask_ratio=0.0)
+    torch.manual_seed(0)
+    ViTMAEModel(ViTMAEConfig(**mae)).save_pretrained(tmp_path / "encoder")
+    ViTMAEForPreTraining(ViTMAEConfig(**mae, decoder_hidden_size=16, decoder_num_hidden_layers=1,
+                                      decoder_intermediate_size=32)).save_pretrained(tmp_path / "pretraining")
+    with caplog.at_level("WARNING"):
+        base = gated_vpt.load_base_model(tmp_path / "encoder", num_labels=7)
+    assert caplog.records == []  # the classifier is new, as intended
+    assert isinstance(base, ViTForImageClassification) and base.classifier.out_features == 7
+    encoder = ViTMAEModel.from_pretrained(tmp_path / "encoder")
+    assert torch.equal(base.vit.embeddings.patch_embeddings.projection.weight, encoder.embeddings.patch_embeddings.projection.weight)
+    with caplog.at_level("WARNING"):
+        gated_vpt.load_base_model(tmp_path / "pretraining", id2label={0: "cat", 1: "dog"})
+    assert any("unexpected weights" in record.getMessage() and "decoder" in record.getMessage() for record in caplog.records)

@@ -88,3 +88,27 @@ def test_from_pretrained_is_wrapped_once_and_leaves_other_methods_to_peft(tmp_pa
     loaded = PeftModel.from_pretrained(make_backbone("vit_clf"), tmp_path, config=LoraConfig.from_pretrained(tmp_path))
     assert not hasattr(loaded.peft_config["default"], "_source")
     assert torch.equal(loaded(images(2)).logits, lora(images(2)).logits)
+
+
+def test_wrapping_a_model_leaves_out_only_peft_s_deprecated_property_warning(tmp_path):
+    import warnings
+
+    from conftest import make_backbone
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    register()
+    importlib.reload(importlib.import_module("gated_vpt.registration")).register()
+    assert not getattr(PeftModel.__init__.__wrapped__, "routes_gated_vpt", False)  # wrapped once
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gated = get_peft_model(make_backbone("vit_clf"), gated_vpt.GatedPromptConfig(num_prompt_tokens=2))
+        gated.save_pretrained(tmp_path / "gated")
+        PeftModel.from_pretrained(make_backbone("vit_clf"), tmp_path / "gated")
+    assert [str(w.message) for w in caught if "is_gradient_checkpointing" in str(w.message)] == []
+    base = make_backbone("vit_clf")
+    if isinstance(getattr(type(base), "is_gradient_checkpointing", None), property):  # transformers before v6
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))  # another method: as peft is
+            base.is_gradient_checkpointing  # and the user's own use still warns
+        assert len([w for w in caught if "is_gradient_checkpointing" in str(w.message)]) == 2

@@ -32,7 +32,6 @@ from ..backbones import resolve_backbone, without_head
 from ..config import GatedPromptConfig
 from ..layout import PEFT_PREFIX, Expected, check_tensors
 from ..loading import HEAD_CONFIG_NAME, read_json
-from ..quiet import peft_wrapping
 from ..settings import is_integer, is_number
 from .setr import AuxiliaryHeads, Norm, ProgressiveUpsamplingHead, num_upsampling_stages
 
@@ -268,8 +267,7 @@ def get_segmentation_peft_model(
             f"GatedPromptConfig.modules_to_save={config.modules_to_save} leaves out {missing}: the segmentation heads "
             f"must be trained and saved with the adapter. Use modules_to_save={list(HEAD_MODULES)} or leave it unset."
         )
-    with peft_wrapping():
-        return get_peft_model(model, config, adapter_name=adapter_name)
+    return get_peft_model(model, config, adapter_name=adapter_name)
 
 
 def save_segmentation_adapter(peft_model: PeftModel, directory: Union[str, Path]) -> Path:

@@ -14,11 +14,11 @@ from accelerate import Accelerator
 from peft import get_peft_model
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel, ViTForImageClassification
+from transformers import PreTrainedModel
 
+from gated_vpt.base_models import load_base_model
 from gated_vpt.config import GatedPromptConfig
 from gated_vpt.heads import init_classifier_
-from gated_vpt.quiet import transformers_loading
 
 from .data import (
     IMAGE_COLUMN_GUESSES,
@@ -118,30 +118,15 @@ def _private_generator() -> torch.Generator:
 
 
 def load_image_classifier(model_name_or_path: str, labels: list[str]) -> PreTrainedModel:
-    """The backbone with a new classifier (``len(labels)`` outputs, the paper's initialisation). MAE checkpoints
-    load into ``ViTForImageClassification`` (transformers has no MAE classification head)."""
-    config = AutoConfig.from_pretrained(model_name_or_path)
-    model_class = ViTForImageClassification if config.model_type == "vit_mae" else AutoModelForImageClassification
-    # transformers' own messages here (MAE weights in a ViT class, a load report listing the new classifier) describe
-    # what is intended; the loading info is checked below instead, and anything unexpected is still reported.
-    with transformers_loading():
-        model, info = model_class.from_pretrained(
-            model_name_or_path,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={name: i for i, name in enumerate(labels)},
-            ignore_mismatched_sizes=True,
-            output_loading_info=True,
+    """The backbone with a new classifier (``len(labels)`` outputs, the paper's initialisation): MAE checkpoints
+    load into ``ViTForImageClassification`` (transformers has no MAE classification head; ``load_base_model``)."""
+    model = load_base_model(model_name_or_path, id2label=dict(enumerate(labels)))
+    if not isinstance(getattr(model, "classifier", None), nn.Linear):
+        raise ValueError(
+            f"{model_name_or_path} loads as {type(model).__name__}, which has no classifier: the training scripts need "
+            "a checkpoint with an image-classification class in transformers."
         )
-    surprises = {
-        "missing": sorted(k for k in info["missing_keys"] if not k.startswith("classifier.")),
-        "unexpected": sorted(info["unexpected_keys"]),
-        "mismatched": sorted(str(k) for k in info["mismatched_keys"] if not str(k).startswith("classifier.")),
-    }
-    for kind, keys in surprises.items():
-        if keys:
-            logger.warning(f"{model_name_or_path}: {len(keys)} {kind} weights when loading {model_class.__name__}: {keys[:5]}")
-    logger.info(f"Loaded {model_name_or_path} ({config.model_type}) with a new {len(labels)}-class classifier.")
+    logger.info(f"Loaded {model_name_or_path} ({model.config.model_type}) with a new {len(labels)}-class classifier.")
     init_classifier_(model.classifier)
     return model
 
