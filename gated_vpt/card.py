@@ -100,7 +100,7 @@ def write_model_card(
     hub_base = base_model if _is_hub_id(base_model) else None
     local_base = bool(base_model) and hub_base is None
     non_commercial = _is_official_mae(base_model)
-    base_model = _portable(base_model)
+    base_model = portable_name(base_model)
     metrics = {name: float(value) for name, value in (metrics or {}).items() if isinstance(value, (int, float))}
     image = _place_image(Path(gates_image), output_dir) if gates_image is not None else None
     if model is not None and hasattr(model.get_base_model(), "add_model_tags"):
@@ -117,7 +117,7 @@ def write_model_card(
         model_name=(repo_id or _run_name(output_dir)).split("/")[-1],
         eval_results=_eval_results(metrics, dataset, task),
     )
-    adapter_id = repo_id or _portable(str(output_dir))
+    adapter_id = repo_id or portable_name(str(output_dir))
     usage = TASKS[task].usage(adapter_id, base_model, settings, local_base, _num_labels(model, output_dir))
     sections = [
         _title(base_model, local_base, dataset, task),
@@ -190,7 +190,7 @@ def _is_hub_id(name: Optional[str]) -> bool:
     return bool(name) and not is_local_path(name) and not Path(name).exists()
 
 
-def _portable(name: Optional[str]) -> Optional[str]:
+def portable_name(name: Optional[str]) -> Optional[str]:
     """A Hub id as it is; a local path without the machine's absolute part: relative to a checkout of this repository
     or to the working directory when inside one, else the folder's name."""
     if not name or _is_hub_id(name) or not Path(name).is_absolute():

@@ -9,6 +9,7 @@ side imports the card (which does) when it runs.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -118,6 +119,7 @@ def _push(
             write_model_card(staging, source, repo_id=repo_id, adapter_name=adapter_name)
         else:
             _stage_directory(run_adapter_dir(source), staging, repo_id)
+        _portable_base_path(staging / CONFIG_NAME)
         token = token or get_token()
         if not token:
             raise PermissionError(
@@ -197,6 +199,19 @@ def _stage_directory(directory: Path, staging: Path, repo_id: str) -> None:
         card.write_text(set_adapter_id(card.read_text(), repo_id))
     else:
         write_model_card(staging, repo_id=repo_id)
+
+
+def _portable_base_path(config_path: Path) -> None:
+    """Keep this machine's absolute paths out of the pushed config: a local base is named as the card names it
+    (relative to this repository or the working directory, else by its folder; ``gated-vpt predict`` then finds it
+    from a checkout, or asks for ``--base``)."""
+    from .card import portable_name
+
+    config = json.loads(config_path.read_text())
+    name = config.get("base_model_name_or_path")
+    if name and portable_name(name) != name:
+        config["base_model_name_or_path"] = portable_name(name)
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 @contextmanager

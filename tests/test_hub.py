@@ -340,7 +340,8 @@ def cli_online(hub, saved, pushed, cli_home, tmp_path_factory):
         {"argv": ["pull", REPO, "-o", str(out / "latest")]},
         {"argv": ["pull", REPO, "--revision", pushed["sha1"], "-o", str(out / "first")]},
         {"argv": ["info", REPO, "--json"]},
-        {"argv": ["predict", REPO, "--revision", pushed["sha1"], str(saved["images"]), "--top-k", "3", "--json"]},
+        {"argv": ["predict", REPO, "--revision", pushed["sha1"], str(saved["images"]), "--top-k", "3", "--json",
+                  "--base", str(saved["base"])]},  # the pushed config names the local base by its folder only
         {"argv": ["info", "test-org/no-such-adapter"]},
         {"argv": ["pull", REPO, "--revision", "no-such-branch"]},
         {"argv": ["predict", REPO, "--base", str(saved["root"] / "other_base"), str(saved["images"])]},
@@ -357,8 +358,9 @@ def test_cli_pull_latest_and_pinned_revision(saved, cli_online):
     out, (latest, first, *_) = cli_online
     assert latest["status"] == 0 and first["status"] == 0, (latest, first)
     for pulled, version in ((out / "latest", saved["v2"]), (out / "first", saved["v1"])):
-        for name in ("adapter_config.json", "adapter_model.safetensors"):
-            assert (pulled / name).read_bytes() == (version / name).read_bytes()
+        assert (pulled / "adapter_model.safetensors").read_bytes() == (version / "adapter_model.safetensors").read_bytes()
+        config = json.loads((version / "adapter_config.json").read_text())
+        assert json.loads((pulled / "adapter_config.json").read_text()) == {**config, "base_model_name_or_path": "base"}
     assert 'adapter_id = "test-org/vit-gated"' in (out / "latest" / "README.md").read_text()
 
 
@@ -518,3 +520,12 @@ def test_card_snippet_on_an_mae_base_loads_without_transformers_warnings(tmp_pat
     x = torch.randn(2, 3, 16, 16)
     assert torch.equal(scope["model"](x).logits, model(x).logits)
     assert type(scope["base"]).__name__ == "ViTForImageClassification" and scope["base"].config.model_type == "vit_mae"
+
+
+def test_pushed_configs_hold_no_local_absolute_path(hub, saved, pushed, cli_online):
+    configs = {repo: json.loads(hub.files(repo)["adapter_config.json"]) for repo in hub.repos}
+    assert {REPO, "test-org/pushed-by-cli"} <= set(configs)
+    assert configs[REPO]["base_model_name_or_path"] == "base"  # was the absolute path of saved["base"]
+    assert json.loads((saved["v1"] / "adapter_config.json").read_text())["base_model_name_or_path"] == str(saved["base"])
+    for repo, config in configs.items():
+        assert not Path(config.get("base_model_name_or_path") or "").is_absolute(), (repo, config)
