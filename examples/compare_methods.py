@@ -3,8 +3,12 @@
 Methods: a linear probe and full fine-tuning (both on the MAE head: mean of the tokens, then the final LayerNorm),
 VPT-shallow, VPT-deep, gated prompts without temperature, and gated prompts with temperature (the paper's method).
 Writes a markdown table (mean +- std test accuracy over the seeds, trainable parameters), results.json and a plot.
+Each finished run is appended to ``runs.jsonl`` in the output folder as it ends; the same command run again skips
+the runs found there (made with the same settings), so an interrupted comparison loses at most the run in progress.
 
-    OMP_NUM_THREADS=1 python examples/compare_methods.py --output_dir outputs/compare   # 25 epochs, lr 0.5: ~11 CPU-minutes
+    OMP_NUM_THREADS=1 python examples/compare_methods.py --output_dir outputs/compare   # 25 epochs, lr 0.5: 24 minutes*
+
+(*on one thread of the shared 2-core machine under load, docs/TRAINING.md.)
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -44,6 +49,7 @@ from gated_vpt.training.loop import LoopSettings, train, updates_per_epoch  # no
 from gated_vpt.training.optim import build_optimizer, build_scheduler  # noqa: E402
 
 EMBEDDED_MODEL = str(Path(__file__).resolve().parent.parent / "assets" / "mae-tiny")
+RUNS_FILE = "runs.jsonl"
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,35 @@ def _mean_pool_head(model: nn.Module, args: argparse.Namespace) -> None:
     blocks[-1].register_forward_hook(lambda module, inputs, output: pool_into_cls(output))
 
 
+def finished_runs(output_dir: Path, settings: dict) -> dict[tuple[str, int], dict]:
+    """The runs already in ``output_dir/runs.jsonl``, by (method, seed); refuses a file made with other settings.
+    A last line cut short by an interruption is ignored."""
+    path = output_dir / RUNS_FILE
+    runs = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if entry["settings"] != settings:
+            changed = sorted(k for k in {*settings, *entry["settings"]} if settings.get(k) != entry["settings"].get(k))
+            raise SystemExit(
+                f"error: {path} holds runs made with other settings ({', '.join(changed)}): use another --output_dir, "
+                "or delete it to start again."
+            )
+        runs[(entry["result"]["method"], entry["result"]["seed"])] = entry["result"]
+    return runs
+
+
+def record_run(output_dir: Path, settings: dict, result: dict) -> None:
+    """Append one finished run to ``output_dir/runs.jsonl`` (one line, flushed to disk)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / RUNS_FILE, "a") as file:
+        file.write(json.dumps({"settings": settings, "result": result}) + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+
+
 def write_report(results: list[dict], output_dir: Path, command: str) -> str:
     """results.json, table.md (mean +- std per method) and comparison.png."""
     key = next(k for k in results[0] if k.endswith("_accuracy"))
@@ -163,14 +198,23 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     accelerator = Accelerator()
     backbone = AutoConfig.from_pretrained(args.model_name_or_path)
     args.image_size = args.image_size or backbone.image_size
+    output_dir = Path(args.output_dir)
+    settings = {k: v for k, v in sorted(vars(args).items()) if k not in ("methods", "seeds", "output_dir")}
+    done = finished_runs(output_dir, settings)
     results = []
     for key in args.methods:
         for seed in args.seeds:
-            result = run_one(accelerator, args, METHODS[key], seed, backbone.num_channels)
+            result = done.get((METHODS[key].name, seed))
+            if result is None:
+                result = run_one(accelerator, args, METHODS[key], seed, backbone.num_channels)
+                if accelerator.is_main_process:
+                    record_run(output_dir, settings, result)
+            else:
+                accelerator.print(f"{METHODS[key].name}, seed {seed}: finished before, in {output_dir / RUNS_FILE}")
             accelerator.print(json.dumps(result))
             results.append(result)
     command = "python examples/compare_methods.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = write_report(results, Path(args.output_dir), command.strip())
+    text = write_report(results, output_dir, command.strip())
     accelerator.print(text)
     return text
 

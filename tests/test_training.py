@@ -659,3 +659,24 @@ def test_an_output_folder_that_is_a_link_to_nothing_is_refused_at_the_start(asse
     with pytest.raises(ValueError, match=rf"--output_dir {output}: {output} is a symbolic link to {tmp_path / 'missing'}, which does not exist"):
         script.main(_argv(assets, output))
     assert not (tmp_path / "missing").exists()
+
+
+def test_compare_methods_records_each_run_and_resumes(tmp_path, monkeypatch):
+    compare = load_example("compare_methods")
+    argv = ["--methods", "linear", "--seeds", "0", "--num_train_epochs", "1", "--warmup_epochs", "0",
+            "--output_dir", str(tmp_path)]
+    first = compare.main(argv)
+    [line] = (tmp_path / "runs.jsonl").read_text().splitlines()
+    recorded = json.loads(line)["result"]
+    assert json.loads((tmp_path / "results.json").read_text()) == [recorded] and recorded["method"] == "linear probe"
+
+    def must_not_train(*args):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(compare, "run_one", must_not_train)
+    with open(tmp_path / "runs.jsonl", "a") as file:
+        file.write('{"settings": {"cut short')  # a run interrupted while its line was written
+    assert compare.main(argv) == first
+    assert json.loads((tmp_path / "results.json").read_text()) == [recorded]
+    with pytest.raises(SystemExit, match=r"other settings \(learning_rate\)"):
+        compare.main([*argv, "--learning_rate", "0.1"])
