@@ -83,7 +83,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     resume_path = checked_resume_path(args.resume_from_checkpoint, args.output_dir, run_config)
     claim_output_dir(accelerator, args.output_dir)  # a second run on the folder is refused from here on
 
-    model = get_peft_model(load_image_classifier(args.model_name_or_path, data.labels), prompt_config(args))
+    model = get_peft_model(load_image_classifier(args.model_name_or_path, data.labels, args.image_size), prompt_config(args))
     if args.gradient_checkpointing:
         model.get_base_model().activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = count_parameters(model)

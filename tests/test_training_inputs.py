@@ -146,3 +146,25 @@ def test_image_values_without_an_8_bit_meaning_are_refused(mode, value):
 
     with pytest.raises(ValueError, match=rf"An image of mode {mode} holds (values from|negative values)"):
         convert_image(_image(mode, value), "RGB")
+
+
+def test_an_image_size_the_backbone_refuses_stops_the_run_before_training_and_in_the_dry_run(tmp_path, capsys):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    ViTForImageClassification(ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path / "vit16")
+    train = _folder(tmp_path / "train", {"a": 3, "b": 3})
+    argv = ["--model_name_or_path", str(tmp_path / "vit16"), "--train_dir", str(train), "--image_size", "32",
+            "--output_dir", str(tmp_path / "out"), "--num_train_epochs", "1", "--warmup_epochs", "0"]
+    assert script.main([*argv, "--dry_run"]) == {}
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"WILL FAIL at the first step: --image_size 32: {tmp_path / 'vit16'} cannot take 32x32 images (Input image "
+        "size (32*32) doesn't match model (16*16).); leave --image_size unset (the backbone's 16) or use a backbone "
+        "made for 32."
+    )
+    with pytest.raises(SystemExit) as stop:
+        script.exit_on_stop(lambda: script.main(argv))
+    assert stop.value.code == 1 and not (tmp_path / "out").exists()
+    assert capsys.readouterr().err.splitlines()[-1].startswith("error: --image_size 32:")
+    argv[argv.index("--image_size") + 1] = "16"  # the backbone's own size passes
+    assert script.main([*argv, "--dry_run"]) == {} and "WILL FAIL" not in capsys.readouterr().out

@@ -37,6 +37,7 @@ from .data import (
 )
 from .dry_run import DryRunReport, backbone_status, count_train_images, learning_rate_groups, quiet_loading
 from .metrics import load_metric
+from .run import RunStopped
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -117,18 +118,36 @@ def _private_generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 
 
-def load_image_classifier(model_name_or_path: str, labels: list[str]) -> PreTrainedModel:
+def load_image_classifier(model_name_or_path: str, labels: list[str], image_size: Optional[int] = None) -> PreTrainedModel:
     """The backbone with a new classifier (``len(labels)`` outputs, the paper's initialisation): MAE checkpoints
-    load into ``ViTForImageClassification`` (transformers has no MAE classification head; ``load_base_model``)."""
+    load into ``ViTForImageClassification`` (transformers has no MAE classification head; ``load_base_model``).
+    With ``image_size``, one blank image of that size goes through the model first: ``RunStopped`` when the model
+    refuses that size, which the first training step would otherwise do."""
     model = load_base_model(model_name_or_path, id2label=dict(enumerate(labels)))
     if not isinstance(getattr(model, "classifier", None), nn.Linear):
         raise ValueError(
             f"{model_name_or_path} loads as {type(model).__name__}, which has no classifier: the training scripts need "
             "a checkpoint with an image-classification class in transformers."
         )
+    if image_size is not None:
+        _check_input_size(model, model_name_or_path, image_size)
     logger.info(f"Loaded {model_name_or_path} ({model.config.model_type}) with a new {len(labels)}-class classifier.")
     init_classifier_(model.classifier)
     return model
+
+
+def _check_input_size(model: PreTrainedModel, name: str, image_size: int) -> None:
+    channels = getattr(model.config, "num_channels", 3)
+    try:
+        with torch.no_grad():
+            model.eval()(pixel_values=torch.zeros(1, channels, image_size, image_size))
+    except (ValueError, RuntimeError) as error:
+        made_for = getattr(model.config, "image_size", None)
+        fix = f"leave --image_size unset (the backbone's {made_for}) or use a backbone made for {image_size}" if made_for else "use another --image_size"
+        raise RunStopped(
+            f"--image_size {image_size}: {name} cannot take {image_size}x{image_size} images "
+            f"({str(error).splitlines()[0]}); {fix}."
+        ) from error
 
 
 def dry_run_report(args: argparse.Namespace) -> str:
@@ -151,6 +170,10 @@ def dry_run_report(args: argparse.Namespace) -> str:
     if buildable and classes:
         with quiet_loading():
             model = load_image_classifier(args.model_name_or_path, [str(i) for i in range(classes)])
+        try:
+            _check_input_size(model, args.model_name_or_path, args.image_size or model.config.image_size)
+        except RunStopped as stop:
+            report.problem = f"WILL FAIL at the first step: {stop}"
         report.trainable = count_parameters(get_peft_model(model, prompt_config(args)))
     return report.format()
 

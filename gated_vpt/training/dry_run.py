@@ -100,6 +100,7 @@ class DryRunReport:
     power: float = 0.9
     trainable: Optional[tuple[int, int]] = None
     backbone: str = ""
+    problem: str = ""  # what would stop the run, found by building the model
 
     def updates_per_epoch(self) -> Optional[int]:
         if self.num_train_images is None:
@@ -141,6 +142,8 @@ class DryRunReport:
             lines.append(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
         settings = ", ".join(f"{k}={v}" for k, v in sorted(vars(args).items()))
         lines.append(f"arguments: {settings}")
+        if self.problem:
+            lines.append(self.problem)
         return "\n".join(lines)
 
 
