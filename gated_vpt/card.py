@@ -24,7 +24,7 @@ from .backbones import CONVERSION_RECORD
 from .base_models import BASE_CLASSES, DEFAULT_BASE_CLASS
 from .config import GatedPromptConfig
 from .introspection import gate_report
-from .loading import is_local_path
+from .paths import is_local_path
 from .recipes import CLASSIFICATION
 from .tasks import INSTALL, LOCAL_NOTE, TASKS, Task, register_task, registered_tasks
 from .version import __version__

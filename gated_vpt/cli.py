@@ -50,9 +50,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         return protocol.main(argv[1:]) or 0
     args = _parser().parse_args(argv)
-    if args.loads_core:  # after parsing: --help and usage errors need none of it, and info reads files only
-        load_core()
     try:
+        _refuse_missing_local_paths(args)
+        if args.loads_core:  # after parsing: --help and usage errors need none of it, and info reads files only
+            load_core()
         return args.run(args) or 0
     except USER_ERRORS as error:
         if args.debug:
@@ -125,6 +126,17 @@ def _add_source(parser: argparse.ArgumentParser, name: str, help: str) -> None:
     refuse_token_options(parser, "--token")  # private repos: HF_TOKEN or `hf auth login`
 
 
+def _refuse_missing_local_paths(args: argparse.Namespace) -> None:
+    """A name that can only be a local path and does not exist (the adapter or folder to push, ``--base``) is refused
+    at once, before torch, transformers or the Hub are reached."""
+    from .paths import is_local_path, missing_folder
+
+    for name, expected in ((getattr(args, "adapter", None) or getattr(args, "directory", None), "an existing adapter folder"),
+                           (getattr(args, "base", None), "--base an existing model folder")):
+        if name and not Path(name).exists() and is_local_path(name):
+            raise missing_folder(name, expected)
+
+
 def _data_check(args: argparse.Namespace) -> int:
     from .training.benchmark_data import check_data_folder
 
@@ -166,7 +178,8 @@ def _pull(args: argparse.Namespace) -> None:
 def _adapter_dir(args: argparse.Namespace) -> Path:
     """The adapter's local directory: a folder (an adapter, or a run's output folder holding ``adapter/``) as it is,
     a Hub repo id through the Hub (or its cache). The callers read and check its files."""
-    from .loading import is_local_path, resolve_adapter_dir
+    from .loading import resolve_adapter_dir
+    from .paths import is_local_path
 
     if Path(args.adapter).exists() or is_local_path(args.adapter):  # never looked up on the Hub
         return resolve_adapter_dir(args.adapter)
@@ -259,7 +272,8 @@ def _load_classifier(args: argparse.Namespace):
     from transformers import AutoImageProcessor
 
     from .base_models import load_base_model
-    from .loading import HEAD_CONFIG_NAME, is_local_path, load_adapter, missing_folder, read_adapter_files, read_labels
+    from .loading import HEAD_CONFIG_NAME, load_adapter, read_adapter_files, read_labels
+    from .paths import is_local_path
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -278,9 +292,7 @@ def _load_classifier(args: argparse.Namespace):
     recorded = "" if args.base else " (the base recorded in the adapter)"
     if not base_id:
         raise ValueError("The adapter does not record its base model; pass --base <model id or directory>.")
-    if is_local_path(base_id) and not Path(base_id).exists():
-        if args.base:
-            raise missing_folder(base_id, "--base an existing model folder")
+    if not args.base and is_local_path(base_id) and not Path(base_id).exists():  # --base was checked at the start
         raise FileNotFoundError(
             f"The adapter's base model {base_id} is not on this machine (the adapter recorded it where it was "
             "trained): pass --base <the same backbone's Hub id or local folder>."

@@ -11,9 +11,7 @@ answers without loading it.
 
 from __future__ import annotations
 
-import difflib
 import json
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
@@ -23,6 +21,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .layout import check_tensors, expected_from_record
+from .paths import is_local_path, missing_folder
 from .settings import GatedPromptSettings
 
 if TYPE_CHECKING:
@@ -40,8 +39,6 @@ PICKLED_WEIGHTS = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
 # The largest JSON file an adapter may bring (its config, class names, head settings): class names for 100,000
 # classes fit in a few megabytes.
 MAX_JSON_BYTES = 16 * 2**20
-# The form of a Hub repo id (huggingface_hub's rule): "name" or "namespace/name", word characters, "-" and ".".
-_HUB_ID = re.compile(r"(\b[\w\-.]{1,96}\b/)?\b[\w\-.]{1,96}\b")
 
 
 def load_adapter(
@@ -133,41 +130,6 @@ def resolve_adapter_dir(
             f"(at revision {revision or 'main'})."
         ) from error
     return Path(config_file).parent
-
-
-def is_local_path(name: Union[str, Path]) -> bool:
-    """Whether ``name`` can only mean a path on this machine, never a Hub repo id: absolute, ``./``, ``../`` or
-    ``~``, not of the form ``name`` or ``namespace/name``, a path whose first folder exists here, or a path that
-    exists relative to a folder above the working directory. Such a name is never looked up on the Hub."""
-    text = str(name)
-    if isinstance(name, Path) or text.startswith((".", "~")) or Path(text).is_absolute() or not _HUB_ID.fullmatch(text):
-        return True
-    return ("/" in text and Path(text.split("/")[0]).is_dir()) or _found_above(text) is not None
-
-
-def missing_folder(name: Union[str, Path], expected: str = "an existing adapter folder") -> FileNotFoundError:
-    """The error for a local path that does not exist, naming what is there instead when something is close; its
-    last sentence asks for ``expected`` or a Hub repo id."""
-    path = Path(name).expanduser()
-    message = f"No such folder: {name} (looked in {Path.cwd()})." if not path.is_absolute() else f"No such folder: {name}."
-    above = _found_above(str(name))
-    existing = next((parent for parent in path.parents if parent.is_dir()), None)
-    if above is not None:
-        message += f" It exists relative to a folder above this one: {above}."
-    elif existing is not None and path.parent != Path("."):
-        names = sorted(child.name for child in existing.iterdir() if child.is_dir())
-        missing = path.relative_to(existing).parts[0]
-        close = difflib.get_close_matches(missing, names, n=3)
-        if close:
-            message += f" Similar names in {existing}/: {', '.join(close)}."
-    return FileNotFoundError(f"{message} Pass {expected}, or a Hub repo id such as user/name.")
-
-
-def _found_above(name: str) -> Optional[Path]:
-    """``name`` relative to the nearest folder above the working directory where it exists, if any."""
-    if Path(name).is_absolute() or name.startswith("~"):
-        return None
-    return next((parent / name for parent in Path.cwd().parents if (parent / name).exists()), None)
 
 
 def read_adapter_files(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -227,3 +227,23 @@ def test_predict_skip_bad_images_leaves_them_out_with_a_note(files, tmp_path, ca
     assert [row["image"] for row in rows] == [str(p) for p in paths]
     assert [[t["index"] for t in row["top"]] for row in rows] == _expected_top(files, paths, 3)[1]
     assert f"skipped {tmp_path / 'images' / 'broken.png'}" in err
+
+
+def test_a_missing_local_path_is_refused_before_torch_or_the_hub_load(tmp_path):
+    import os
+    import subprocess
+
+    (tmp_path / "runs" / "cub").mkdir(parents=True)
+    code = ("import sys\nsys.argv[0] = 'gated-vpt'\nfrom gated_vpt.cli import main\nstatus = main(sys.argv[1:])\n"
+            "print(sorted({name.split('.')[0] for name in sys.modules} & {'torch', 'huggingface_hub', 'transformers'}))\n"
+            "sys.exit(status)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    for argv, message in ((["info", "runs/cbu"], "Similar names in runs/: cub"),
+                          (["predict", "./runs/cub/adapter", "x.png"], "No such folder: ./runs/cub/adapter"),
+                          (["push", "../nowhere", "user/x"], "No such folder: ../nowhere"),
+                          (["predict", "user/x", "x.png", "--base", "./runs/base"], "Pass --base an existing model folder")):
+        process = subprocess.run([sys.executable, "-c", code, *argv], cwd=tmp_path, env=env, capture_output=True,
+                                 text=True, timeout=120)
+        assert process.returncode == 1 and process.stdout.strip() == "[]", (argv, process.stdout, process.stderr)
+        assert process.stderr.startswith("gated-vpt: error: No such folder") and message in process.stderr, process.stderr
+        assert process.stderr.count("\n") == 1
