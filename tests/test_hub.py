@@ -503,6 +503,8 @@ def test_a_hub_id_that_is_no_local_folder_says_both(hub, tmp_path):
 
 
 def test_card_snippet_on_an_mae_base_loads_without_transformers_warnings(tmp_path, monkeypatch, caplog):
+    import transformers
+
     make_backbone("vit_mae").save_pretrained(tmp_path / "mae")
     model = get_peft_model(gated_vpt.load_base_model(tmp_path / "mae", num_labels=4), gated_vpt.GatedPromptConfig())
     randomize_adapter_(model, seed=4)
@@ -510,11 +512,16 @@ def test_card_snippet_on_an_mae_base_loads_without_transformers_warnings(tmp_pat
     write_model_card(tmp_path / "adapter", model)
     snippet = re.search(r"## Usage\n\n```python\n(.*?)```", (tmp_path / "adapter" / "README.md").read_text(), re.S).group(1)
     monkeypatch.chdir(tmp_path)
-    with caplog.at_level("WARNING"):
-        ViTForImageClassification.from_pretrained("mae", num_labels=4)  # transformers' own messages, for contrast
-        plain, _ = caplog.text, caplog.clear()
-        scope: dict = {}
-        exec(snippet, scope)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_warning()  # transformers' default, whatever an earlier test set
+    try:
+        with caplog.at_level("WARNING"):
+            ViTForImageClassification.from_pretrained("mae", num_labels=4)  # transformers' own messages, for contrast
+            plain, _ = caplog.text, caplog.clear()
+            scope: dict = {}
+            exec(snippet, scope)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
     assert "can yield errors" in plain and "LOAD REPORT" in plain
     assert [record.getMessage() for record in caplog.records if record.levelname == "WARNING"] == []
     x = torch.randn(2, 3, 16, 16)
