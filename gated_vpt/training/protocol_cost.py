@@ -143,7 +143,6 @@ def measure_speed(protocol, script, steps: int = 3) -> tuple[float, float, str]:
     import torch
     from peft import get_peft_model
 
-    from gated_vpt.quiet import peft_wrapping
 
     from .classification import load_image_classifier, prompt_config
     from .dry_run import quiet_loading
@@ -157,7 +156,7 @@ def measure_speed(protocol, script, steps: int = 3) -> tuple[float, float, str]:
     except RunStopped as stop:
         raise ValueError(f"--measure_speed builds {task.name}'s model: {stop}") from None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    with quiet_loading(), peft_wrapping():
+    with quiet_loading():  # a gated_vpt PeftModel is built without peft's deprecation warning (registration)
         model = get_peft_model(load_image_classifier(args.model_name_or_path, [str(i) for i in range(args.num_labels or 2)]),
                                prompt_config(args)).to(device)
     size = args.image_size or model.config.image_size
