@@ -143,7 +143,6 @@ def measure_speed(protocol, script, steps: int = 3) -> tuple[float, float, str]:
     import torch
     from peft import get_peft_model
 
-
     from .classification import load_image_classifier, prompt_config
     from .dry_run import quiet_loading
     from .optim import build_optimizer
