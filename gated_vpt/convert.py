@@ -246,7 +246,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m gated_vpt.
             revision=args.revision,
         )
     except (ValueError, OSError) as error:  # OSError: no network or no Hub access
-        print(f"error: {error}", file=sys.stderr)
+        print("gated-vpt: error: " + " ".join(str(error).split()), file=sys.stderr)
         return 1
     conversion = json.loads((output / "conversion.json").read_text())
     print(

@@ -182,7 +182,8 @@ class BackbonePreparation:
     def missing_message(self) -> str:
         return (
             f"The backbone folder {self.folder} does not exist (relative to {Path.cwd()}). This recipe uses "
-            f"{self.checkpoint}. Prepare the folder with:\n    {self.prepare}\nor pass --model_name_or_path."
+            f"{self.checkpoint}. Prepare the folder with:\n    {self.prepare}\nor run the recipe on another backbone with "
+            "--model_name_or_path (gated-vpt protocol: after --, e.g. protocol ... -- --model_name_or_path <id>)."
         )
 
 

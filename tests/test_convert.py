@@ -249,7 +249,8 @@ def test_command_line(tmp_path, capsys):
     path = tmp_path / "ckpt.pth.tar"
     torch.save(mocov3_linear_probe(timm_vit_weights()), path)
     assert main([str(path), str(tmp_path / "a"), "--model-type", "mocov3", "--num-attention-heads", "2"]) == 1
-    assert "--trust-checkpoint" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert error.startswith("gated-vpt: error: ") and "--trust-checkpoint" in error and error.count("\n") == 1
     args = [str(path), str(tmp_path / "b"), "--model-type", "mocov3", "--num-attention-heads", "2", "--trust-checkpoint",
             "--drop-head"]
     assert main(args) == 0

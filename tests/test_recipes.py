@@ -415,6 +415,7 @@ def test_every_recipe_without_its_backbone_stops_at_once_saying_what_to_prepare(
         folder = load_recipe(path)["model_name_or_path"]
         assert f"The backbone folder {folder} does not exist" in message, path.name
         assert backbone["checkpoint"] in message and backbone["prepare"] in message, path.name
+        assert "protocol ... -- --model_name_or_path" in message, path.name  # the protocol passes it on after --
         assert not (tmp_path / "outputs").exists()
 
 
