@@ -8,10 +8,15 @@ found below the vision tower (the base model, or its ``vision_model`` for the CL
 classes) at ``layers``, ``encoder.layer``, ``encoder.layers`` or ``model.layer``: transformers moved ViT's blocks
 from ``encoder.layer`` to ``layers`` in 5.9, CLIP and SigLIP keep theirs at ``encoder.layers``, DINOv3 at
 ``model.layer``.
+
+timm's ``VisionTransformer`` (``timm.create_model("vit_...")``, or the one a transformers ``TimmWrapperModel`` /
+``TimmWrapperForImageClassification`` holds as ``timm_model``) has no transformers config: ``resolve_backbone`` reads
+what it needs from the model itself (``TIMM_VIT`` and ``_timm_backbone``), and imports timm only for such a model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional
 
@@ -31,11 +36,16 @@ class BlockLayout:
 
     ``x = x + scale1(o(attention(q(n1), k(n1), v(n1))))`` with ``n1 = norm_before(x)``, then
     ``x = x + scale2(mlp(norm_after(x)))``. ``attention`` is the self-attention module: it holds the four
-    projections (plain ``nn.Linear``), ``head_dim``, the logit scale (attribute ``scaling``) and the ``config`` that
-    picks the attention kernel. ``layer_scales`` are per-channel scale modules (Dinov2), or None. ``rotary``: the
-    block gets rotary position embeddings (``position_embeddings=(cos, sin)``) for its patch rows, the last rows of
-    the sequence, and applies them to the queries and keys (DINOv3); the rows before the patches, prompts included,
-    get none.
+    projections (plain ``nn.Linear``), ``head_dim``, the logit scale (attribute ``scaling``) and what picks the
+    attention kernel (``kernel``: transformers' ``config._attn_implementation``, eager or sdpa; timm's ``fused_attn``
+    flag, sdpa or its own eager product). ``fused_qkv``: the first projection computes queries, keys and values at
+    once, in that order along its output (timm's ``qkv``); the other two names are then unused. ``head_norms``: per-head
+    norms of the queries and of the keys, applied after the split into heads (timm's ``q_norm``/``k_norm``, identities
+    unless ``qk_norm``). ``layer_scales`` are per-channel scale modules (Dinov2, timm's ``ls1``/``ls2``), or None.
+    ``rotary``: the block gets rotary position embeddings (``position_embeddings=(cos, sin)``) for its patch rows, the
+    last rows of the sequence, and applies them to the queries and keys (DINOv3); the rows before the patches, prompts
+    included, get none. ``absent``: optional parts (below the block) that the fast path does not compute; a block
+    where one is present (not None, not an identity) runs through its own forward.
     """
 
     norm_before: str = "layernorm_before"
@@ -46,10 +56,17 @@ class BlockLayout:
     mlp: str = "mlp"
     layer_scales: Optional[tuple[str, str]] = None
     rotary: bool = False
+    fused_qkv: bool = False
+    head_norms: Optional[tuple[str, str]] = None
+    kernel: Literal["transformers", "timm"] = "transformers"
+    absent: tuple[str, ...] = ()
 
     @property
     def query(self) -> str:
-        return f"{self.attention}.{self.projections[0]}"
+        """The module whose output is the queries as the attention logits use them: the temperature divides it.
+        With per-head query norms that is the norm (dividing before it would be undone by it); otherwise the query
+        projection, which must then be a projection of its own."""
+        return f"{self.attention}.{self.head_norms[0] if self.head_norms else self.projections[0]}"
 
 
 _DINOV2_BLOCK = BlockLayout(norm_before="norm1", norm_after="norm2", layer_scales=("layer_scale1", "layer_scale2"))
@@ -57,6 +74,11 @@ _DINOV3_BLOCK = BlockLayout(norm_before="norm1", norm_after="norm2", layer_scale
 _CLIP_BLOCK = BlockLayout(  # CLIP and SigLIP encoder layers
     norm_before="layer_norm1", norm_after="layer_norm2", attention="self_attn",
     projections=("q_proj", "k_proj", "v_proj", "out_proj"), scaling="scale",
+)
+_TIMM_BLOCK = BlockLayout(  # timm.models.vision_transformer.Block with timm.layers.Attention
+    norm_before="norm1", norm_after="norm2", attention="attn", projections=("qkv", "qkv", "qkv", "proj"),
+    scaling="scale", layer_scales=("ls1", "ls2"), fused_qkv=True, head_norms=("q_norm", "k_norm"), kernel="timm",
+    absent=("attn.norm", "attn.gate", "mlp.norm"),
 )
 
 
@@ -69,7 +91,10 @@ class BackboneSpec:
     non-special rows. It decides how ``heads.head_input`` realises the head pooling. ``classes`` limits a model type
     to the classes whose head ``head`` describes (empty: every class of the type). ``fast_path``: whether ``block``
     describes the family's blocks completely, so that gated_vpt may compute them itself (skipping rows whose output is
-    discarded); False runs every block through its own forward.
+    discarded); False runs every block through its own forward. ``classifier``: the name of the model's task head,
+    saved with the adapter (``modules_to_save``) when the model has one. ``entry``: the module below the vision tower
+    that runs once per forward pass before any block (the tower itself, or timm's patch embedding: TimmWrapperModel
+    calls the timm model's ``forward_features``, not its ``forward``).
     """
 
     special_tokens: Callable[[object], int]
@@ -78,6 +103,8 @@ class BackboneSpec:
     head: HeadReads = "cls"
     classes: tuple[str, ...] = ()
     fast_path: bool = True
+    classifier: str = "classifier"
+    entry: str = ""
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -101,6 +128,16 @@ BACKBONES: dict[str, BackboneSpec] = {
     "dinov3_vit": BackboneSpec(special_tokens=lambda config: 1 + config.num_register_tokens, block=_DINOV3_BLOCK),
 }
 
+# timm's VisionTransformer: prefix tokens (class token, registers) from the model; what its head reads, and so the paper
+# head that "auto" picks, follow its ``global_pool`` (``TIMM_POOLS``). Stored in adapters as this model type, whether
+# the model came through transformers' TimmWrapper classes or not, so one adapter serves both.
+TIMM_VIT = BackboneSpec(special_tokens=lambda model: model.num_prefix_tokens, block=_TIMM_BLOCK, classifier="head", entry="patch_embed")
+TIMM_MODEL_TYPE = "timm_vit"
+# global_pool -> (what the head reads, the head pooling of "auto"): "token" reads row 0 (after ``norm``, or through
+# ``fc_norm``), "avg" averages the rows after the prefix tokens and then applies ``fc_norm``, "map" is an
+# attention-pooling probe over the rows after the prefix tokens.
+TIMM_POOLS: dict[str, tuple[HeadReads, Literal["cls", "mean"]]] = {"token": ("cls", "cls"), "avg": ("mean", "mean"), "map": ("probe", "cls")}
+
 
 @dataclass(frozen=True)
 class Backbone:
@@ -116,9 +153,16 @@ class Backbone:
     patch_size: tuple[int, int]
     num_channels: int
 
+    classifier: Optional[str] = None
+
     @property
     def num_blocks(self) -> int:
         return len(self.block_names)
+
+    @property
+    def entry(self) -> nn.Module:
+        """The module that runs once per forward pass before any block (``BackboneSpec.entry``)."""
+        return self.encoder.get_submodule(self.spec.entry)
 
     def signature(self) -> dict:
         """What an adapter records about the backbone it was made for."""
@@ -131,23 +175,29 @@ class Backbone:
 
 
 def supported_model_types() -> list[str]:
-    return sorted(BACKBONES)
+    """The transformers model types in ``BACKBONES``, and ``timm_wrapper`` (transformers' classes for timm models)."""
+    return sorted([*BACKBONES, "timm_wrapper"])
 
 
 def resolve_backbone(model: nn.Module) -> Backbone:
-    """Find the encoder blocks of ``model`` (a transformers ViT-family model, possibly with a task head).
+    """Find the encoder blocks of ``model`` (a transformers ViT-family model, possibly with a task head, or timm's
+    VisionTransformer, directly or in transformers' TimmWrapper classes).
 
     Raises ``ValueError`` naming the supported model types when the model is not one of them.
     """
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
+    timm_model = getattr(model, "timm_model", None) if model_type == "timm_wrapper" else model
+    if type(timm_model).__module__.startswith("timm."):
+        return _timm_backbone(model, timm_model)
     spec = BACKBONES.get(model_type)
     if spec is None or (spec.classes and type(model).__name__ not in spec.classes):
         raise ValueError(
             f"gated_vpt does not support {type(model).__name__} (model_type={model_type!r}). Supported model types: "
             f"{', '.join(supported_model_types())} (e.g. ViTModel, ViTForImageClassification, ViTMAEModel, DeiTModel, "
             "Dinov2Model, Dinov2WithRegistersModel, ViTMSNModel and their image-classification heads; CLIPVisionModel, "
-            "SiglipVisionModel, IJepaModel and their *ForImageClassification classes; DINOv3ViTModel)."
+            "SiglipVisionModel, IJepaModel and their *ForImageClassification classes; DINOv3ViTModel; timm's "
+            "VisionTransformer, directly or in TimmWrapperModel / TimmWrapperForImageClassification)."
         )
     base = without_head(model)
     encoder = getattr(base, "vision_model", base)
@@ -172,6 +222,48 @@ def resolve_backbone(model: nn.Module) -> Backbone:
         hidden_size=config.hidden_size,
         patch_size=tuple(patch) if isinstance(patch, (tuple, list)) else (patch, patch),
         num_channels=config.num_channels,
+        classifier=spec.classifier if isinstance(getattr(model, spec.classifier, None), nn.Module) else None,
+    )
+
+
+def _timm_backbone(model: nn.Module, vit: nn.Module) -> Backbone:
+    """``resolve_backbone`` for timm's VisionTransformer ``vit``, which is ``model`` or its ``timm_model``."""
+    from timm.layers import Attention
+    from timm.models.vision_transformer import Block, VisionTransformer
+
+    def refuse(problem: str) -> None:
+        raise ValueError(
+            f"gated_vpt does not support this timm model ({type(vit).__name__}): {problem}. Supported: timm's "
+            "VisionTransformer with its standard Block (e.g. timm.create_model('vit_base_patch16_224.mae'), with or "
+            "without class token, reg_tokens, no_embed_class, fc_norm, init_values, qk_norm, dynamic_img_size) and "
+            f"global_pool in {sorted(TIMM_POOLS)}; or one of the transformers model types {', '.join(supported_model_types())}."
+        )
+
+    if not isinstance(vit, VisionTransformer):
+        refuse("only timm's VisionTransformer class is supported")
+    blocks = list(vit.blocks)
+    if not blocks or any(type(b) is not Block or type(b.attn) is not Attention for b in blocks):
+        kinds = sorted({f"{type(b).__name__} with {type(getattr(b, 'attn', None)).__name__}" for b in blocks})
+        refuse(f"its blocks are {', '.join(kinds)}, not timm's Block with timm.layers.Attention")
+    if vit.global_pool not in TIMM_POOLS or vit.attn_pool is not None and vit.global_pool != "map":
+        refuse(f"global_pool={vit.global_pool!r} is not one gated_vpt reads out")
+    if getattr(vit, "pool_include_prefix", False):
+        refuse("pool_include_prefix=True (the pool would read the prefix tokens as well)")
+    head, pooling = TIMM_POOLS[vit.global_pool]
+    if (vit.pretrained_cfg or {}).get("tag", "").startswith("mae"):
+        pooling = "mean"  # MAE's weights: the paper's MAE head (mean, then the pretrained final norm)
+    names = {id(module): name for name, module in model.named_modules()}
+    patch = vit.patch_embed.patch_size
+    return Backbone(
+        model_type=TIMM_MODEL_TYPE,
+        spec=dataclasses.replace(TIMM_VIT, head=head, pooling=pooling),
+        encoder=vit,
+        block_names=tuple(names[id(block)] for block in blocks),
+        num_special_tokens=TIMM_VIT.special_tokens(vit),
+        hidden_size=vit.embed_dim,
+        patch_size=tuple(patch) if isinstance(patch, (tuple, list)) else (patch, patch),
+        num_channels=vit.patch_embed.proj.in_channels,
+        classifier=TIMM_VIT.classifier if isinstance(vit.head, nn.Linear) else None,
     )
 
 

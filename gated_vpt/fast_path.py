@@ -64,25 +64,48 @@ def fast_path(enabled: bool) -> Iterator[None]:
 
 
 @dataclass(frozen=True)
+class Projection:
+    """A linear map given by its weight and bias (None: no bias): a whole ``nn.Linear``, or the query, key or value
+    part of a fused one. Applied without calling a module: hooks (gated_vpt's own temperature hook) belong to the
+    plain path."""
+
+    weight: torch.Tensor
+    bias: Optional[torch.Tensor]
+    module: nn.Linear  # whose parameters these are
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        return F.linear(rows, self.weight, self.bias)
+
+    @classmethod
+    def split(cls, module: nn.Linear, count: int) -> list["Projection"]:
+        """The ``count`` equal parts of ``module``'s output, in order (a fused q/k/v projection: 3)."""
+        weights = module.weight.chunk(count)
+        biases = module.bias.chunk(count) if module.bias is not None else (None,) * count
+        return [cls(weight, bias, module) for weight, bias in zip(weights, biases)]
+
+
+@dataclass(frozen=True)
 class BlockParts:
     """The modules of one encoder block, found through its ``BlockLayout``."""
 
     norm_before: nn.Module
     norm_after: nn.Module
     attention: nn.Module
-    query: nn.Linear
-    key: nn.Linear
-    value: nn.Linear
-    output: nn.Linear
+    query: Projection
+    key: Projection
+    value: Projection
+    output: Projection
+    head_norms: Optional[tuple[nn.Module, nn.Module]]
     mlp: nn.Module
     layer_scales: Optional[tuple[nn.Module, nn.Module]]
     scaling: float
     eager: Callable
+    kernel: str
 
     @classmethod
     def of(cls, block: nn.Module, layout: BlockLayout) -> Optional["BlockParts"]:
-        """The parts of ``block``, or None when it does not match ``layout`` (a missing module, or a projection that
-        is not a plain ``nn.Linear``, e.g. quantised or adapted by another method)."""
+        """The parts of ``block``, or None when it does not match ``layout`` (a missing module, a projection that
+        is not a plain ``nn.Linear``, e.g. quantised or adapted by another method, or one of ``layout.absent``)."""
         try:
             attention = block.get_submodule(layout.attention)
             projections = [attention.get_submodule(name) for name in layout.projections]
@@ -91,31 +114,47 @@ class BlockParts:
                 norm_after=block.get_submodule(layout.norm_after),
                 mlp=block.get_submodule(layout.mlp),
                 layer_scales=tuple(block.get_submodule(name) for name in layout.layer_scales) if layout.layer_scales else None,
+                head_norms=tuple(attention.get_submodule(name) for name in layout.head_norms) if layout.head_norms else None,
                 scaling=getattr(attention, layout.scaling),
             )
         except AttributeError:
             return None
-        eager = getattr(sys.modules.get(type(attention).__module__), "eager_attention_forward", None)
+        if layout.kernel == "timm":
+            eager = _timm_attention
+        else:
+            eager = getattr(sys.modules.get(type(attention).__module__), "eager_attention_forward", None)
         if eager is None or any(type(projection) is not nn.Linear for projection in projections):
             return None
-        return cls(attention=attention, query=projections[0], key=projections[1], value=projections[2],
-                   output=projections[3], eager=eager, **parts)
+        if any(_present(block, path) for path in layout.absent):
+            return None
+        if layout.fused_qkv:
+            query, key, value = Projection.split(projections[0], 3)
+        else:
+            query, key, value = (Projection(p.weight, p.bias, p) for p in projections[:3])
+        output = Projection(projections[3].weight, projections[3].bias, projections[3])
+        return cls(attention=attention, query=query, key=key, value=value, output=output, eager=eager,
+                   kernel=layout.kernel, **parts)
 
     def attention_function(self) -> Optional[Callable]:
-        """transformers' attention kernel this block is configured for, when it is one the fast path runs."""
+        """The attention kernel this block is configured for, when it is one the fast path runs: transformers' eager
+        or sdpa, as the attention's config says; timm's (``_timm_attention``), which follows its ``fused_attn``."""
+        if self.kernel == "timm":
+            return self.eager
         implementation = self.attention.config._attn_implementation
         if implementation == "eager":
             return self.eager
         return ALL_ATTENTION_FUNCTIONS["sdpa"] if implementation == "sdpa" else None
 
     def key_value_parameters(self) -> tuple[torch.Tensor, ...]:
-        """What the keys and values of given rows depend on besides the rows: the first norm and two projections."""
-        modules = (self.norm_before, self.key, self.value)
-        return tuple(p for module in modules for p in module.parameters(recurse=False))
+        """What the keys and values of given rows depend on besides the rows: the first norm and the projections that
+        compute them (a fused one as a whole)."""
+        modules = (self.norm_before, self.key.module, self.value.module)
+        return tuple(dict.fromkeys(p for module in modules for p in module.parameters(recurse=False)))
 
     def keys_values(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys (before any per-head key norm) and values of ``rows``."""
         normed = self.norm_before(rows)
-        return _linear(self.key, normed), _linear(self.value, normed)
+        return self.key(normed), self.value(normed)
 
 
 def forward_block(
@@ -180,22 +219,26 @@ def _attention_branch(
         return tensor.view(batch, tensor.shape[1], -1, head_dim).transpose(1, 2)
 
     attend = parts.attention_function()
-    query = heads(_linear(parts.query, normed))
+    query = heads(parts.query(normed))
+    if parts.head_norms:
+        query = parts.head_norms[0].forward(query)  # not called as a module: the temperature hook on it is the plain path's
     if temperature is not None:
         query = divide_query(query, temperature, contiguous=attend is parts.eager)
     if keys_in is not None:
-        key, value = _linear(parts.key, keys_in), _linear(parts.value, keys_in)
+        key, value = parts.key(keys_in), parts.value(keys_in)
     else:
         prompt_key, prompt_value = (t.expand(batch, -1, -1) for t in prompt_keys_values)
-        key = insert_prompts(_linear(parts.key, normed), prompt_key, num_special)
-        value = insert_prompts(_linear(parts.value, normed), prompt_value, num_special)
+        key = insert_prompts(parts.key(normed), prompt_key, num_special)
+        value = insert_prompts(parts.value(normed), prompt_value, num_special)
     del normed, keys_in
     key = heads(key)
+    if parts.head_norms:
+        key = parts.head_norms[1](key)
     if rotary is not None:
         query, key = _rotate_patch_rows(query, *rotary), _rotate_patch_rows(key, *rotary)
     attended = attend(parts.attention, query, key, heads(value), None, dropout=0.0, scaling=parts.scaling)[0]
     del key, value
-    attended = _linear(parts.output, attended.reshape(batch, query.shape[2], -1))
+    attended = parts.output(attended.reshape(batch, query.shape[2], -1))
     if parts.layer_scales:
         attended = parts.layer_scales[0](attended)
     return residual, attended
@@ -210,7 +253,22 @@ def _rotate_patch_rows(rows: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor)
     return torch.cat((prefix, patches * cos + torch.cat((-second, first), dim=-1) * sin), dim=-2)
 
 
-def _linear(module: nn.Linear, rows: torch.Tensor) -> torch.Tensor:
-    """The projection without calling the module: its hooks (gated_vpt's own temperature hook on the query) belong to
-    the plain path."""
-    return F.linear(rows, module.weight, module.bias)
+def _timm_attention(
+    module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: None,
+    dropout: float = 0.0, scaling: float = 1.0,
+) -> tuple[torch.Tensor, None]:
+    """timm's ``Attention`` kernels with transformers' signature: torch's sdpa where the module's ``fused_attn`` is on,
+    else timm's own product (queries scaled first). Returns (batch, rows, heads, head_dim)."""
+    if module.fused_attn:
+        attended = F.scaled_dot_product_attention(query, key, value, scale=scaling)
+    else:
+        attended = ((query * scaling) @ key.transpose(-2, -1)).softmax(dim=-1) @ value
+    return attended.transpose(1, 2), None
+
+
+def _present(block: nn.Module, path: str) -> bool:
+    """Whether ``block`` has a module at ``path`` that does something (not None, not an identity)."""
+    try:
+        return not isinstance(block.get_submodule(path), nn.Identity)
+    except AttributeError:
+        return False

@@ -46,8 +46,9 @@ def check_pooling(pooling: str, head: HeadReads, model_name: str) -> None:
     if pooling == "cls" and head == "mean":
         raise ValueError(
             f"GatedPromptConfig.head_pooling='cls' is invalid for {model_name}: its head averages the tokens and reads "
-            "no CLS token. Use head_pooling='mean' (or 'auto'); for a CLS head on CLIP use CLIPVisionModel, whose "
-            "pooler_output is the CLS token after the final LayerNorm."
+            "no CLS token. Use head_pooling='mean' (or 'auto'); for a CLS head use a model that reads it: on CLIP, "
+            "CLIPVisionModel (its pooler_output is the CLS token after the final LayerNorm); in timm, a model created "
+            "with global_pool='token'."
         )
 
 

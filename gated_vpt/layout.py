@@ -24,8 +24,11 @@ PROMPT, GATE, TEMPERATURE = (PREFIX + name for name in ("prompt", "gate", "tempe
 PEFT_PREFIX = "base_model.model."
 # Adapter files name block N of the vision tower ``encoder.layer.N`` (as ViT checkpoints on disk do), whatever layout
 # transformers uses: ``layers.N`` (ViT since 5.9), ``encoder.layers.N`` (CLIP, SigLIP), ``model.layer.N`` (DINOv3) and
-# a ``vision_model.`` wrapper (the CLIP and SigLIP classification classes; CLIPVisionModel before 5.x) all fold into it.
-_BLOCK_KEY = re.compile(r"(^|\.)(?:vision_model\.)?(?:layers|encoder\.layers?|model\.layer)\.(\d+)\.(?=" + PREFIX + ")")
+# a ``vision_model.`` wrapper (the CLIP and SigLIP classification classes; CLIPVisionModel before 5.x) all fold into it,
+# and so do timm's ``blocks.N``. The ``timm_model.`` of transformers' TimmWrapper classes is dropped from every key
+# (blocks and saved head alike), so that one adapter file serves a timm model and its wrapper.
+_BLOCK_KEY = re.compile(r"(^|\.)(?:vision_model\.)?(?:layers|blocks|encoder\.layers?|model\.layer)\.(\d+)\.(?=" + PREFIX + ")")
+_TIMM_WRAPPER = re.compile(r"(^|\.)timm_model\.")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _SAVED_BLOCK_KEY = re.compile(r"^(.*?)encoder\.layer\.(\d+)\.(" + PREFIX + r"\w+)$")
 
@@ -54,8 +57,9 @@ def block_tensor_shapes(config: GatedPromptSettings, index: int, num_blocks: int
 
 
 def saved_key(module_key: str) -> str:
-    """The name a block parameter has in adapter files (``encoder.layer.N.gvpt_*``) for its name in the model."""
-    return _BLOCK_KEY.sub(r"\1encoder.layer.\2.", module_key)
+    """The name a tensor has in adapter files for its name in the model: block parameters are ``encoder.layer.N.gvpt_*``,
+    and a TimmWrapper's ``timm_model.`` is left out."""
+    return _BLOCK_KEY.sub(r"\1encoder.layer.\2.", _TIMM_WRAPPER.sub(r"\1", module_key, count=1))
 
 
 def saved_modules(config: GatedPromptSettings, backbone: Backbone, model: nn.Module) -> dict[str, nn.Module]:
@@ -119,7 +123,7 @@ def expected_tensors(config: GatedPromptSettings, backbone: Backbone, model: nn.
             expected[PEFT_PREFIX + saved_key(f"{block}.{name}")] = Expected(shape, torch.float32, _describe(name, config))
     for key, module in saved_modules(config, backbone, model).items():
         for name, tensor in module.state_dict().items():
-            expected[f"{PEFT_PREFIX}{key}.{name}"] = Expected(tuple(tensor.shape), tensor.dtype, f"the model's {key}.{name}")
+            expected[PEFT_PREFIX + saved_key(f"{key}.{name}")] = Expected(tuple(tensor.shape), tensor.dtype, f"the model's {key}.{name}")
     return expected
 
 

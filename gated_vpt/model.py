@@ -105,10 +105,10 @@ class GatedPromptModel(BaseTuner):
         super().inject_adapter(model, adapter_name, **kwargs)
         backbone = self._backbone
         if not hasattr(backbone.encoder, "_gvpt_clamp_hook"):
-            # The backbone's own forward runs once per forward pass, before any block, and is never recomputed by
-            # gradient checkpointing: the released code's clamp of the stored temperatures, for any training loop.
+            # The backbone's entry runs once per forward pass, before any block, and is never recomputed by gradient
+            # checkpointing: the released code's clamp of the stored temperatures, for any training loop.
             blocks = [m for m in backbone.encoder.modules() if isinstance(m, GatedPromptBlock)]
-            backbone.encoder._gvpt_clamp_hook = backbone.encoder.register_forward_pre_hook(
+            backbone.encoder._gvpt_clamp_hook = backbone.entry.register_forward_pre_hook(
                 partial(_clamp_block_temperatures, blocks)
             )
         if _shuffles_patches(backbone) and not hasattr(backbone.encoder, "_gvpt_noise_hook"):
@@ -283,8 +283,8 @@ def prepare_config(config: GatedPromptConfig, model: nn.Module) -> Backbone:
     config.backbone = backbone.signature()
     # Always derived from the model, so an adapter saved under another transformers layout still matches.
     config.target_modules = "|".join(re.escape(name) for name in backbone.block_names)
-    if config.modules_to_save is None and isinstance(getattr(model, "classifier", None), nn.Module):
-        config.modules_to_save = ["classifier"]
+    if config.modules_to_save is None and backbone.classifier is not None:
+        config.modules_to_save = [backbone.classifier]
     saved_modules(config, backbone, model)  # refuses entries that match nothing or reach into the blocks
     return backbone
 
@@ -369,7 +369,7 @@ def _base_hint(config: GatedPromptConfig) -> str:
 
 def _shuffles_patches(backbone: Backbone) -> bool:
     """ViTMAE's own embeddings mask and shuffle patches; MAE weights loaded into ViT classes do not."""
-    return hasattr(backbone.encoder.embeddings, "random_masking")
+    return hasattr(getattr(backbone.encoder, "embeddings", None), "random_masking")
 
 
 def _require_no_masking(model: nn.Module) -> None:

@@ -109,6 +109,48 @@ def make_backbone(name: str = "vit_clf", seed: int = 0, **config: object) -> Pre
     return model.eval()
 
 
+# timm's VisionTransformer in the configurations people use (tiny: image 16, patch 4, width 32, 4 blocks, 2 heads).
+# name -> (how it is built: "timm" directly, or transformers' "wrapper_model" / "wrapper_clf"; timm's keywords).
+TIMM_CONFIGS = {
+    "cls_token": ("timm", {}),
+    "avg_no_cls": ("timm", dict(class_token=False, global_pool="avg")),  # fc_norm follows avg pooling
+    "reg_tokens": ("timm", dict(reg_tokens=2, no_embed_class=True)),  # the *_reg4_* models
+    "mae_finetune": ("timm", dict(global_pool="avg", fc_norm=True)),  # MAE's fine-tuning head: CLS kept, mean read
+    "mae_tag": ("timm", dict(tag="mae")),  # MAE's pretraining weights: token pool, paper's mean head by default
+    "layer_scale": ("timm", dict(init_values=0.1, no_embed_class=True)),  # DeiT III
+    "qk_norm": ("timm", dict(qk_norm=True)),
+    "eager_attention": ("timm", dict(fused_attn=False)),
+    "dynamic_img_size": ("timm", dict(dynamic_img_size=True)),
+    "map_pool": ("timm", dict(global_pool="map")),
+    "bare": ("timm", dict(num_classes=0)),
+    "wrapper_model": ("wrapper_model", {}),
+    "wrapper_clf": ("wrapper_clf", {}),
+}
+TIMM_TINY = dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2.0)
+
+
+def make_timm(name: str = "cls_token", seed: int = 0, **overrides: object) -> nn.Module:
+    """A tiny random timm VisionTransformer of ``TIMM_CONFIGS[name]`` (or transformers' wrapper around one) in eval
+    mode, every weight perturbed; ``overrides`` go to timm. Needs timm (tests that use it skip without)."""
+    timm = pytest.importorskip("timm")
+    kind, options = TIMM_CONFIGS[name]
+    options = {**TIMM_TINY, **options, **overrides}
+    fused, tag = options.pop("fused_attn", True), options.pop("tag", None)
+    torch.manual_seed(seed)
+    if kind == "timm":
+        architecture = f"vit_base_patch16_224.{tag}" if tag else "vit_tiny_patch16_224"  # made tiny by TIMM_TINY
+        model = timm.create_model(architecture, pretrained=False, **{"num_classes": NUM_LABELS, **options})
+    else:
+        from transformers import TimmWrapperConfig, TimmWrapperForImageClassification, TimmWrapperModel
+
+        config = TimmWrapperConfig(architecture="vit_tiny_patch16_224", model_args=options, num_labels=NUM_LABELS)
+        model = (TimmWrapperModel if kind == "wrapper_model" else TimmWrapperForImageClassification)(config)
+    for block in getattr(model, "timm_model", model).blocks:
+        block.attn.fused_attn = fused
+    perturb_(model, seed)
+    return model.eval()
+
+
 def _mae_weights_in_vit_classifier(mae: ViTMAEModel) -> ViTForImageClassification:
     """What a user gets from ``ViTForImageClassification.from_pretrained("facebook/vit-mae-base")``."""
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()

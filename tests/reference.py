@@ -5,8 +5,9 @@ every encoder block is recomputed by hand from its weights (layer norms, q/k/v p
 divided by ``sqrt(d_head) * tau``, softmax, output projection, MLP, residuals, Dinov2's layer scales, DINOv3's rotary
 embeddings on the patch rows, with cos and sin from the model's own module), and so are the final norms and heads
 (CLIP's pre-encoder LayerNorm, SigLIP's attention-pooling head, the classifiers); the prompts,
-gates, temperatures and head pooling follow docs/HOW_IT_WORKS.md's equations and the README's per-backbone rules. The
-adapter's values are read from a PeftModel by parameter name only (``read_adapter``).
+gates, temperatures and head pooling follow docs/HOW_IT_WORKS.md's equations and the README's per-backbone rules.
+timm's VisionTransformer gets the same from its weights (``timm_reference_outputs``). The adapter's values are read
+from a PeftModel by parameter name only (``read_adapter``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from torch import nn
 from torch.nn import functional as F
 
 TEMPERATURE_MIN, TEMPERATURE_MAX = 0.01, 10.0
-_ADAPTER_KEY = re.compile(r"(?:^|\.)layers?\.(\d+)\.gvpt_(prompt|gate|temperature)\.(\w+)$")
+_ADAPTER_KEY = re.compile(r"(?:^|\.)(?:layers?|blocks)\.(\d+)\.gvpt_(prompt|gate|temperature)\.(\w+)$")
+CLASSIFIERS = ("classifier", "head")  # transformers' and timm's name for the task head
 
 
 @dataclass
@@ -49,7 +51,7 @@ def read_adapter(peft_model: nn.Module, name: str = "default", **settings: objec
         match = _ADAPTER_KEY.search(key)
         if match and match.group(3) == name:
             tables[match.group(2)][int(match.group(1))] = value.detach().clone()
-        elif key.endswith((f"classifier.modules_to_save.{name}.weight", f"classifier.modules_to_save.{name}.bias")):
+        elif key.endswith(tuple(f"{head}.modules_to_save.{name}.{kind}" for head in CLASSIFIERS for kind in ("weight", "bias"))):
             classifier[key.rsplit(".", 1)[1]] = value.detach().clone()
     num_prompts = next(iter(tables["prompt"].values())).shape[0]
     return Adapter(
@@ -95,6 +97,19 @@ def reference_outputs(base: nn.Module, pixel_values: torch.Tensor, adapter: Opti
     rotary = tower.rope_embeddings(pixel_values) if hasattr(tower, "rope_embeddings") else None
     if hasattr(tower, "pre_layrnorm"):  # CLIP: before the blocks, so prompts inserted at a block never pass it
         z = _layer_norm(tower.pre_layrnorm, z)
+    z = _prompted_blocks(z, blocks, special, adapter, lambda block, z, tau: _block(block, z, tau, config, rotary))
+    # where no head reads a CLS row (no CLS; CLIP's classifier averages rows 1:) the prompts stay in
+    reads_cls_row = special > 0 and type(base).__name__ != "CLIPForImageClassification"
+    z = _final_sequence(z, special, adapter, reads_cls_row)
+    classifier = None
+    if hasattr(base, "classifier"):
+        classifier = adapter.classifier if adapter is not None and adapter.classifier else (base.classifier.weight, base.classifier.bias)
+    return _head(base, tower, z, special, classifier, config)
+
+
+def _prompted_blocks(z: torch.Tensor, blocks: list[nn.Module], special: int, adapter: Optional[Adapter], block_fn) -> torch.Tensor:
+    """METHOD.md's forward through the blocks: prompts inserted (or replaced, deep) right after the ``special``
+    tokens, each prompted block under its temperature (``block_fn(block, z, tau)``), its prompt rows gated."""
     batch = z.shape[0]
     for index, block in enumerate(blocks):
         prompted = adapter is not None and index >= adapter.start
@@ -111,24 +126,102 @@ def reference_outputs(base: nn.Module, pixel_values: torch.Tensor, adapter: Opti
             # clamped one, the gradient flows to it even on a bound (torch >= 2.14's clamp has none there).
             tau = stored + (stored.detach().clamp(TEMPERATURE_MIN, TEMPERATURE_MAX) - stored.detach())
         p_in = z[:, special : special + adapter.num_prompts] if prompted else None
-        out = _block(block, z, tau, config, rotary)
+        out = block_fn(block, z, tau)
         if prompted and index in adapter.gates:
             g = torch.sigmoid(adapter.gates[index])
             p_out = out[:, special : special + adapter.num_prompts]
             out = torch.cat((out[:, :special], g * p_out + (1 - g) * p_in, out[:, special + adapter.num_prompts :]), dim=1)
         z = out
+    return z
 
-    # Mean pooling (README): a head that reads the CLS row gets the mean of the non-special rows, prompts included,
-    # in that row; where no head reads a CLS row (no CLS; CLIP's classifier averages rows 1:) the prompts stay in.
-    reads_cls_row = special > 0 and type(base).__name__ != "CLIPForImageClassification"
+
+def _final_sequence(z: torch.Tensor, special: int, adapter: Optional[Adapter], reads_cls_row: bool) -> torch.Tensor:
+    """The sequence the head sees (README): with CLS pooling the prompts leave; with mean pooling a head that reads the
+    CLS row gets the mean of the non-special rows, prompts included, in that row, and any other head keeps them."""
     if adapter is not None and (adapter.pooling == "cls" or reads_cls_row):
         if adapter.pooling == "mean":
             z = torch.cat((z[:, special:].mean(dim=1, keepdim=True), z[:, 1:]), dim=1)
         z = torch.cat((z[:, :special], z[:, special + adapter.num_prompts :]), dim=1)
-    classifier = None
-    if hasattr(base, "classifier"):
-        classifier = adapter.classifier if adapter is not None and adapter.classifier else (base.classifier.weight, base.classifier.bias)
-    return _head(base, tower, z, special, classifier, config)
+    return z
+
+
+def timm_reference_outputs(model: nn.Module, pixel_values: torch.Tensor, adapter: Optional[Adapter] = None) -> dict:
+    """``reference_outputs`` for timm's VisionTransformer, directly or in transformers' TimmWrapper classes: ``logits``
+    (what a timm model returns: class scores, or the pooled feature without a classifier; TimmWrapperForImageClassification's
+    logits), or TimmWrapperModel's ``last_hidden_state`` and ``pooler_output``.
+
+    The embeddings come from the model's own modules (patch embedding, prefix tokens and position embedding,
+    ``norm_pre``); every block is recomputed from its weights: ``norm1``, the fused ``qkv`` projection split into
+    queries, keys and values per head, the per-head ``q_norm``/``k_norm`` (qk_norm), logits over ``sqrt(d_head) * tau``,
+    softmax, ``proj``, layer scale ``ls1`` (init_values), residual; ``norm2``, MLP, ``ls2``, residual. The head: the
+    final ``norm``, then ``global_pool`` ('token': row 0; 'avg': the mean of the rows after the prefix tokens; 'map':
+    the attention-pooling probe), then ``fc_norm``, then the classifier.
+    """
+    vit = getattr(model, "timm_model", model)
+    special = vit.num_prefix_tokens
+    blocks = list(vit.blocks)
+    if adapter is not None:
+        _check_layout(adapter, len(blocks))
+    z = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(pixel_values))))
+    z = _prompted_blocks(z, blocks, special, adapter, _timm_block)
+    z = _final_sequence(z, special, adapter, reads_cls_row=vit.global_pool == "token")
+    sequence = _maybe_layer_norm(vit.norm, z)
+    if vit.global_pool == "token":
+        pooled = sequence[:, 0]
+    elif vit.global_pool == "avg":
+        pooled = sequence[:, special:].mean(dim=1)
+    else:
+        assert vit.global_pool == "map", vit.global_pool
+        pooled = _timm_attention_pool(vit.attn_pool, sequence[:, special:])
+    pooled = _maybe_layer_norm(vit.fc_norm, pooled)
+    if type(model).__name__ == "TimmWrapperModel":
+        return {"last_hidden_state": sequence, "pooler_output": pooled}
+    head = vit.head
+    if isinstance(head, nn.Linear):
+        weight, bias = adapter.classifier if adapter is not None and adapter.classifier else (head.weight, head.bias)
+        pooled = pooled @ weight.T + bias
+    return {"logits": pooled}
+
+
+def _maybe_layer_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(module, nn.Identity):
+        return x
+    return _layer_norm(module, x)
+
+
+def _timm_block(block: nn.Module, x: torch.Tensor, tau) -> torch.Tensor:
+    """timm's Block with timm.layers.Attention, from its weights."""
+    attn = block.attn
+    assert all(isinstance(m, nn.Identity) for m in (attn.norm, block.mlp.norm)) and attn.gate is None
+    assert type(block.mlp.act) is nn.GELU and block.mlp.act.approximate == "none", block.mlp.act
+    batch, length, _ = x.shape
+    qkv = _linear(attn.qkv, _layer_norm(block.norm1, x)).view(batch, length, 3, attn.num_heads, attn.head_dim)
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    q, k = _maybe_layer_norm(attn.q_norm, q), _maybe_layer_norm(attn.k_norm, k)
+    weights = torch.softmax(q @ k.transpose(-1, -2) / (math.sqrt(attn.head_dim) * tau), dim=-1)
+    attended = _linear(attn.proj, (weights @ v).transpose(1, 2).reshape(batch, length, -1))
+    x = x + _timm_layer_scale(block.ls1, attended)
+    mlp = _linear(block.mlp.fc2, _activation("gelu", _linear(block.mlp.fc1, _layer_norm(block.norm2, x))))
+    return x + _timm_layer_scale(block.ls2, mlp)
+
+
+def _timm_layer_scale(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return x if isinstance(module, nn.Identity) else x * module.gamma
+
+
+def _timm_attention_pool(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """timm's AttentionPoolLatent (global_pool='map'): learned latent queries attend over ``x``, then a residual MLP;
+    its single latent's output."""
+    assert pool.pos_embed is None and pool.latent_len == 1 and pool.pool == "token"
+    batch, length, width = x.shape
+    q = _linear(pool.q, pool.latent.expand(batch, -1, -1)).view(batch, 1, pool.num_heads, -1).transpose(1, 2)
+    kv = _linear(pool.kv, x).view(batch, length, 2, pool.num_heads, -1)
+    k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+    q, k = _maybe_layer_norm(pool.q_norm, q), _maybe_layer_norm(pool.k_norm, k)
+    weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+    pooled = _linear(pool.proj, (weights @ v).transpose(1, 2).reshape(batch, 1, width))
+    pooled = pooled + _linear(pool.mlp.fc2, _activation("gelu", _linear(pool.mlp.fc1, _layer_norm(pool.norm, pooled))))
+    return pooled[:, 0]
 
 
 def _head(base: nn.Module, tower: nn.Module, z: torch.Tensor, special: int, classifier, config) -> dict:

@@ -22,7 +22,8 @@ from test_backbones import VARIANTS, expected_settings, outputs, variant_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-_KEY = re.compile(r"(?:^|\.)layers?\.(\d+)\.gvpt_(prompt|gate|temperature)\.default$")
+_KEY = re.compile(r"(?:^|\.)(?:layers?|blocks)\.(\d+)\.gvpt_(prompt|gate|temperature)\.default$")
+_HEAD = re.compile(r"(?:^|\.)(?:classifier|head)\.modules_to_save\.default\.(weight|bias)$")  # transformers', timm's
 CASES = [("vit_clf", variant) for variant in VARIANTS] + [(b, "gated") for b in BACKBONE_NAMES if b != "vit_clf"]
 
 
@@ -37,8 +38,8 @@ def _model_gradients(model) -> dict:
         match = _KEY.search(name)
         if match:
             gradients[(match.group(2), int(match.group(1)))] = parameter.grad
-        elif ".modules_to_save.default." in name and "classifier" in name:
-            gradients[("classifier", name.rsplit(".", 1)[1])] = parameter.grad
+        elif _HEAD.search(name):
+            gradients[("classifier", _HEAD.search(name).group(1))] = parameter.grad
     return gradients
 
 
