@@ -242,8 +242,9 @@ def _timm_backbone(model: nn.Module, vit: nn.Module) -> Backbone:
     if not isinstance(vit, VisionTransformer):
         refuse("only timm's VisionTransformer class is supported")
     blocks = list(vit.blocks)
-    if not blocks or any(type(b) is not Block or type(b.attn) is not Attention for b in blocks):
-        kinds = sorted({f"{type(b).__name__} with {type(getattr(b, 'attn', None)).__name__}" for b in blocks})
+    inner = [getattr(b, "base_layer", b) for b in blocks]  # already wrapped by an adapter: the wrapped block
+    if not blocks or any(type(b) is not Block or type(b.attn) is not Attention for b in inner):
+        kinds = sorted({f"{type(b).__name__} with {type(getattr(b, 'attn', None)).__name__}" for b in inner})
         refuse(f"its blocks are {', '.join(kinds)}, not timm's Block with timm.layers.Attention")
     if vit.global_pool not in TIMM_POOLS or vit.attn_pool is not None and vit.global_pool != "map":
         refuse(f"global_pool={vit.global_pool!r} is not one gated_vpt reads out")
@@ -263,7 +264,7 @@ def _timm_backbone(model: nn.Module, vit: nn.Module) -> Backbone:
         hidden_size=vit.embed_dim,
         patch_size=tuple(patch) if isinstance(patch, (tuple, list)) else (patch, patch),
         num_channels=vit.patch_embed.proj.in_channels,
-        classifier=TIMM_VIT.classifier if isinstance(vit.head, nn.Linear) else None,
+        classifier=None if isinstance(vit.head, nn.Identity) else TIMM_VIT.classifier,  # num_classes=0: an identity
     )
 
 

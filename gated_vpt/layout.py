@@ -62,6 +62,24 @@ def saved_key(module_key: str) -> str:
     return _BLOCK_KEY.sub(r"\1encoder.layer.\2.", _TIMM_WRAPPER.sub(r"\1", module_key, count=1))
 
 
+def saved_module_keys_to_model(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` (an adapter file's) with the keys of saved modules renamed from their names in files (``saved_key``)
+    to their paths in ``model`` (a PeftModel), where the two differ (a TimmWrapper's head, ``timm_model.head``)."""
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    renames = {}
+    for path, module in model.named_modules():
+        if isinstance(module, AuxiliaryTrainingWrapper) and saved_key(path) != path:
+            renames[saved_key(path) + "."] = path + "."
+    if not renames:
+        return tensors
+    renamed = {}
+    for key, tensor in tensors.items():
+        prefix = next((p for p in renames if key.startswith(p)), None)
+        renamed[renames[prefix] + key[len(prefix):] if prefix else key] = tensor
+    return renamed
+
+
 def saved_modules(config: GatedPromptSettings, backbone: Backbone, model: nn.Module) -> dict[str, nn.Module]:
     """The modules ``config.modules_to_save`` names in ``model`` (peft's rule: a module whose name ends with an
     entry), unwrapped from peft's wrappers. Each entry must name exactly one module, a task head outside the

@@ -25,6 +25,11 @@ by the caller skips that loader: ``PeftModel.from_pretrained(model, path, config
 ``model.load_adapter(path, peft_config=...)`` note the files themselves, and
 ``model.load_adapter(peft_config=..., adapter_state_dict=...)`` checks the given tensors
 (``_note_given_configs``, ``_check_transformers_loads``); every other call is peft's or transformers' own.
+
+Adapter files name tensors independently of a TimmWrapper's ``timm_model.`` (``layout.saved_key``), so that one file
+serves a timm model and its wrapper. peft maps block parameters through the tuner (``_remove_adapter_name_from_key``),
+but looks up the saved modules (the classifier) by their path in the model before the tuner sees the weights; for a
+gated_vpt adapter, ``_load_saved_modules_by_saved_name`` renames those keys to the model's paths first.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from typing import Any, Callable, Optional
 from peft import PeftModel
 from peft.utils.peft_types import PeftType, register_peft_method
 
+from .layout import saved_module_keys_to_model
 from .loading import read_json
 from .peft_type import extend_peft_type
 from .quiet import peft_wrapping
@@ -66,6 +72,7 @@ def register(push_to_hub: Optional[Callable[..., Any]] = None) -> PeftType:
     _check_transformers_loads()
     _refuse_pickled_saves()
     _wrap_without_deprecation_warning()
+    _load_saved_modules_by_saved_name()
     return peft_type
 
 
@@ -223,3 +230,22 @@ def _forget(peft_type: PeftType) -> None:
         mapping.PEFT_TYPE_TO_PREFIX_MAPPING,
     ):
         table.pop(peft_type, None)
+
+
+def _load_saved_modules_by_saved_name() -> None:
+    """Have ``PeftModel.load_adapter`` find a gated_vpt adapter's saved modules under their names in the file (see the
+    module notes)."""
+    from peft import peft_model
+
+    original = peft_model.set_peft_model_state_dict
+    if getattr(original, "routes_gated_vpt", False):
+        return
+
+    @functools.wraps(original)
+    def set_peft_model_state_dict(model, peft_model_state_dict, adapter_name="default", *args, **kwargs):
+        if _is_gated_vpt(model.peft_config.get(adapter_name)):
+            peft_model_state_dict = saved_module_keys_to_model(model, peft_model_state_dict)
+        return original(model, peft_model_state_dict, adapter_name, *args, **kwargs)
+
+    set_peft_model_state_dict.routes_gated_vpt = True
+    peft_model.set_peft_model_state_dict = set_peft_model_state_dict

@@ -135,3 +135,182 @@ def test_gradients_match_the_reference(name, variant):
     for key, leaf in leaves.items():
         assert gradients[key] is not None and leaf.grad.abs().max() > 0, key
         torch.testing.assert_close(gradients[key], leaf.grad, rtol=1e-9, atol=1e-12, msg=str(key))
+
+
+# --- adapter files: the same keys on a timm model and its TimmWrapper ------------------------------------------------
+
+
+def _same_backbone(name: str, like: torch.nn.Module) -> torch.nn.Module:
+    """A model of configuration ``name`` (a timm model or a wrapper) with the backbone weights of ``like`` (the other)."""
+    model = make_timm(name, seed=1)
+    getattr(model, "timm_model", model).load_state_dict(getattr(like, "timm_model", like).state_dict())
+    return model
+
+
+@pytest.mark.parametrize("source, target", [("cls_token", "wrapper_clf"), ("wrapper_clf", "cls_token")])
+def test_an_adapter_moves_between_a_timm_model_and_its_wrapper(source, target, tmp_path):
+    base = make_timm(source)
+    other = _same_backbone(target, base)
+    trained = randomize_adapter_(get_peft_model(base, GatedPromptConfig(num_prompt_tokens=3, prompt_dropout=0.0))).eval()
+    pixels = images(2)
+    with torch.no_grad():
+        want = outputs(trained, pixels, ["logits"])["logits"]
+    trained.save_pretrained(tmp_path)
+    keys = sorted(load_file(tmp_path / "adapter_model.safetensors"))
+    assert keys == sorted(
+        [f"base_model.model.encoder.layer.{i}.gvpt_temperature" for i in range(4)]
+        + [f"base_model.model.encoder.layer.{i}.gvpt_gate" for i in range(3)]
+        + ["base_model.model.encoder.layer.0.gvpt_prompt", "base_model.model.head.weight", "base_model.model.head.bias"]
+    )
+    for load in (PeftModel.from_pretrained, gated_vpt.load_adapter):
+        again = load(copy.deepcopy(other), tmp_path).eval()
+        with torch.no_grad():
+            assert torch.equal(outputs(again, pixels, ["logits"])["logits"], want)
+
+
+CONTRACT = ["cls_token", "avg_no_cls", "reg_tokens", "map_pool", "wrapper_model", "wrapper_clf"]
+
+
+def _main(model, pixels):
+    """A timm model's output, or a wrapper's logits or last hidden state."""
+    output = model(pixels)
+    if isinstance(output, torch.Tensor):
+        return output
+    return output.logits if "logits" in output else output.last_hidden_state
+
+
+@pytest.mark.parametrize("name", CONTRACT)
+def test_save_and_reload_is_bit_identical(name, tmp_path):
+    base = make_timm(name)
+    untouched = copy.deepcopy(base)
+    model = randomize_adapter_(get_peft_model(base, GatedPromptConfig(num_prompt_tokens=3, prompt_mode="deep"))).eval()
+    pixels = images(2)
+    with torch.no_grad():
+        want = _main(model, pixels)
+    model.save_pretrained(tmp_path)
+    for load in (PeftModel.from_pretrained, gated_vpt.load_adapter):
+        again = load(copy.deepcopy(untouched), tmp_path).eval()
+        with torch.no_grad():
+            assert torch.equal(_main(again, pixels), want)
+
+
+@pytest.mark.parametrize("name", CONTRACT)
+@pytest.mark.filterwarnings("ignore:Adapter default was active")
+def test_disable_delete_and_unload_give_the_base_model_exactly(name):
+    untouched = make_timm(name)
+    model = randomize_adapter_(get_peft_model(make_timm(name), GatedPromptConfig(num_prompt_tokens=3))).eval()
+    pixels = images(2)
+    with torch.no_grad():
+        want = _main(untouched, pixels)
+        assert not torch.equal(_main(model, pixels), want)
+        with model.disable_adapter():
+            assert torch.equal(_main(model, pixels), want)
+        model.add_adapter("other", GatedPromptConfig(num_prompt_tokens=2))
+        model.delete_adapter("default")
+        model.delete_adapter("other")
+        # peft's PeftModel.forward itself needs an active adapter, so run the model it wraps (blocks still wrapped).
+        assert torch.equal(_main(model.base_model.model, pixels), want)
+        assert sum(isinstance(m, GatedPromptBlock) for m in model.modules()) == 4
+        plain = model.unload()
+        assert not any(isinstance(m, GatedPromptBlock) for m in plain.modules())
+        assert not getattr(plain, "timm_model", plain).patch_embed._forward_pre_hooks  # the temperature clamp is gone
+        assert torch.equal(_main(plain, pixels), want)
+
+
+def test_a_mixed_batch_runs_each_sample_through_its_own_adapter_or_the_base():
+    model = get_peft_model(make_timm("reg_tokens"), GatedPromptConfig(num_prompt_tokens=3), adapter_name="a")
+    model.add_adapter("b", GatedPromptConfig(num_prompt_tokens=3, gated=False))
+    randomize_adapter_(model, "a", seed=1)
+    randomize_adapter_(model, "b", seed=2)
+    model.eval()
+    untouched = make_timm("reg_tokens")
+    order = ["a", "__base__", "b", "a"]
+    pixels = images(4, seed=3)
+    with torch.no_grad():
+        mixed = model(pixels, adapter_names=order)
+        torch.testing.assert_close(mixed[1:2], untouched(pixels[1:2]), rtol=1e-5, atol=1e-5)
+        for name in ("a", "b"):
+            rows = [i for i, n in enumerate(order) if n == name]
+            model.set_adapter(name)
+            torch.testing.assert_close(mixed[rows], model(pixels[rows]), rtol=1e-5, atol=1e-5)
+
+
+def test_an_adapter_from_a_stranger_is_refused_before_the_model_changes(tmp_path):
+    model = randomize_adapter_(get_peft_model(make_timm("cls_token"), GatedPromptConfig(num_prompt_tokens=3)))
+    model.save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "adapter_model.safetensors")
+    tensors["base_model.model.blocks.0.attn.qkv.weight"] = torch.zeros(96, 32)  # would overwrite a frozen weight
+    save_file(tensors, tmp_path / "adapter_model.safetensors")
+    base = make_timm("cls_token")
+    state = {key: value.clone() for key, value in base.state_dict().items()}
+    for load in (PeftModel.from_pretrained, gated_vpt.load_adapter):
+        with pytest.raises(ValueError, match=r"tensors that are not this adapter's \[base_model\.model\.blocks\.0\.attn\.qkv"):
+            load(base, tmp_path)
+        assert not any(isinstance(m, GatedPromptBlock) for m in base.modules())
+        assert all(torch.equal(state[key], value) for key, value in base.state_dict().items())
+
+
+def test_an_adapter_for_another_backbone_shape_is_refused(tmp_path):
+    get_peft_model(make_timm("cls_token"), GatedPromptConfig()).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="num_special_tokens: adapter 1, model 3"):
+        gated_vpt.load_adapter(make_timm("reg_tokens"), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "build, problem",
+    [
+        (dict(global_pool="max"), "global_pool='max'"),
+        (dict(global_pool="avg", class_token=False, pool_include_prefix=True), "pool_include_prefix"),
+    ],
+)
+def test_unsupported_timm_heads_are_refused_clearly(build, problem):
+    with pytest.raises(ValueError, match=problem):
+        get_peft_model(make_timm("cls_token", **build), GatedPromptConfig())
+
+
+def test_other_timm_models_and_blocks_are_refused_clearly():
+    import timm
+
+    with pytest.raises(ValueError, match="only timm's VisionTransformer"):
+        get_peft_model(timm.create_model("resnet18", pretrained=False, num_classes=3), GatedPromptConfig())
+    model = make_timm("cls_token")
+    model.blocks[1] = torch.nn.Identity()
+    with pytest.raises(ValueError, match="not timm's Block"):
+        get_peft_model(model, GatedPromptConfig())
+
+
+def test_cls_pooling_on_an_averaging_head_is_refused():
+    with pytest.raises(ValueError, match="global_pool='token'"):
+        get_peft_model(make_timm("avg_no_cls"), GatedPromptConfig(head_pooling="cls"))
+
+
+def test_the_temperature_divides_only_the_queries_of_the_fused_projection():
+    """The fast path splits timm's qkv: a temperature must not reach the keys or values (which the plain path, with its
+    hook on the normalised queries, cannot do either)."""
+    frozen, model, _ = adapted("qk_norm", "temperature_only")
+    pixels = pixels_for("qk_norm", torch.float64)
+    adapter = read_adapter(model, **settings(dict(gated=False), "qk_norm"))
+    with torch.no_grad():
+        for block in (m for m in model.modules() if isinstance(m, GatedPromptBlock)):
+            block.gvpt_temperature["default"].fill_(3.0)
+        adapter.temperatures = {i: torch.tensor(3.0, dtype=torch.float64) for i in adapter.temperatures}
+        want = timm_reference_outputs(frozen, pixels, adapter)["logits"]
+        for fast in (True, False):
+            with gated_vpt.fast_path(fast):
+                torch.testing.assert_close(model(pixels), want, rtol=0, atol=1e-10)
+
+
+def test_the_fast_path_skips_blocks_with_parts_it_does_not_compute():
+    """An attention output norm (scale_attn_norm) is one of the layout's absent parts: such blocks run their own
+    forward, with the same numbers."""
+    base = make_timm("cls_token", scale_attn_norm=True)
+    assert not isinstance(base.blocks[0].attn.norm, torch.nn.Identity)
+    model = randomize_adapter_(get_peft_model(base, GatedPromptConfig(num_prompt_tokens=3))).eval()
+    calls = []
+    for block in (m for m in model.modules() if isinstance(m, GatedPromptBlock)):
+        block.base_layer.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        fast = model(images(2))
+        with gated_vpt.fast_path(False):
+            plain = model(images(2))
+    assert len(calls) == 8 and torch.equal(fast, plain)
