@@ -26,6 +26,7 @@ BASE_CLASSES = {
     "clip_vision_model": "CLIPVisionModel",
     "siglip_vision_model": "SiglipVisionModel",
     "dinov3_vit": "DINOv3ViTModel",
+    "timm_vit": "TimmWrapperForImageClassification",  # timm's Hub repos load through transformers' wrapper
 }
 DEFAULT_BASE_CLASS = "AutoModelForImageClassification"
 NEW_HEAD_PREFIX = "classifier."

@@ -25,6 +25,7 @@ from .base_models import BASE_CLASSES, DEFAULT_BASE_CLASS
 from .config import GatedPromptConfig
 from .introspection import gate_report
 from .paths import is_local_path
+from .layout import CLASSIFIER_WEIGHT
 from .recipes import CLASSIFICATION
 from .tasks import INSTALL, LOCAL_NOTE, TASKS, Task, register_task, registered_tasks
 from .version import __version__
@@ -248,13 +249,14 @@ def _eval_results(metrics: dict[str, float], dataset: Optional[str], task: str) 
 def _num_labels(model: Optional[nn.Module], output_dir: Path) -> Optional[int]:
     """The classifier's output size, from the model or the saved weights (None without a saved classifier)."""
     if model is not None:
-        classifier = getattr(model.get_base_model(), "classifier", None)
+        base = model.get_base_model()
+        classifier = getattr(base, "classifier", None) or getattr(getattr(base, "timm_model", base), "head", None)
         return getattr(classifier, "out_features", None)
     weights = output_dir / "adapter_model.safetensors"
     if not weights.is_file():
         return None
     with safe_open(str(weights), framework="pt") as handle:
-        keys = [key for key in handle.keys() if key.endswith("classifier.weight")]
+        keys = [key for key in handle.keys() if CLASSIFIER_WEIGHT.search(key)]
         return handle.get_slice(keys[0]).get_shape()[0] if keys else None
 
 

@@ -274,6 +274,7 @@ def _load_classifier(args: argparse.Namespace):
     from .base_models import load_base_model
     from .loading import HEAD_CONFIG_NAME, load_adapter, read_adapter_files, read_labels
     from .paths import is_local_path
+    from .layout import CLASSIFIER_WEIGHT
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -285,7 +286,7 @@ def _load_classifier(args: argparse.Namespace):
             "it with gated_vpt.segmentation.load_segmentation_adapter and predict with "
             "gated_vpt.segmentation.inference.predict (docs/SEGMENTATION.md)."
         )
-    heads = [tensor for key, tensor in state_dict.items() if key.endswith("classifier.weight")]
+    heads = [tensor for key, tensor in state_dict.items() if CLASSIFIER_WEIGHT.search(key)]
     if not heads:
         raise ValueError("This adapter has no classifier head (modules_to_save), so it cannot predict labels.")
     base_id = args.base or config.get("base_model_name_or_path")
@@ -306,7 +307,8 @@ def _load_classifier(args: argparse.Namespace):
     try:
         processor = AutoImageProcessor.from_pretrained(base_id, backend="pil")
     except OSError:
-        size = base.config.image_size
+        timm_model = getattr(base, "timm_model", None)  # transformers' TimmWrapper: the size timm was built for
+        size = timm_model.patch_embed.img_size[0] if timm_model is not None else base.config.image_size
         print(f"note: {base_id} has no image processor config; resizing to {size}x{size} with ViT defaults.", file=sys.stderr)
         # The Pillow backend by name: transformers warns when ViTImageProcessor falls back to it without torchvision.
         processor_class = getattr(transformers, "ViTImageProcessorPil", None) or transformers.ViTImageProcessor

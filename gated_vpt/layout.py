@@ -30,6 +30,8 @@ PEFT_PREFIX = "base_model.model."
 _BLOCK_KEY = re.compile(r"(^|\.)(?:vision_model\.)?(?:layers|blocks|encoder\.layers?|model\.layer)\.(\d+)\.(?=" + PREFIX + ")")
 _TIMM_WRAPPER = re.compile(r"(^|\.)timm_model\.")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# The weight of a saved classifier in adapter files: transformers' ``classifier``, timm's ``head``.
+CLASSIFIER_WEIGHT = re.compile(r"(^|\.)(classifier|head)\.weight$")
 _SAVED_BLOCK_KEY = re.compile(r"^(.*?)encoder\.layer\.(\d+)\.(" + PREFIX + r"\w+)$")
 
 

@@ -5,6 +5,7 @@ path, gradients, adapter files shared between a timm model and its wrapper, and 
 Skipped only where timm is not installed (CI installs it with the ``test`` extra)."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -314,3 +315,44 @@ def test_the_fast_path_skips_blocks_with_parts_it_does_not_compute():
         with gated_vpt.fast_path(False):
             plain = model(images(2))
     assert len(calls) == 8 and torch.equal(fast, plain)
+
+
+# --- the command and the card on a timm adapter --------------------------------------------------------------------
+
+
+def test_info_and_predict_on_an_adapter_trained_on_a_timm_model(tmp_path, capsys):
+    """An adapter trained on a timm model; ``predict`` loads its base through transformers' TimmWrapper (as timm's Hub
+    repos load) and gives the timm model's own predictions."""
+    from PIL import Image
+    from transformers import ViTImageProcessor
+
+    from conftest import pixels_as_training_evaluates
+    from gated_vpt.card import write_model_card
+    from gated_vpt.cli import main
+
+    timm_base = make_timm("cls_token")
+    wrapper = _same_backbone("wrapper_clf", timm_base)
+    wrapper.save_pretrained(tmp_path / "base")
+    ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.4, 0.5, 0.6]).save_pretrained(tmp_path / "base")
+    model = randomize_adapter_(get_peft_model(timm_base, GatedPromptConfig(num_prompt_tokens=3)), seed=5).eval()
+    model.save_pretrained(tmp_path / "adapter")
+    write_model_card(tmp_path / "adapter", model)
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert "TimmWrapperForImageClassification" in card and "num_labels=3" in card
+
+    assert main(["info", str(tmp_path / "adapter"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["parameters"]["gvpt_prompt"] == 96 and sum(summary["parameters"].values()) == 96 + 3 + 4 + 3 * 32 + 3
+
+    paths = []
+    for i, size in enumerate([(16, 16), (30, 22)]):
+        pixels = torch.randint(0, 256, (*size, 3), generator=torch.Generator().manual_seed(i), dtype=torch.uint8).numpy()
+        paths.append(tmp_path / f"photo{i}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    assert main(["predict", str(tmp_path / "adapter"), *map(str, paths), "--base", str(tmp_path / "base"), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    with torch.no_grad():
+        scores, indices = model(pixels_as_training_evaluates(paths, 16, mean=(0.4, 0.5, 0.6))).softmax(-1).topk(3)
+    assert [[t["index"] for t in row["top"]] for row in rows] == indices.tolist()
+    for row, want in zip(rows, scores.tolist()):
+        assert [t["score"] for t in row["top"]] == pytest.approx(want, abs=1e-5)
