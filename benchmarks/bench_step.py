@@ -14,6 +14,8 @@ adapters) against a single-adapter batch of the same size.
     python -m benchmarks.bench_step --size vit-s16 --batch 8 --prompts 100 --threads 1 --clock cpu   # shared CPU
     python -m benchmarks.bench_step --size vit-b16 --batch 32 --prompts 100                          # GPU
     python -m benchmarks.bench_step --quick
+    python -m benchmarks.bench_step --size vit-s16 --batch 8 --prompts 100 --threads 1 --clock cpu \
+        --configs ideal full_ft gated_temp timm_ideal timm_gated_temp --mixed-adapters 0                 # timm
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 from .cli import common_parser, default_batch, main
 from .measure import median, pick_device, time_call
 from .report import environment, mib, ratio, table
-from .setups import CONFIGS, GATED, PLAIN, build, build_multi_adapter
+from .setups import CONFIGS, GATED, PLAIN, TIMM_CONFIGS, build, build_multi_adapter, ideal_for
 from .steps import Runner, random_batch
 
 ATTENTION = ("eager", "sdpa")
@@ -41,6 +43,8 @@ TARGETS = [
     ("gated_temp", "train peak", 1.02),
     ("vpt_deep", "train", 0.85),
     ("vpt_deep", "inference", 0.75),
+    ("timm_gated_temp", "train", 1.05),
+    ("timm_gated_temp", "inference", 0.98),
 ]
 MIXED_TARGET = 0.9
 
@@ -49,7 +53,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = common_parser(__doc__, size="vit-s16", batch=None)
     parser.add_argument("--reps", type=int, default=5, help="Timed repetitions per configuration (median reported).")
     parser.add_argument("--warmup", type=int, default=None, help="Discarded repetitions first. Default: 1 CPU, 3 CUDA.")
-    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS + TIMM_CONFIGS, default=list(CONFIGS),
+                        help="Configurations to run (default: all but the timm ones, which need timm: "
+                        f"{', '.join(TIMM_CONFIGS)}, compared with timm_ideal).")
     parser.add_argument("--attention", nargs="+", choices=ATTENTION, default=list(ATTENTION))
     parser.add_argument("--mixed-adapters", type=int, default=4, help="Adapters in the mixed batch (0: skip it).")
     parser.add_argument("--no-memory", action="store_true", help="Skip the peak-memory pass.")
@@ -60,7 +66,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     if args.quick:
         args.size, args.reps, args.warmup, args.batch = "tiny", 2, 1, args.batch or 4
         args.mixed_adapters = min(args.mixed_adapters, 3)
-    for required in ("ideal", "full_ft"):
+    for required in ("ideal", "full_ft", *(["timm_ideal"] if set(TIMM_CONFIGS) & set(args.configs) else [])):
         if required not in args.configs:
             parser.error(f"--configs must include {required!r}: the ratios are taken against it.")
     plain = [c for c in args.configs if c in GATED] if args.plain is None else args.plain
@@ -141,10 +147,10 @@ def report(args: argparse.Namespace, device: torch.device, batch: int, warmup: i
             for kind in ("train", "inference"):
                 value = med[name, attention, kind]
                 key = (name, attention, kind)
-                row += [f"{value * 1e3:.1f}", f"{paired(key, ('ideal', attention, kind)):.3f}x",
+                row += [f"{value * 1e3:.1f}", f"{paired(key, (ideal_for(name), attention, kind)):.3f}x",
                         f"{paired(key, ('full_ft', attention, kind)):.3f}x", f"{spread[key]:.0%}"]
             for kind in ("train", "inference"):
-                row += [mib(memory[name, attention, kind]), ratio(memory[name, attention, kind], memory["ideal", attention, kind])] \
+                row += [mib(memory[name, attention, kind]), ratio(memory[name, attention, kind], memory[ideal_for(name), attention, kind])] \
                     if memory else ["-", "-"]
             row += [f"{trainable:,}", f"{stored:,}"]
             rows.append(row)
@@ -169,10 +175,10 @@ def report(args: argparse.Namespace, device: torch.device, batch: int, warmup: i
             if config not in args.configs or (measure.endswith("peak") and not memory):
                 continue
             if measure.endswith("peak"):
-                value = memory[config, attention, "train"] / memory["ideal", attention, "train"]
+                value = memory[config, attention, "train"] / memory[ideal_for(config), attention, "train"]
             else:
-                value = paired((config, attention, measure), ("ideal", attention, measure))
-            target_rows.append([f"{config} {measure} / ideal", attention, f"{value:.3f}", f"<= {limit}",
+                value = paired((config, attention, measure), (ideal_for(config), attention, measure))
+            target_rows.append([f"{config} {measure} / {ideal_for(config)}", attention, f"{value:.3f}", f"<= {limit}",
                                 "met" if value <= limit else "missed"])
     if ("multi_adapter", args.attention[0], "mixed") in med:
         for attention in args.attention:

@@ -6,6 +6,12 @@ concatenated after CLS, the model's own blocks in a loop, final LayerNorm on CLS
 the classifier train. It is the floor the gated_vpt configurations are compared against. ``clip_gated_temp`` is
 ``gated_temp`` on a ``CLIPForImageClassification`` vision tower of the same size (pre-encoder LayerNorm, quick-GELU,
 mean-pooling head), the one non-ViT family measured.
+
+The timm configurations (``TIMM_CONFIGS``, only when named, since they need timm) run the same comparison on timm's
+``VisionTransformer`` of the same size: ``timm_ideal`` is prompt tuning by hand on it (timm's own patch embedding,
+prefix tokens and position embedding, prompts after the class token, its blocks in a loop, final norm on the class
+token, head), ``timm_gated_temp`` is gated_vpt's gated + temperature on it; timm rows are compared with
+``timm_ideal`` (``ideal_for``).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ SIZES: dict[str, dict] = {
 }
 CONFIGS = ("ideal", "full_ft", "linear_probe", "lora", "vpt_shallow", "vpt_deep", "gated", "gated_temp", "clip_gated_temp")
 GATED = ("vpt_shallow", "vpt_deep", "gated", "gated_temp", "clip_gated_temp")
+TIMM_CONFIGS = ("timm_ideal", "timm_gated_temp")
 PLAIN = "@plain"  # suffix of a gated_vpt configuration run with the fast path off (gated_vpt.fast_path(False))
 PROMPT_DROPOUT = 0.1
 
@@ -62,7 +69,11 @@ class Setup:
             return os.path.getsize(path)
 
     def set_attention(self, implementation: str) -> None:
-        config = self.backbone.config
+        config = getattr(self.backbone, "config", None)
+        if config is None:  # timm: each attention picks sdpa or its own product by its fused_attn flag
+            for block in self.backbone.blocks:
+                getattr(block, "base_layer", block).attn.fused_attn = implementation == "sdpa"
+            return
         (getattr(config, "vision_config", None) or config)._attn_implementation = implementation  # CLIP: its tower's
 
 
@@ -100,6 +111,59 @@ class IdealPromptTuning(nn.Module):
         super().train(mode)
         self.backbone.eval()
         return self
+
+
+class TimmIdealPromptTuning(nn.Module):
+    """``IdealPromptTuning`` on timm's ``VisionTransformer`` (class token, token pooling): only prompts and head train.
+
+    Example:
+
+    ```py
+    >>> ideal = TimmIdealPromptTuning(build_timm_backbone("tiny"), num_prompts=10)
+    >>> logits = ideal(torch.randn(2, 3, 32, 32))
+    ```
+    """
+
+    def __init__(self, backbone: nn.Module, num_prompts: int, dropout: float = PROMPT_DROPOUT) -> None:
+        super().__init__()
+        self.backbone = backbone.requires_grad_(False)
+        self.backbone.head.requires_grad_(True)
+        patch = backbone.patch_embed.patch_size
+        bound = prompt_init_bound(tuple(patch), backbone.patch_embed.proj.in_channels, backbone.embed_dim)
+        self.prompts = nn.Parameter(new_prompts(num_prompts, backbone.embed_dim, bound))
+        self.dropout = dropout
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        vit = self.backbone
+        hidden = vit.norm_pre(vit._pos_embed(vit.patch_embed(pixel_values)))
+        prompts = F.dropout(self.prompts, self.dropout, self.training).expand(hidden.shape[0], -1, -1)
+        hidden = torch.cat((hidden[:, :1], prompts, hidden[:, 1:]), dim=1)
+        for block in vit.blocks:
+            hidden = block(hidden)
+        return vit.head(vit.norm(hidden[:, 0]))
+
+    def train(self, mode: bool = True) -> "TimmIdealPromptTuning":
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+
+def build_timm_backbone(size: str, num_labels: int = 100, seed: int = 0) -> nn.Module:
+    """timm's VisionTransformer with the shape of ``SIZES[size]`` (class token, token pooling, qkv bias)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    shape = SIZES[size]
+    torch.manual_seed(seed)
+    return VisionTransformer(
+        img_size=shape["image_size"], patch_size=shape["patch_size"], embed_dim=shape["hidden_size"],
+        depth=shape["num_hidden_layers"], num_heads=shape["num_attention_heads"],
+        mlp_ratio=shape["intermediate_size"] / shape["hidden_size"], num_classes=num_labels,
+    )
+
+
+def ideal_for(name: str) -> str:
+    """The hand-written ideal a configuration is compared with: on the same backbone library."""
+    return "timm_ideal" if name.startswith("timm_") else "ideal"
 
 
 def build_backbone(size: str, num_labels: int = 100, seed: int = 0) -> ViTForImageClassification:
@@ -142,7 +206,11 @@ BUILDERS: dict[str, Callable[[ViTForImageClassification, int], nn.Module]] = {
        for name in ("vpt_shallow", "vpt_deep", "gated", "gated_temp")},
 }
 BUILDERS["clip_gated_temp"] = BUILDERS["gated_temp"]  # the same adapter, on the CLIP backbone of BACKBONE_BUILDERS
-BACKBONE_BUILDERS: dict[str, Callable[..., PreTrainedModel]] = {"clip_gated_temp": build_clip_backbone}
+BUILDERS["timm_gated_temp"] = BUILDERS["gated_temp"]  # and on timm's VisionTransformer
+BUILDERS["timm_ideal"] = lambda backbone, num_prompts: TimmIdealPromptTuning(backbone, num_prompts)
+BACKBONE_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "clip_gated_temp": build_clip_backbone, "timm_ideal": build_timm_backbone, "timm_gated_temp": build_timm_backbone,
+}
 
 
 def build(name: str, size: str, num_prompts: int, device: torch.device, seed: int = 0) -> Setup:
@@ -150,8 +218,8 @@ def build(name: str, size: str, num_prompts: int, device: torch.device, seed: in
     ``size`` backbone, moved to ``device``."""
     config, plain = name.removesuffix(PLAIN), name.endswith(PLAIN)
     if config not in BUILDERS or (plain and config not in GATED):
-        raise ValueError(f"Unknown configuration {name!r}; choose from {', '.join(CONFIGS)} (gated_vpt ones also with "
-                         f"{PLAIN!r}: {', '.join(GATED)}).")
+        raise ValueError(f"Unknown configuration {name!r}; choose from {', '.join(CONFIGS + TIMM_CONFIGS)} (gated_vpt "
+                         f"ones also with {PLAIN!r}: {', '.join(GATED)}).")
     backbone = BACKBONE_BUILDERS.get(config, build_backbone)(size, seed=seed)
     model = BUILDERS[config](backbone, num_prompts).to(device)
     return Setup(name=name, model=model, backbone=backbone, fast_path=not plain)

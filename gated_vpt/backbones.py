@@ -251,7 +251,7 @@ def _timm_backbone(model: nn.Module, vit: nn.Module) -> Backbone:
     if getattr(vit, "pool_include_prefix", False):
         refuse("pool_include_prefix=True (the pool would read the prefix tokens as well)")
     head, pooling = TIMM_POOLS[vit.global_pool]
-    if (vit.pretrained_cfg or {}).get("tag", "").startswith("mae"):
+    if ((getattr(vit, "pretrained_cfg", None) or {}).get("tag") or "").startswith("mae"):  # set by timm.create_model
         pooling = "mean"  # MAE's weights: the paper's MAE head (mean, then the pretrained final norm)
     names = {id(module): name for name, module in model.named_modules()}
     patch = vit.patch_embed.patch_size
