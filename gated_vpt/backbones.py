@@ -251,7 +251,9 @@ def _timm_backbone(model: nn.Module, vit: nn.Module) -> Backbone:
     if getattr(vit, "pool_include_prefix", False):
         refuse("pool_include_prefix=True (the pool would read the prefix tokens as well)")
     head, pooling = TIMM_POOLS[vit.global_pool]
-    if ((getattr(vit, "pretrained_cfg", None) or {}).get("tag") or "").startswith("mae"):  # set by timm.create_model
+    # timm.create_model records the weights' tag; transformers' wrapper keeps the Hub repo's in its config instead
+    pretrained = getattr(getattr(model, "config", None), "pretrained_cfg", None) or getattr(vit, "pretrained_cfg", None)
+    if ((pretrained or {}).get("tag") or "").startswith("mae"):
         pooling = "mean"  # MAE's weights: the paper's MAE head (mean, then the pretrained final norm)
     names = {id(module): name for name, module in model.named_modules()}
     patch = vit.patch_embed.patch_size

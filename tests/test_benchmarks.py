@@ -122,11 +122,19 @@ def test_bench_memory_quick_shows_checkpointing_cases(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
-def test_ideal_computes_what_vpt_shallow_computes(attention):
-    """The hand-written ideal is the same model as gated_vpt's VPT-shallow: equal logits for equal prompts."""
+@pytest.mark.parametrize("ideal_name, shallow_name", [("ideal", "vpt_shallow"), ("timm_ideal", "timm_vpt_shallow")])
+def test_ideal_computes_what_vpt_shallow_computes(attention, ideal_name, shallow_name, monkeypatch):
+    """The hand-written ideal is the same model as gated_vpt's VPT-shallow: equal logits for equal prompts (on
+    transformers' ViT, and on timm's VisionTransformer for the timm ideal)."""
+    if ideal_name.startswith("timm"):
+        pytest.importorskip("timm")
+        from benchmarks import setups
+
+        monkeypatch.setitem(setups.BUILDERS, shallow_name, setups.BUILDERS["vpt_shallow"])
+        monkeypatch.setitem(setups.BACKBONE_BUILDERS, shallow_name, setups.build_timm_backbone)
     pixel_values, _ = random_batch("tiny", 3, torch.device("cpu"))
-    ideal = build("ideal", "tiny", P, torch.device("cpu"))
-    shallow = build("vpt_shallow", "tiny", P, torch.device("cpu"))
+    ideal = build(ideal_name, "tiny", P, torch.device("cpu"))
+    shallow = build(shallow_name, "tiny", P, torch.device("cpu"))
     prompt = next(p for n, p in shallow.model.named_parameters() if "gvpt_prompt" in n)
     with torch.no_grad():
         ideal.model.prompts.copy_(prompt)

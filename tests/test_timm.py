@@ -356,3 +356,16 @@ def test_info_and_predict_on_an_adapter_trained_on_a_timm_model(tmp_path, capsys
     assert [[t["index"] for t in row["top"]] for row in rows] == indices.tolist()
     for row, want in zip(rows, scores.tolist()):
         assert [t["score"] for t in row["top"]] == pytest.approx(want, abs=1e-5)
+
+
+def test_mae_weights_get_the_paper_head_by_default_directly_and_through_the_wrapper():
+    """timm's MAE copies (tag ``mae``) are read out by the paper's MAE head; transformers' wrapper records the tag of
+    the Hub repo it was loaded from in its config (``pretrained_cfg``), not in the timm model it builds."""
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    direct = get_peft_model(make_timm("mae_tag"), GatedPromptConfig())
+    config = TimmWrapperConfig(architecture="vit_tiny_patch16_224", model_args=dict(img_size=16, patch_size=4, embed_dim=32,
+                               depth=2, num_heads=2), pretrained_cfg={"tag": "mae"}, num_labels=3)
+    wrapped = get_peft_model(TimmWrapperForImageClassification(config), GatedPromptConfig())
+    plain = get_peft_model(make_timm("wrapper_clf"), GatedPromptConfig())
+    assert [m.peft_config["default"].head_pooling for m in (direct, wrapped, plain)] == ["mean", "mean", "cls"]
