@@ -29,7 +29,7 @@ BASE_CLASSES = {
     "timm_vit": "TimmWrapperForImageClassification",  # timm's Hub repos load through transformers' wrapper
 }
 DEFAULT_BASE_CLASS = "AutoModelForImageClassification"
-NEW_HEAD_PREFIX = "classifier."
+NEW_HEAD_PREFIX = ("classifier.", "timm_model.head.")  # transformers' new classifier, timm's in its wrapper
 
 
 def load_base_model(

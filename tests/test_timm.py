@@ -369,3 +369,32 @@ def test_mae_weights_get_the_paper_head_by_default_directly_and_through_the_wrap
     wrapped = get_peft_model(TimmWrapperForImageClassification(config), GatedPromptConfig())
     plain = get_peft_model(make_timm("wrapper_clf"), GatedPromptConfig())
     assert [m.peft_config["default"].head_pooling for m in (direct, wrapped, plain)] == ["mean", "mean", "cls"]
+
+
+def test_training_loads_a_timm_hub_repo_through_the_wrapper(tmp_path):
+    """What ``--model_name_or_path timm/vit_base_patch16_224.mae`` reads: a folder in timm's Hub format (timm's config
+    and weight names). It loads into TimmWrapperForImageClassification with every backbone weight, a new classifier
+    initialised as the paper's, and the MAE head by default (the repo's tag)."""
+    import timm
+    from safetensors.torch import save_file as save
+    from transformers import TimmWrapperForImageClassification
+
+    from gated_vpt.training.classification import load_image_classifier
+
+    shape = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2)
+    source = timm.create_model("vit_base_patch16_224.mae", pretrained=False, num_classes=0, **shape)
+    save({key: value.contiguous() for key, value in source.state_dict().items()}, tmp_path / "model.safetensors")
+    pretrained = {k: v for k, v in source.pretrained_cfg.items() if k in ("architecture", "tag", "mean", "std", "classifier")}
+    (tmp_path / "config.json").write_text(json.dumps({
+        "architecture": "vit_base_patch16_224", "num_classes": 0, "num_features": 32, "global_pool": "token",
+        "model_args": shape, "pretrained_cfg": pretrained,
+    }))
+    model = load_image_classifier(str(tmp_path), ["a", "b", "c", "d", "e"])
+    assert isinstance(model, TimmWrapperForImageClassification)
+    loaded = model.timm_model.state_dict()
+    assert all(torch.equal(loaded[key], value) for key, value in source.state_dict().items())
+    assert model.timm_model.head.out_features == 5
+    torch.testing.assert_close(model.timm_model.head.bias, torch.full((5,), -4.59512), rtol=0, atol=1e-4)
+    peft_model = get_peft_model(model, GatedPromptConfig(num_prompt_tokens=2))
+    assert peft_model.peft_config["default"].head_pooling == "mean"
+    assert peft_model.peft_config["default"].modules_to_save == ["head"]

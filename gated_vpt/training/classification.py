@@ -120,11 +120,15 @@ def _private_generator() -> torch.Generator:
 
 def load_image_classifier(model_name_or_path: str, labels: list[str], image_size: Optional[int] = None) -> PreTrainedModel:
     """The backbone with a new classifier (``len(labels)`` outputs, the paper's initialisation): MAE checkpoints
-    load into ``ViTForImageClassification`` (transformers has no MAE classification head; ``load_base_model``).
+    load into ``ViTForImageClassification`` (transformers has no MAE classification head; ``load_base_model``), timm's
+    Hub repos (e.g. ``timm/vit_base_patch16_224.mae``) into ``TimmWrapperForImageClassification``, whose classifier is
+    the timm model's ``head``.
     With ``image_size``, one blank image of that size goes through the model first: ``RunStopped`` when the model
     refuses that size, which the first training step would otherwise do."""
     model = load_base_model(model_name_or_path, id2label=dict(enumerate(labels)))
-    if not isinstance(getattr(model, "classifier", None), nn.Linear):
+    timm_model = getattr(model, "timm_model", None)
+    classifier = timm_model.head if timm_model is not None else getattr(model, "classifier", None)
+    if not isinstance(classifier, nn.Linear):
         raise ValueError(
             f"{model_name_or_path} loads as {type(model).__name__}, which has no classifier: the training scripts need "
             "a checkpoint with an image-classification class in transformers."
@@ -132,7 +136,7 @@ def load_image_classifier(model_name_or_path: str, labels: list[str], image_size
     if image_size is not None:
         _check_input_size(model, model_name_or_path, image_size)
     logger.info(f"Loaded {model_name_or_path} ({model.config.model_type}) with a new {len(labels)}-class classifier.")
-    init_classifier_(model.classifier)
+    init_classifier_(classifier)
     return model
 
 
