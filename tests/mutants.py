@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MATHS_TESTS = [
-    "tests/test_backbones.py", "tests/test_gradients.py", "tests/test_core.py", "tests/test_fast_path.py", "tests/test_attention.py",
+    "tests/test_backbones.py", "tests/test_timm.py", "tests/test_gradients.py", "tests/test_core.py", "tests/test_fast_path.py", "tests/test_attention.py",
     "tests/test_mixed_batch.py", "tests/test_introspection.py", "tests/test_peft_contract.py", "tests/test_precision.py",
     "tests/test_segmentation.py", "tests/test_untrusted_adapters.py", "tests/test_loading.py", "tests/test_docstrings.py",
 ]
@@ -89,6 +89,16 @@ MATHS = [
      "if False:"),
     ("saved adapters: extra tensors accepted", "layout.py", "unexpected = sorted(set(tensors) - set(expected))", "unexpected = []"),
     ("config: gate_init without upper bound", "settings.py", "not 0 < self.gate_init <= 50", "not 0 < self.gate_init"),
+    ("timm: prompts before the register tokens", "backbones.py", "special_tokens=lambda model: model.num_prefix_tokens",
+     "special_tokens=lambda model: int(model.has_class_token)"),
+    ("timm: average pooling read as a CLS head", "backbones.py", '"avg": ("mean", "mean")', '"avg": ("cls", "mean")'),
+    ("timm: temperature on the fused qkv output", "backbones.py",
+     "self.head_norms[0] if self.head_norms else self.projections[0]", "self.projections[0]"),
+    ("fast path: fused qkv split as keys, queries, values", "fast_path.py",
+     "query, key, value = Projection.split(projections[0], 3)", "key, query, value = Projection.split(projections[0], 3)"),
+    ("fast path: query norm skipped", "fast_path.py", "query = parts.head_norms[0].forward(query)", "query = query"),
+    ("fast path: key norm skipped", "fast_path.py", "key = parts.head_norms[1](key)", "key = key"),
+    ("fast path: timm's own product unscaled", "fast_path.py", "((query * scaling) @ key", "((query * 1.0) @ key"),
 ]
 # The training recipe (docs/HOW_IT_WORKS.md): TRAINING_TESTS look for these
 TRAINING = [
