@@ -117,3 +117,8 @@ def test_the_training_machinery_imports_data_metric_and_plot_libraries_only_when
     # (about a second together) are imported; they load when the data, the metric or a figure is needed.
     loaded = {name.split(".")[0] for name in fresh_process["modules_after_training_import"]}
     assert "accelerate" in loaded and not {"datasets", "evaluate", "matplotlib"} & loaded
+
+
+def test_timm_is_imported_only_for_a_timm_model(fresh_process):
+    # timm is an optional extra: resolving a timm model imports it, importing the core does not.
+    assert "timm" not in {name.split(".")[0] for name in fresh_process["modules_after_core_import"]}
