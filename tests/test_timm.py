@@ -398,3 +398,23 @@ def test_training_loads_a_timm_hub_repo_through_the_wrapper(tmp_path):
     peft_model = get_peft_model(model, GatedPromptConfig(num_prompt_tokens=2))
     assert peft_model.peft_config["default"].head_pooling == "mean"
     assert peft_model.peft_config["default"].modules_to_save == ["head"]
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast_path", "plain_path"])
+def test_timm_gradient_checkpointing_gives_the_same_gradients(fast):
+    """timm checkpoints its block sequence (``set_grad_checkpointing``), wrappers included: the prompts, gates and
+    temperatures inside still get their gradients, the same as without it."""
+
+    def gradients(checkpointing: bool) -> dict:
+        base = make_timm("reg_tokens")
+        base.set_grad_checkpointing(checkpointing)
+        model = randomize_adapter_(get_peft_model(base, GatedPromptConfig(num_prompt_tokens=3, prompt_dropout=0.0))).train()
+        with gated_vpt.fast_path(fast):
+            model(images(2)).square().mean().backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    plain, checkpointed = gradients(False), gradients(True)
+    assert len(plain) == 10
+    for name, gradient in plain.items():
+        assert gradient.abs().max() > 0, name
+        torch.testing.assert_close(checkpointed[name], gradient, rtol=1e-6, atol=1e-8, msg=name)
