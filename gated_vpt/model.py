@@ -14,7 +14,7 @@ from peft.tuners.tuners_utils import BaseTuner, _get_submodules
 from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
 
-from .backbones import Backbone, resolve_backbone
+from .backbones import TIMM_MODEL_TYPE, Backbone, resolve_backbone
 from .config import GatedPromptConfig
 from .gate import clamp_temperatures_
 from .heads import check_pooling
@@ -190,6 +190,7 @@ class GatedPromptModel(BaseTuner):
     def _enable_peft_forward_hooks(self, *args, **kwargs) -> Iterator[None]:
         """``model(pixel_values, adapter_names=[...])``: sample ``i`` runs through adapter ``adapter_names[i]``, or
         through the plain backbone and original head where it is ``"__base__"`` (peft's convention)."""
+        self._refuse_timm_intermediates(kwargs)
         adapter_names = kwargs.pop("adapter_names", None)
         if adapter_names is None:
             yield
@@ -213,6 +214,19 @@ class GatedPromptModel(BaseTuner):
                 block.set_per_sample_adapters(None, None)
             for hook in hooks:
                 hook.remove()
+
+    def _refuse_timm_intermediates(self, kwargs: dict) -> None:
+        """transformers' TimmWrapper answers ``output_hidden_states`` through timm's ``forward_intermediates``, which
+        reshapes every row after the prefix tokens into the patch grid: with prompts among them, wrong shapes."""
+        config = getattr(self.model, "config", None)
+        wanted = kwargs.get("output_hidden_states", getattr(config, "output_hidden_states", False))
+        blocks = [m for m in self.model.modules() if isinstance(m, GatedPromptBlock)]
+        if wanted and self._backbone.model_type == TIMM_MODEL_TYPE and any(b.prompts_active() for b in blocks):
+            raise ValueError(
+                "output_hidden_states is not supported for timm models with gated prompts: timm computes them with "
+                "forward_intermediates, which reads every row after the prefix tokens as a patch. Call the model "
+                "without output_hidden_states, or with the adapter disabled (model.disable_adapter())."
+            )
 
     def _per_sample_routing(self, adapter_names: Sequence[str], batch_size: Optional[int]) -> tuple[list[str], torch.Tensor]:
         if isinstance(adapter_names, str) or (batch_size is not None and len(adapter_names) != batch_size):

@@ -418,3 +418,17 @@ def test_timm_gradient_checkpointing_gives_the_same_gradients(fast):
     for name, gradient in plain.items():
         assert gradient.abs().max() > 0, name
         torch.testing.assert_close(checkpointed[name], gradient, rtol=1e-6, atol=1e-8, msg=name)
+
+
+def test_hidden_states_of_a_wrapped_timm_model_are_refused_while_prompts_run():
+    """TimmWrapper's ``output_hidden_states`` goes through timm's forward_intermediates, which would fold the prompt
+    rows into the patch grid: refused clearly, and exact again with the adapter disabled."""
+    untouched = make_timm("wrapper_model")
+    model = get_peft_model(make_timm("wrapper_model"), GatedPromptConfig(num_prompt_tokens=3)).eval()
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="output_hidden_states is not supported for timm models"):
+            model(images(2), output_hidden_states=True)
+        with model.disable_adapter():
+            got = model(images(2), output_hidden_states=True).hidden_states
+        want = untouched(images(2), output_hidden_states=True).hidden_states
+    assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want))
