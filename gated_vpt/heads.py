@@ -9,7 +9,7 @@ they did to the other tokens in the blocks.
 model's head reads row 0 (the ViT family, CLIPVisionModel's pooler), ``pool_into_cls`` writes that mean into the CLS
 row, so the unchanged head (final LayerNorm, then ``classifier`` on row 0) computes exactly the paper's MAE head.
 Where the model's head averages the rows itself (the CLIP, SigLIP and I-JEPA classification classes, I-JEPA's bare
-model), the prompt rows stay in the final sequence, so its mean includes them.
+model, timm's ``global_pool="avg"``), the prompt rows stay in the final sequence, so its mean includes them.
 """
 
 from __future__ import annotations
