@@ -220,8 +220,9 @@ class GatedPromptModel(BaseTuner):
         reshapes every row after the prefix tokens into the patch grid: with prompts among them, wrong shapes."""
         config = getattr(self.model, "config", None)
         wanted = kwargs.get("output_hidden_states", getattr(config, "output_hidden_states", False))
-        blocks = [m for m in self.model.modules() if isinstance(m, GatedPromptBlock)]
-        if wanted and self._backbone.model_type == TIMM_MODEL_TYPE and any(b.prompts_active() for b in blocks):
+        if not wanted or self._backbone.model_type != TIMM_MODEL_TYPE:
+            return
+        if any(m.prompts_active() for m in self.model.modules() if isinstance(m, GatedPromptBlock)):
             raise ValueError(
                 "output_hidden_states is not supported for timm models with gated prompts: timm computes them with "
                 "forward_intermediates, which reads every row after the prefix tokens as a patch. Call the model "
