@@ -11,7 +11,8 @@ from ``encoder.layer`` to ``layers`` in 5.9, CLIP and SigLIP keep theirs at ``en
 
 timm's ``VisionTransformer`` (``timm.create_model("vit_...")``, or the one a transformers ``TimmWrapperModel`` /
 ``TimmWrapperForImageClassification`` holds as ``timm_model``) has no transformers config: ``resolve_backbone`` reads
-what it needs from the model itself (``TIMM_VIT`` and ``_timm_backbone``), and imports timm only for such a model.
+what it needs from the model itself (``TIMM_VIT`` and ``_timm_backbone``) and recognises timm's classes by name,
+without importing timm.
 """
 
 from __future__ import annotations
@@ -133,6 +134,12 @@ BACKBONES: dict[str, BackboneSpec] = {
 # the model came through transformers' TimmWrapper classes or not, so one adapter serves both.
 TIMM_VIT = BackboneSpec(special_tokens=lambda model: model.num_prefix_tokens, block=_TIMM_BLOCK, classifier="head", entry="patch_embed")
 TIMM_MODEL_TYPE = "timm_vit"
+# The timm classes gated_vpt describes, by qualified name: the model (or a subclass), and exactly these blocks.
+TIMM_CLASSES = {
+    "model": "timm.models.vision_transformer.VisionTransformer",
+    "block": "timm.models.vision_transformer.Block",
+    "attention": "timm.layers.attention.Attention",
+}
 # global_pool -> (what the head reads, the head pooling of "auto"): "token" reads row 0 (after ``norm``, or through
 # ``fc_norm``), "avg" averages the rows after the prefix tokens and then applies ``fc_norm``, "map" is an
 # attention-pooling probe over the rows after the prefix tokens.
@@ -227,9 +234,8 @@ def resolve_backbone(model: nn.Module) -> Backbone:
 
 
 def _timm_backbone(model: nn.Module, vit: nn.Module) -> Backbone:
-    """``resolve_backbone`` for timm's VisionTransformer ``vit``, which is ``model`` or its ``timm_model``."""
-    from timm.layers import Attention
-    from timm.models.vision_transformer import Block, VisionTransformer
+    """``resolve_backbone`` for timm's VisionTransformer ``vit``, which is ``model`` or its ``timm_model``. timm's
+    classes are recognised by their qualified names, so the core never imports timm (an optional extra)."""
 
     def refuse(problem: str) -> None:
         raise ValueError(
@@ -239,11 +245,12 @@ def _timm_backbone(model: nn.Module, vit: nn.Module) -> Backbone:
             f"global_pool in {sorted(TIMM_POOLS)}; or one of the transformers model types {', '.join(supported_model_types())}."
         )
 
-    if not isinstance(vit, VisionTransformer):
+    if not any(_qualified(cls) == TIMM_CLASSES["model"] for cls in type(vit).__mro__):
         refuse("only timm's VisionTransformer class is supported")
     blocks = list(vit.blocks)
     inner = [getattr(b, "base_layer", b) for b in blocks]  # already wrapped by an adapter: the wrapped block
-    if not blocks or any(type(b) is not Block or type(b.attn) is not Attention for b in inner):
+    exact = (TIMM_CLASSES["block"], TIMM_CLASSES["attention"])
+    if not blocks or any((_qualified(type(b)), _qualified(type(getattr(b, "attn", None)))) != exact for b in inner):
         kinds = sorted({f"{type(b).__name__} with {type(getattr(b, 'attn', None)).__name__}" for b in inner})
         refuse(f"its blocks are {', '.join(kinds)}, not timm's Block with timm.layers.Attention")
     if vit.global_pool not in TIMM_POOLS or vit.attn_pool is not None and vit.global_pool != "map":
@@ -268,6 +275,10 @@ def _timm_backbone(model: nn.Module, vit: nn.Module) -> Backbone:
         num_channels=vit.patch_embed.proj.in_channels,
         classifier=None if isinstance(vit.head, nn.Identity) else TIMM_VIT.classifier,  # num_classes=0: an identity
     )
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def without_head(model: nn.Module) -> nn.Module:
