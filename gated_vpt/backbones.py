@@ -132,7 +132,9 @@ BACKBONES: dict[str, BackboneSpec] = {
 # timm's VisionTransformer: prefix tokens (class token, registers) from the model; what its head reads, and so the paper
 # head that "auto" picks, follow its ``global_pool`` (``TIMM_POOLS``). Stored in adapters as this model type, whether
 # the model came through transformers' TimmWrapper classes or not, so one adapter serves both.
-TIMM_VIT = BackboneSpec(special_tokens=lambda model: model.num_prefix_tokens, block=_TIMM_BLOCK, classifier="head", entry="patch_embed")
+TIMM_VIT = BackboneSpec(
+    special_tokens=lambda model: model.num_prefix_tokens, block=_TIMM_BLOCK, classifier="head", entry="patch_embed"
+)
 TIMM_MODEL_TYPE = "timm_vit"
 # The timm classes gated_vpt describes, by qualified name: the model (or a subclass), and exactly these blocks.
 TIMM_CLASSES = {
@@ -143,7 +145,9 @@ TIMM_CLASSES = {
 # global_pool -> (what the head reads, the head pooling of "auto"): "token" reads row 0 (after ``norm``, or through
 # ``fc_norm``), "avg" averages the rows after the prefix tokens and then applies ``fc_norm``, "map" is an
 # attention-pooling probe over the rows after the prefix tokens.
-TIMM_POOLS: dict[str, tuple[HeadReads, Literal["cls", "mean"]]] = {"token": ("cls", "cls"), "avg": ("mean", "mean"), "map": ("probe", "cls")}
+TIMM_POOLS: dict[str, tuple[HeadReads, Literal["cls", "mean"]]] = {
+    "token": ("cls", "cls"), "avg": ("mean", "mean"), "map": ("probe", "cls"),
+}
 
 
 @dataclass(frozen=True)
@@ -242,7 +246,8 @@ def _timm_backbone(model: nn.Module, vit: nn.Module) -> Backbone:
             f"gated_vpt does not support this timm model ({type(vit).__name__}): {problem}. Supported: timm's "
             "VisionTransformer with its standard Block (e.g. timm.create_model('vit_base_patch16_224.mae'), with or "
             "without class token, reg_tokens, no_embed_class, fc_norm, init_values, qk_norm, dynamic_img_size) and "
-            f"global_pool in {sorted(TIMM_POOLS)}; or one of the transformers model types {', '.join(supported_model_types())}."
+            f"global_pool in {sorted(TIMM_POOLS)}; or one of the transformers model types "
+            f"{', '.join(supported_model_types())}."
         )
 
     if not any(_qualified(cls) == TIMM_CLASSES["model"] for cls in type(vit).__mro__):

@@ -114,7 +114,7 @@ class BlockParts:
                 norm_after=block.get_submodule(layout.norm_after),
                 mlp=block.get_submodule(layout.mlp),
                 layer_scales=tuple(block.get_submodule(name) for name in layout.layer_scales) if layout.layer_scales else None,
-                head_norms=tuple(attention.get_submodule(name) for name in layout.head_norms) if layout.head_norms else None,
+                head_norms=tuple(attention.get_submodule(n) for n in layout.head_norms) if layout.head_norms else None,
                 scaling=getattr(attention, layout.scaling),
             )
         except AttributeError:
@@ -221,7 +221,8 @@ def _attention_branch(
     attend = parts.attention_function()
     query = heads(parts.query(normed))
     if parts.head_norms:
-        query = parts.head_norms[0].forward(query)  # not called as a module: the temperature hook on it is the plain path's
+        # not called as a module: the temperature hook on it belongs to the plain path
+        query = parts.head_norms[0].forward(query)
     if temperature is not None:
         query = divide_query(query, temperature, contiguous=attend is parts.eager)
     if keys_in is not None:

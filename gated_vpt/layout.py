@@ -27,7 +27,9 @@ PEFT_PREFIX = "base_model.model."
 # a ``vision_model.`` wrapper (the CLIP and SigLIP classification classes; CLIPVisionModel before 5.x) all fold into it,
 # and so do timm's ``blocks.N``. The ``timm_model.`` of transformers' TimmWrapper classes is dropped from every key
 # (blocks and saved head alike), so that one adapter file serves a timm model and its wrapper.
-_BLOCK_KEY = re.compile(r"(^|\.)(?:vision_model\.)?(?:layers|blocks|encoder\.layers?|model\.layer)\.(\d+)\.(?=" + PREFIX + ")")
+_BLOCK_KEY = re.compile(
+    r"(^|\.)(?:vision_model\.)?(?:layers|blocks|encoder\.layers?|model\.layer)\.(\d+)\.(?=" + PREFIX + ")"
+)
 _TIMM_WRAPPER = re.compile(r"(^|\.)timm_model\.")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # The weight of a saved classifier in adapter files: transformers' ``classifier``, timm's ``head``.
@@ -59,8 +61,8 @@ def block_tensor_shapes(config: GatedPromptSettings, index: int, num_blocks: int
 
 
 def saved_key(module_key: str) -> str:
-    """The name a tensor has in adapter files for its name in the model: block parameters are ``encoder.layer.N.gvpt_*``,
-    and a TimmWrapper's ``timm_model.`` is left out."""
+    """The name a tensor has in adapter files for its name in the model: block parameters are
+    ``encoder.layer.N.gvpt_*``, and a TimmWrapper's ``timm_model.`` is left out."""
     return _BLOCK_KEY.sub(r"\1encoder.layer.\2.", _TIMM_WRAPPER.sub(r"\1", module_key, count=1))
 
 
@@ -143,7 +145,8 @@ def expected_tensors(config: GatedPromptSettings, backbone: Backbone, model: nn.
             expected[PEFT_PREFIX + saved_key(f"{block}.{name}")] = Expected(shape, torch.float32, _describe(name, config))
     for key, module in saved_modules(config, backbone, model).items():
         for name, tensor in module.state_dict().items():
-            expected[PEFT_PREFIX + saved_key(f"{key}.{name}")] = Expected(tuple(tensor.shape), tensor.dtype, f"the model's {key}.{name}")
+            what = f"the model's {key}.{name}"
+            expected[PEFT_PREFIX + saved_key(f"{key}.{name}")] = Expected(tuple(tensor.shape), tensor.dtype, what)
     return expected
 
 

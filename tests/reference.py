@@ -107,7 +107,9 @@ def reference_outputs(base: nn.Module, pixel_values: torch.Tensor, adapter: Opti
     return _head(base, tower, z, special, classifier, config)
 
 
-def _prompted_blocks(z: torch.Tensor, blocks: list[nn.Module], special: int, adapter: Optional[Adapter], block_fn) -> torch.Tensor:
+def _prompted_blocks(
+    z: torch.Tensor, blocks: list[nn.Module], special: int, adapter: Optional[Adapter], block_fn
+) -> torch.Tensor:
     """METHOD.md's forward through the blocks: prompts inserted (or replaced, deep) right after the ``special``
     tokens, each prompted block under its temperature (``block_fn(block, z, tau)``), its prompt rows gated."""
     batch = z.shape[0]
@@ -146,9 +148,9 @@ def _final_sequence(z: torch.Tensor, special: int, adapter: Optional[Adapter], r
 
 
 def timm_reference_outputs(model: nn.Module, pixel_values: torch.Tensor, adapter: Optional[Adapter] = None) -> dict:
-    """``reference_outputs`` for timm's VisionTransformer, directly or in transformers' TimmWrapper classes: ``logits``
-    (what a timm model returns: class scores, or the pooled feature without a classifier; TimmWrapperForImageClassification's
-    logits), or TimmWrapperModel's ``last_hidden_state`` and ``pooler_output``.
+    """``reference_outputs`` for timm's VisionTransformer, directly or in transformers' TimmWrapper classes:
+    ``logits`` (what a timm model returns: class scores, or the pooled feature without a classifier;
+    TimmWrapperForImageClassification's logits), or TimmWrapperModel's ``last_hidden_state`` and ``pooler_output``.
 
     The embeddings come from the model's own modules (patch embedding, prefix tokens and position embedding,
     ``norm_pre``); every block is recomputed from its weights: ``norm1``, the fused ``qkv`` projection split into
