@@ -93,7 +93,8 @@ class BackboneSpec:
     to the classes whose head ``head`` describes (empty: every class of the type). ``fast_path``: whether ``block``
     describes the family's blocks completely, so that gated_vpt may compute them itself (skipping rows whose output is
     discarded); False runs every block through its own forward. ``classifier``: the name of the model's task head,
-    saved with the adapter (``modules_to_save``) when the model has one. ``entry``: the module below the vision tower
+    saved with the adapter (``modules_to_save``) when the model has one; ``classifier_in_tower``: that name is below
+    the vision tower (timm's ``head``), not beside it. ``entry``: the module below the vision tower
     that runs once per forward pass before any block (the tower itself, or timm's patch embedding: TimmWrapperModel
     calls the timm model's ``forward_features``, not its ``forward``).
     """
@@ -105,6 +106,7 @@ class BackboneSpec:
     classes: tuple[str, ...] = ()
     fast_path: bool = True
     classifier: str = "classifier"
+    classifier_in_tower: bool = False
     entry: str = ""
 
 
@@ -133,7 +135,8 @@ BACKBONES: dict[str, BackboneSpec] = {
 # head that "auto" picks, follow its ``global_pool`` (``TIMM_POOLS``). Stored in adapters as this model type, whether
 # the model came through transformers' TimmWrapper classes or not, so one adapter serves both.
 TIMM_VIT = BackboneSpec(
-    special_tokens=lambda model: model.num_prefix_tokens, block=_TIMM_BLOCK, classifier="head", entry="patch_embed"
+    special_tokens=lambda model: model.num_prefix_tokens, block=_TIMM_BLOCK, classifier="head", classifier_in_tower=True,
+    entry="patch_embed",
 )
 TIMM_MODEL_TYPE = "timm_vit"
 # The timm classes gated_vpt describes, by qualified name: the model (or a subclass), and exactly these blocks.

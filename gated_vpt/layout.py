@@ -92,13 +92,15 @@ def saved_modules(config: GatedPromptSettings, backbone: Backbone, model: nn.Mod
 
     names = config.modules_to_save or []
     tower = next(key for key, module in model.named_modules() if module is backbone.encoder)
+    # timm's classifier lives inside the model that is its tower: that one module is the task head, not the backbone
+    head = ".".join(filter(None, (tower, backbone.classifier))) if backbone.spec.classifier_in_tower else None
     found: dict[str, nn.Module] = {}
     matches: dict[str, list[str]] = {name: [] for name in names}
     for key, module in model.named_modules(remove_duplicate=False):
         entries = [name for name in names if key.endswith(name)]
         if not key or not entries or _inside_wrapper(model, key):
             continue
-        if not tower or key == tower or key.startswith(tower + ".") or tower.startswith(key + "."):
+        if key != head and (not tower or key == tower or key.startswith(tower + ".") or tower.startswith(key + ".")):
             _refuse_backbone_module(names, key, tower or type(model).__name__)
         for name in entries:
             matches[name].append(key)

@@ -432,3 +432,12 @@ def test_hidden_states_of_a_wrapped_timm_model_are_refused_while_prompts_run():
             got = model(images(2), output_hidden_states=True).hidden_states
         want = untouched(images(2), output_hidden_states=True).hidden_states
     assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize("name", ["cls_token", "wrapper_clf"])
+def test_only_timms_head_may_be_saved_with_an_adapter(name):
+    """timm's classifier sits inside the model that is also the backbone: ``head`` may be trained and saved, any other
+    part of the timm model (here its final norm) may not."""
+    assert get_peft_model(make_timm(name), GatedPromptConfig()).peft_config["default"].modules_to_save == ["head"]
+    with pytest.raises(ValueError, match="part of the backbone"):
+        get_peft_model(make_timm(name), GatedPromptConfig(modules_to_save=["norm"]))
