@@ -110,7 +110,7 @@ def reference_outputs(base: nn.Module, pixel_values: torch.Tensor, adapter: Opti
 def _prompted_blocks(
     z: torch.Tensor, blocks: list[nn.Module], special: int, adapter: Optional[Adapter], block_fn
 ) -> torch.Tensor:
-    """METHOD.md's forward through the blocks: prompts inserted (or replaced, deep) right after the ``special``
+    """The forward through the blocks (docs/HOW_IT_WORKS.md): prompts inserted (or replaced, deep) right after the ``special``
     tokens, each prompted block under its temperature (``block_fn(block, z, tau)``), its prompt rows gated."""
     batch = z.shape[0]
     for index, block in enumerate(blocks):

@@ -37,7 +37,7 @@ def variant_config(variant: str, name: str) -> dict:
 
 
 def settings(config: dict, name: str) -> dict:
-    """METHOD.md's meaning of a variant's config (as test_backbones.expected_settings), with timm's default heads."""
+    """The method's meaning of a variant's config (as test_backbones.expected_settings), with timm's default heads."""
     mode = config.get("prompt_mode", "shallow")
     return dict(
         mode=mode,
