@@ -156,7 +156,17 @@ def test_data_check_names_every_problem(vtab, capsys):
     assert report.problems == []
     assert report.counts == {name: (len(lists[name]), len({c for _, c in lists[name]})) for name in report.counts}
     assert [n for n, _ in report.counts.values()] == [12, 6, 18, 9]
-    assert report.decoded == 27
+    assert report.decoded == 27 and report.undecodable == 0
+    assert "images decoded: 27 of 27" in report.format()
+    # A small folder passes, with each training split's size set against VTAB-1k's (800 / 200 / 1000).
+    assert [n for n in report.notes if "where VTAB-1k's has" in n] == [
+        "train800 lists 12 images where VTAB-1k's has 800: a subset or another split (the paper's numbers are for "
+        "the full splits)",
+        "val200 lists 6 images where VTAB-1k's has 200: a subset or another split (the paper's numbers are for the "
+        "full splits)",
+        "train800val200 lists 18 images where VTAB-1k's has 1000: a subset or another split (the paper's numbers are "
+        "for the full splits)",
+    ]
     assert cli_main(["data", "check", str(folder)]) == 0
     assert "train800val200" in capsys.readouterr().out
 
@@ -173,6 +183,7 @@ def test_data_check_names_every_problem(vtab, capsys):
     assert "test.txt:10: expected" in text
     assert "the splits hold 3 classes but num_labels is 5" in text
     assert len(report.problems) == 5  # the lost image is listed in val200.txt and train800val200.txt
+    assert report.undecodable == 1 and "images decoded: 25 of 26" in report.format()  # the lost one is not opened
 
 
 def test_data_check_cli_reads_the_recipe_and_exits_1_with_one_line_per_problem(vtab, tmp_path, capsys):

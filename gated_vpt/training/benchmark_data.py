@@ -54,6 +54,8 @@ LAYOUT_DESCRIPTIONS = {
 FGVC_IMAGE_FOLDERS = (".", "images", "Images")
 PREPARE_HINT = "See docs/RECIPES.md for where the data comes from, and check a folder with `gated-vpt data check <folder>`."
 MAX_LISTED_PROBLEMS = 10
+# The training splits of every VTAB-1k task (its test splits differ per task).
+VTAB1K_SPLIT_SIZES = {"train800": 800, "val200": 200, "train800val200": 1000}
 
 
 class DataLayoutError(ValueError):
@@ -184,6 +186,7 @@ class DataCheck:
     decoded: int
     problems: list[str]
     notes: list[str] = field(default_factory=list)
+    undecodable: int = 0
 
     def format(self) -> str:
         """A short report: the split table, the class count against the recipe's, and the decoded images."""
@@ -193,7 +196,9 @@ class DataCheck:
         expected = f" (num_labels {self.num_labels})" if self.num_labels is not None else ""
         lines.append(f"  classes: {self.num_classes}{expected}")
         if self.decoded:
-            lines.append(f"  images decoded: {self.decoded} (every file listed, each opened and fully decoded)")
+            failed = f"; {self.undecodable} failed, each named below" if self.undecodable else ""
+            lines.append(f"  images decoded: {self.decoded - self.undecodable} of {self.decoded} (every file listed, "
+                         f"each opened and fully decoded{failed})")
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
@@ -231,14 +236,18 @@ def check_data_folder(
         problems.append(
             f"the splits hold {len(names)} classes but num_labels is {num_labels}: fix the data or the recipe"
         )
-    decoded = 0
+    decoded, undecodable = 0, []
     if decode:
         existing = sorted({p for s in splits.values() for p in s.images if p.is_file()})
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            problems += [p for p in pool.map(_decode_problem, existing) if p]
+            undecodable = [p for p in pool.map(_decode_problem, existing) if p]
         decoded = len(existing)
     counts = {name: (len(s.images), len(set(s.labels))) for name, s in splits.items()}
-    return DataCheck(Path(folder), layout, counts, len(names), num_labels, decoded, problems, notes)
+    sizes = [f"{name} lists {counts[name][0]} images where VTAB-1k's has {size}: a subset or another split (the "
+             "paper's numbers are for the full splits)"
+             for name, size in VTAB1K_SPLIT_SIZES.items() if layout == "vtab1k" and counts[name][0] != size]
+    return DataCheck(Path(folder), layout, counts, len(names), num_labels, decoded, problems + undecodable,
+                     sizes + notes, len(undecodable))
 
 
 def _checked_layout(layout: str) -> str:

@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-# VTAB-1k's training splits have these sizes by definition (the test splits differ per task).
-VTAB1K_SPLIT_SIZES = {"train800": 800, "val200": 200, "train800val200": 1000}
+from .benchmark_data import STAGE_SPLITS, VTAB1K_SPLIT_SIZES, DataLayoutError, read_layout
+
 # An evaluated image costs a forward pass; a trained one a forward and a backward pass through the whole (frozen)
 # backbone, about three times as much. Used only when the evaluation speed is not measured.
 EVAL_SPEEDUP = 3.0
@@ -83,8 +83,6 @@ def stage_costs(protocol, script) -> list[StageCost]:
 
 def _stage_images(args: argparse.Namespace, stage: str) -> tuple[Optional[int], Optional[int], bool]:
     """(training images, evaluated images over the run, whether the test split is missing from the count)."""
-    from .benchmark_data import STAGE_SPLITS, DataLayoutError, read_layout
-
     if not getattr(args, "data_dir", None):
         return None, None, False
     try:
