@@ -363,7 +363,7 @@ def _license_section(license: str, base_model: Optional[str], non_commercial: bo
 
 def _is_official_mae(base_model: Optional[str]) -> bool:
     """A base made from the official MAE weights: a ``facebook/vit-mae-*`` Hub id, or a folder that
-    ``gated-vpt convert --model-type mae`` wrote (the paper's MAE backbone, e.g. ``backbones/mae-vit-b16``)."""
+    ``gated-vpt convert --model_type mae`` wrote (the paper's MAE backbone, e.g. ``backbones/mae-vit-b16``)."""
     if not base_model:
         return False
     if base_model.startswith(NON_COMMERCIAL_BASES):

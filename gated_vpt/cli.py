@@ -6,7 +6,7 @@ Examples:
     gated-vpt push out/cub-gated user/mae-cub-gated          # token from HF_TOKEN or `hf auth login`
     gated-vpt pull user/mae-cub-gated --revision v1 -o adapters/cub
     gated-vpt info user/mae-cub-gated --json
-    gated-vpt predict user/mae-cub-gated --base facebook/vit-mae-base photos/ --top-k 3
+    gated-vpt predict user/mae-cub-gated --base facebook/vit-mae-base photos/ --top_k 3
     gated-vpt convert --help
     gated-vpt data check data/vtab-1k/dtd --recipe hub_configs/mae-vtab-dtd.json
     gated-vpt protocol --benchmark vtab1k --backbone mae --method gated --gpus 0,1,2,3
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -36,7 +37,7 @@ USER_ERRORS = (ValueError, OSError)
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 error, 2 usage)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _underscored_flags(list(sys.argv[1:] if argv is None else argv))
     refused = token_argument(argv)  # also in what `protocol` passes on after --
     if refused:
         print(f"gated-vpt: error: {refused}", file=sys.stderr)
@@ -60,6 +61,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print("gated-vpt: error: " + " ".join(str(error).split()), file=sys.stderr)
         return 1
+
+
+def _underscored_flags(argv: list[str]) -> list[str]:
+    """Every flag is spelled with underscores, as in the training scripts; the dashed spellings of earlier releases
+    (``--top-k``, ``--model-type``, ...) still work. Arguments after ``--`` (what ``protocol`` passes on) are left."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    return [_underscored(argument) for argument in argv[:end]] + argv[end:]
+
+
+def _underscored(argument: str) -> str:
+    name, equals, value = argument.partition("=")
+    if re.fullmatch(r"--[a-z0-9]+(-[a-z0-9]+)+", name):
+        return "--" + name[2:].replace("-", "_") + equals + value
+    return argument
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,12 +107,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_source(predict, "adapter", "adapter directory, training run output folder or Hub repo id")
     predict.add_argument("images", nargs="+", help="image files or folders of images")
     predict.add_argument("--base", help="base model id or directory (default: the adapter config's base_model_name_or_path)")
-    predict.add_argument("--top-k", type=int, default=5, help="labels printed per image (default 5)")
+    predict.add_argument("--top_k", type=int, default=5, help="labels printed per image (default 5)")
     predict.add_argument("--labels", help="label names: a text file with one per line, or a JSON list or {index: name} "
                          "(default: the adapter's id2label.json, written by the training scripts)")
-    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--batch_size", type=int, default=32)
     predict.add_argument("--json", action="store_true", help="print one JSON object per image")
-    predict.add_argument("--skip_bad_images", "--skip-bad-images", action="store_true",
+    predict.add_argument("--skip_bad_images", action="store_true",
                          help="leave out files that are not readable images, with a note, instead of stopping")
     predict.set_defaults(run=_predict)
 
@@ -111,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--recipe", help="a recipe JSON: its num_labels is checked (its data_dir and data_layout are the defaults)")
     check.add_argument("--num_labels", type=int, help="the class count (default: the recipe's); with it, classes absent "
                        "from a split are allowed and noted (VTAB-1k SUN397)")
-    check.add_argument("--no-decode", dest="decode", action="store_false",
+    check.add_argument("--no_decode", dest="decode", action="store_false",
                        help="only check that the images exist (default: open and fully decode every image)")
     check.set_defaults(run=_data_check)
 
@@ -224,7 +239,7 @@ def _predict(args: argparse.Namespace) -> None:
         raise ValueError("predict reads images with Pillow: pip install pillow (or gated-vpt[train]).") from error
 
     if args.top_k < 1 or args.batch_size < 1:
-        raise ValueError("--top-k and --batch-size must be positive integers.")
+        raise ValueError("--top_k and --batch_size must be positive integers.")
     paths, _ = _readable(_image_paths(args.images), args.skip_bad_images, decode=False)  # before the model loads
     model, processor, labels = _load_classifier(args)
     k = min(args.top_k, len(labels))

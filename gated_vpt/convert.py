@@ -7,8 +7,8 @@ maps such a state dict onto ``ViTForImageClassification`` (the fused ``qkv`` pro
 and value) and checks the result by a strict load; ``convert_checkpoint`` reads a file or a Hub repo and writes a
 directory that ``ViTForImageClassification.from_pretrained`` loads. Command line::
 
-    gated-vpt convert --model-type mae timm/vit_base_patch16_224.mae backbones/mae-vit-b16
-    gated-vpt convert --model-type mocov3 --trust-checkpoint --drop-head \\
+    gated-vpt convert --model_type mae timm/vit_base_patch16_224.mae backbones/mae-vit-b16
+    gated-vpt convert --model_type mocov3 --trust_checkpoint --drop_head \\
         linear-vit-b-300ep.pth.tar backbones/mocov3-vit-b16-linear
 """
 
@@ -184,7 +184,7 @@ def read_checkpoint(path: Union[str, Path], trust_checkpoint: bool = False) -> d
     if not trust_checkpoint:
         raise ValueError(
             f"{path} is a PyTorch pickle, which can run code when unpickled. gated_vpt reads it only if you trust the "
-            "file: pass --trust-checkpoint (trust_checkpoint=True). It is then loaded with torch.load(weights_only="
+            "file: pass --trust_checkpoint (trust_checkpoint=True). It is then loaded with torch.load(weights_only="
             "True): tensors, dicts, lists, numbers, strings and argparse namespaces only; anything else is refused."
         )
     try:
@@ -206,13 +206,13 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m gated_vpt.
         "transformers ViT directory that ViTForImageClassification.from_pretrained(OUTPUT_DIR) loads.",
         epilog="examples (the paper's recipes expect these folders):\n"
         "  # MAE ViT-B/16 pretraining weights from timm's Hub copy (safetensors, no pickle)\n"
-        f"  {prog} --model-type mae timm/vit_base_patch16_224.mae backbones/mae-vit-b16\n"
+        f"  {prog} --model_type mae timm/vit_base_patch16_224.mae backbones/mae-vit-b16\n"
         "  # the same weights from the official file (the decoder is dropped)\n"
-        f"  {prog} --model-type mae --trust-checkpoint mae_pretrain_vit_base.pth backbones/mae-vit-b16\n"
+        f"  {prog} --model_type mae --trust_checkpoint mae_pretrain_vit_base.pth backbones/mae-vit-b16\n"
         "  # MoCo v3 ViT-B/16 linear-probe checkpoint\n"
-        f"  {prog} --model-type mocov3 --trust-checkpoint --drop-head \\\n"
+        f"  {prog} --model_type mocov3 --trust_checkpoint --drop_head \\\n"
         "      linear-vit-b-300ep.pth.tar backbones/mocov3-vit-b16-linear\n"
-        "\nPickled checkpoints (.pth, .tar) are read only with --trust-checkpoint, and then with\n"
+        "\nPickled checkpoints (.pth, .tar) are read only with --trust_checkpoint, and then with\n"
         "torch.load(weights_only=True): tensors and plain containers only. .safetensors files and Hub\n"
         "repos (model.safetensors) need no flag.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -224,17 +224,17 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m gated_vpt.
     )
     parser.add_argument("--revision", default=None, help="the Hub repo's revision (branch, tag or commit sha)")
     parser.add_argument("output_dir", type=Path, help="directory to write model.safetensors and config.json into")
-    parser.add_argument("--model-type", required=True, choices=MODEL_TYPES, help="which release the file comes from")
+    parser.add_argument("--model_type", required=True, choices=MODEL_TYPES, help="which release the file comes from")
     parser.add_argument(
-        "--trust-checkpoint", action="store_true",
+        "--trust_checkpoint", action="store_true",
         help="allow reading a pickled checkpoint (with torch.load(weights_only=True)); needed for .pth/.tar files",
     )
     parser.add_argument(
-        "--drop-head", action="store_true",
+        "--drop_head", action="store_true",
         help="leave out the checkpoint's classifier (e.g. MoCo v3's ImageNet linear probe), so any num_labels loads",
     )
     parser.add_argument(
-        "--num-attention-heads", type=int, default=None,
+        "--num_attention_heads", type=int, default=None,
         help="attention heads; default: the official architecture for the hidden size (ViT-S/B: 12, ViT-L/H: 16)",
     )
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output directory")
@@ -303,7 +303,7 @@ def _convert(
         raise ValueError(
             f"The {model_type} checkpoint has weights this converter does not know: {_short(unknown)}. It converts "
             "timm-style ViT encoders (cls_token, pos_embed, patch_embed, blocks.N, norm/fc_norm, a linear head); pass "
-            "drop_head=True (--drop-head) for a head that is not a single linear layer, or check --model-type."
+            "drop_head=True (--drop_head) for a head that is not a single linear layer, or check --model_type."
         )
     if "norm.weight" in encoder and "fc_norm.weight" in encoder:
         raise ValueError(
@@ -326,7 +326,7 @@ def _weights_in(checkpoint: object, model_type: ModelType, path: Path) -> dict[s
         keys = list(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise ValueError(
             f"{path} holds no {model_type} state dict (expected the weights under {CONTAINER_KEY[model_type]!r} or at "
-            f"the top level; found {keys}). Check --model-type."
+            f"the top level; found {keys}). Check --model_type."
         )
     return checkpoint
 
@@ -346,7 +346,7 @@ def _encoder_weights(state_dict: dict, model_type: ModelType) -> tuple[dict[str,
     if missing:
         raise ValueError(
             f"The {model_type} checkpoint lacks {_short(missing)}; found e.g. {_short(sorted(encoder)[:6])}. Is this a "
-            f"ViT checkpoint of that release? Pass the official {model_type} file, or check --model-type."
+            f"ViT checkpoint of that release? Pass the official {model_type} file, or check --model_type."
         )
     return encoder, dropped
 
@@ -364,7 +364,7 @@ def _config_from_weights(encoder: dict, model_type: ModelType, num_attention_hea
     heads = num_attention_heads or DEFAULT_HEADS[model_type].get(hidden)
     if heads is None:
         raise ValueError(
-            f"No official {model_type} ViT has hidden size {hidden}; pass num_attention_heads (--num-attention-heads)."
+            f"No official {model_type} ViT has hidden size {hidden}; pass num_attention_heads (--num_attention_heads)."
         )
     if hidden % heads:
         raise ValueError(f"num_attention_heads={heads} does not divide the hidden size {hidden}.")

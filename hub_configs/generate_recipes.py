@@ -44,13 +44,13 @@ BACKBONES: dict[str, dict[str, str]] = {
             "MAE ViT-B/16 pretraining weights (mae_pretrain_vit_base.pth, ImageNet-1k, normalised-pixel loss, "
             f"CC-BY-NC), as safetensors with timm's names in the Hub repo {MAE_HUB}"
         ),
-        "prepare": f"gated-vpt convert --model-type mae {MAE_HUB} {MAE_DIR}",
+        "prepare": f"gated-vpt convert --model_type mae {MAE_HUB} {MAE_DIR}",
         "source": (
             "The paper's MAE backbone is the pretraining checkpoint mae_pretrain_vit_base.pth, not the Hub's "
             f"facebook/vit-mae-base (very likely the visualisation checkpoint, trained without the normalised-pixel "
             f"loss). timm's Hub repo {MAE_HUB} holds the pretraining weights as safetensors; the converter maps "
             f"them to transformers' ViT (the decoder is not part of it) in {MAE_DIR} (relative to the working "
-            "directory). From the official file instead: gated-vpt convert --model-type mae --trust-checkpoint "
+            "directory). From the official file instead: gated-vpt convert --model_type mae --trust_checkpoint "
             f"mae_pretrain_vit_base.pth {MAE_DIR} (a pickle, read with torch.load(weights_only=True)). head_pooling "
             "'mean' gives the paper's MAE head: the pretrained final LayerNorm on the mean of all non-CLS tokens, "
             "prompts included."
@@ -64,12 +64,12 @@ BACKBONES: dict[str, dict[str, str]] = {
             f"MoCo v3 ViT-B/16 (300 epochs, ImageNet-1k) linear-probe checkpoint linear-vit-b-300ep.pth.tar; download "
             f"it first from {MOCOV3_URL}"
         ),
-        "prepare": f"gated-vpt convert --model-type mocov3 --trust-checkpoint --drop-head linear-vit-b-300ep.pth.tar {MOCOV3_DIR}",
+        "prepare": f"gated-vpt convert --model_type mocov3 --trust_checkpoint --drop_head linear-vit-b-300ep.pth.tar {MOCOV3_DIR}",
         "source": (
             "No transformers checkpoint of MoCo v3 is on the Hub. Download the official linear-probe checkpoint "
             f"({MOCOV3_URL}, ViT-B/16, 300 epochs, ImageNet-1k) and convert it (the file is a pickle: the converter "
             "loads it with torch.load(weights_only=True), tensors and plain containers only) into "
-            f"{MOCOV3_DIR} (relative to the working directory); --drop-head leaves out the ImageNet classifier so "
+            f"{MOCOV3_DIR} (relative to the working directory); --drop_head leaves out the ImageNet classifier so "
             "any num_labels loads cleanly."
         ),
     },

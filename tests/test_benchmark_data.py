@@ -193,7 +193,7 @@ def test_data_check_cli_reads_the_recipe_and_exits_1_with_one_line_per_problem(v
     recipe["args"]["data_dir"] = str(folder)
     path = tmp_path / "recipe.json"
     path.write_text(json.dumps(recipe))
-    assert cli_main(["data", "check", "--recipe", str(path), "--no-decode"]) == 1
+    assert cli_main(["data", "check", "--recipe", str(path), "--no_decode"]) == 1
     captured = capsys.readouterr()
     problems = [line for line in captured.err.splitlines() if line.startswith("problem: ")]
     assert problems == [

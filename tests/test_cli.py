@@ -81,7 +81,7 @@ def test_predict_folder_and_file_with_label_names(files, tmp_path, capsys):
     labels = tmp_path / "labels.txt"
     labels.write_text("cat\ndog\nbird\n")
     folder = files / "images"
-    args = ["predict", str(files / "adapter"), str(folder), str(folder / "photo0.png"), "--top-k", "2", "--labels", str(labels)]
+    args = ["predict", str(files / "adapter"), str(folder), str(folder / "photo0.png"), "--top_k", "2", "--labels", str(labels)]
     assert main(args) == 0  # the base comes from the adapter config's base_model_name_or_path
     lines = capsys.readouterr().out.splitlines()
     paths = [folder / f"photo{i}.png" for i in range(3)] + [folder / "photo0.png"]
@@ -163,7 +163,7 @@ def test_info_and_predict_take_a_run_folder_and_print_the_saved_labels(files, ru
     assert len(lines) == len(set(lines))  # nothing printed twice
 
     image = files / "images" / "photo0.png"
-    assert main(["predict", str(run_folder), str(image), "--top-k", "3", "--json"]) == 0
+    assert main(["predict", str(run_folder), str(image), "--top_k", "3", "--json"]) == 0
     captured = capsys.readouterr()
     [row] = [json.loads(line) for line in captured.out.splitlines()]
     scores, indices = _expected_top(files, [image], 3)
@@ -247,3 +247,17 @@ def test_a_missing_local_path_is_refused_before_torch_or_the_hub_load(tmp_path):
         assert process.returncode == 1 and process.stdout.strip() == "[]", (argv, process.stdout, process.stderr)
         assert process.stderr.startswith("gated-vpt: error: No such folder") and message in process.stderr, process.stderr
         assert process.stderr.count("\n") == 1
+
+
+def test_flags_take_underscores_and_the_dashed_spellings_of_earlier_releases(files, capsys):
+    image = str(files / "images" / "photo1.png")
+    for spelling in (["--top_k", "1"], ["--top-k", "1"], ["--top-k=1"]):
+        assert main(["predict", str(files / "adapter"), image, "--json", *spelling]) == 0
+        [row] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert len(row["top"]) == 1, spelling
+    with pytest.raises(SystemExit):  # a flag that does not exist in either spelling is still a usage error
+        main(["predict", str(files / "adapter"), image, "--top-kk", "1"])
+    assert "unrecognized arguments: --top_kk" in capsys.readouterr().err
+    # what protocol passes on after -- goes to the training script as written
+    assert gated_vpt.cli._underscored_flags(["x", "--no-decode", "--", "--learning-rate", "1"]) == [
+        "x", "--no_decode", "--", "--learning-rate", "1"]

@@ -198,7 +198,7 @@ def test_pickled_checkpoint_needs_opt_in_and_round_trips(tmp_path, images):
     path = tmp_path / "linear-vit-tiny.pth.tar"
     torch.save(mocov3_linear_probe(weights), path)
     out = tmp_path / "converted"
-    with pytest.raises(ValueError, match="--trust-checkpoint"):
+    with pytest.raises(ValueError, match="--trust_checkpoint"):
         convert_checkpoint(path, out, "mocov3", num_attention_heads=HEADS)
     assert not out.exists()
     convert_checkpoint(path, out, "mocov3", trust_checkpoint=True, num_attention_heads=HEADS)
@@ -245,14 +245,14 @@ def test_command_line(tmp_path, capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
-    assert "--trust-checkpoint" in help_text and "--drop-head" in help_text and "linear-vit-b-300ep" in help_text
+    assert "--trust_checkpoint" in help_text and "--drop_head" in help_text and "linear-vit-b-300ep" in help_text
     path = tmp_path / "ckpt.pth.tar"
     torch.save(mocov3_linear_probe(timm_vit_weights()), path)
-    assert main([str(path), str(tmp_path / "a"), "--model-type", "mocov3", "--num-attention-heads", "2"]) == 1
+    assert main([str(path), str(tmp_path / "a"), "--model_type", "mocov3", "--num_attention_heads", "2"]) == 1
     error = capsys.readouterr().err
-    assert error.startswith("gated-vpt: error: ") and "--trust-checkpoint" in error and error.count("\n") == 1
-    args = [str(path), str(tmp_path / "b"), "--model-type", "mocov3", "--num-attention-heads", "2", "--trust-checkpoint",
-            "--drop-head"]
+    assert error.startswith("gated-vpt: error: ") and "--trust_checkpoint" in error and error.count("\n") == 1
+    args = [str(path), str(tmp_path / "b"), "--model_type", "mocov3", "--num_attention_heads", "2", "--trust_checkpoint",
+            "--drop_head"]
     assert main(args) == 0
     assert "without classifier" in capsys.readouterr().out
     assert json.loads((tmp_path / "b" / "conversion.json").read_text())["classifier"] is False
@@ -271,11 +271,11 @@ def _recipe_command(name: str) -> tuple[list[str], dict]:
 def test_recipe_conversion_command_produces_the_recipe_backbone(tmp_path, monkeypatch, images):
     """The MoCo v3 recipes' prepare command, run as written, yields their model_name_or_path."""
     argv, args = _recipe_command("mocov3-fgvc-cub.json")
-    assert argv[-1] == args["model_name_or_path"] and "--trust-checkpoint" in argv
+    assert argv[-1] == args["model_name_or_path"] and "--trust_checkpoint" in argv
     weights = timm_vit_weights(seed=7)
     monkeypatch.chdir(tmp_path)
     torch.save(mocov3_linear_probe(weights), argv[-2])
-    assert main(argv + ["--num-attention-heads", str(HEADS)]) == 0
+    assert main(argv + ["--num_attention_heads", str(HEADS)]) == 0
     model = ViTForImageClassification.from_pretrained(args["model_name_or_path"], num_labels=args["num_labels"]).eval()
     assert model.classifier.out_features == 200
     with torch.no_grad():
@@ -293,13 +293,13 @@ def test_mae_recipe_command_converts_timm_named_safetensors_from_the_hub(tmp_pat
 
     argv, args = _recipe_command("mae-vtab-dtd.json")
     repo_id = argv[-2]
-    assert repo_id == "timm/vit_base_patch16_224.mae" and "--trust-checkpoint" not in argv
+    assert repo_id == "timm/vit_base_patch16_224.mae" and "--trust_checkpoint" not in argv
     weights = timm_vit_weights(seed=9, head=False)  # timm's MAE copy: encoder only, final norm, no head
     sha = "9" * 40
     with running_hub() as hub:
         hub.repos[repo_id] = Repo(commits=[(sha, {"model.safetensors": save(weights)})])
         env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
-        [loaded] = modules_loaded_by_command(tmp_path, ["convert", *argv, "--num-attention-heads", str(HEADS)], env=env)
+        [loaded] = modules_loaded_by_command(tmp_path, ["convert", *argv, "--num_attention_heads", str(HEADS)], env=env)
     assert "transformers" in loaded and "peft" not in loaded  # the installed command converts without peft
     folder = tmp_path / args["model_name_or_path"]
     assert json.loads((folder / "conversion.json").read_text())["source"] == repo_id

@@ -340,7 +340,7 @@ def cli_online(hub, saved, pushed, cli_home, tmp_path_factory):
         {"argv": ["pull", REPO, "-o", str(out / "latest")]},
         {"argv": ["pull", REPO, "--revision", pushed["sha1"], "-o", str(out / "first")]},
         {"argv": ["info", REPO, "--json"]},
-        {"argv": ["predict", REPO, "--revision", pushed["sha1"], str(saved["images"]), "--top-k", "3", "--json",
+        {"argv": ["predict", REPO, "--revision", pushed["sha1"], str(saved["images"]), "--top_k", "3", "--json",
                   "--base", str(saved["base"])]},  # the pushed config names the local base by its folder only
         {"argv": ["info", "test-org/no-such-adapter"]},
         {"argv": ["pull", REPO, "--revision", "no-such-branch"]},

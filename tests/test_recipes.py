@@ -132,7 +132,7 @@ def test_gated_recipes_match_table5_and_class_counts():
         assert args["image_normalization"] == "imagenet", name
         backbone_fields = read(name)["backbone"]
         assert all(c in backbone_fields["checkpoint"] for c in BACKBONE_CHECKPOINTS[backbone]), name
-        assert backbone_fields["prepare"].startswith(f"gated-vpt convert --model-type {backbone} "), name
+        assert backbone_fields["prepare"].startswith(f"gated-vpt convert --model_type {backbone} "), name
         assert backbone_fields["prepare"].split()[-1] == BACKBONE_IDS[backbone], name
         if task == "ADE20K":
             continue
@@ -429,4 +429,4 @@ def test_an_unprepared_backbone_ends_the_script_with_status_1_and_no_traceback(t
     assert process.returncode == 1
     assert "Traceback" not in process.stderr
     assert "error: The backbone folder backbones/mocov3-vit-b16-linear does not exist" in process.stderr
-    assert "gated-vpt convert --model-type mocov3 --trust-checkpoint --drop-head linear-vit-b-300ep.pth.tar" in process.stderr
+    assert "gated-vpt convert --model_type mocov3 --trust_checkpoint --drop_head linear-vit-b-300ep.pth.tar" in process.stderr

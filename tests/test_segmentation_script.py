@@ -186,6 +186,6 @@ def test_dry_run_of_an_ade20k_recipe_names_the_backbone_to_prepare(tmp_path, mon
     assert script.main(["--config", str(REPO / "hub_configs" / "mae-ade20k.json"), "--dry_run"]) == {}
     printed = capsys.readouterr().out
     assert "backbone: backbones/mae-vit-b16 NOT PREPARED" in printed
-    assert "gated-vpt convert --model-type mae timm/vit_base_patch16_224.mae backbones/mae-vit-b16" in printed
+    assert "gated-vpt convert --model_type mae timm/vit_base_patch16_224.mae backbones/mae-vit-b16" in printed
     assert "  heads: 0:0.01 " in printed and "  others: 0:0.001 " in printed
     assert "data: data/ade20k/training: MISSING" in printed and not (tmp_path / "outputs").exists()

@@ -602,7 +602,7 @@ def test_dry_run_of_a_recipe_names_the_backbone_to_prepare(tmp_path, monkeypatch
     assert script.main(["--config", str(REPO / "hub_configs" / "mocov3-fgvc-cub.json"), "--dry_run"]) == {}
     printed = capsys.readouterr().out
     assert "backbone: backbones/mocov3-vit-b16-linear NOT PREPARED: made from MoCo v3 ViT-B/16" in printed
-    assert "gated-vpt convert --model-type mocov3 --trust-checkpoint --drop-head linear-vit-b-300ep.pth.tar" in printed
+    assert "gated-vpt convert --model_type mocov3 --trust_checkpoint --drop_head linear-vit-b-300ep.pth.tar" in printed
     assert "trainable parameters: unknown until the backbone folder is prepared" in printed
     assert "  all: 0:0 1:0.1 " in printed  # lr 1.0, 10 warmup epochs
 
