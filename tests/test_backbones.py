@@ -35,13 +35,15 @@ VARIANTS = {
 MATRIX = [(b, v) for b in BACKBONE_NAMES for v in VARIANTS if not (v == "other_pooling" and b in AVERAGING_HEADS)]
 
 
-def variant_config(variant: str, backbone: str) -> dict:
+def variant_config(variant: str, backbone: str, mean_by_default: tuple = MEAN_BY_DEFAULT) -> dict:
+    """The config of ``variant``; "other_pooling" is the head pooling that "auto" does not give ``backbone`` (whose
+    "auto" is the mean when it is in ``mean_by_default``)."""
     if VARIANTS[variant] is None:
-        return dict(head_pooling="cls" if backbone in MEAN_BY_DEFAULT else "mean")
+        return dict(head_pooling="cls" if backbone in mean_by_default else "mean")
     return VARIANTS[variant]
 
 
-def expected_settings(variant: dict, backbone: str) -> dict:
+def expected_settings(variant: dict, backbone: str, mean_by_default: tuple = MEAN_BY_DEFAULT) -> dict:
     """docs/HOW_IT_WORKS.md's meaning of a variant's config, worked out here rather than read from the library."""
     mode = variant.get("prompt_mode", "shallow")
     return dict(
@@ -49,7 +51,7 @@ def expected_settings(variant: dict, backbone: str) -> dict:
         start=variant.get("prompt_start_block", 0),
         gated=variant.get("gated", mode == "shallow"),
         learnable_temperature=variant.get("learnable_temperature", mode == "shallow"),
-        pooling=variant.get("head_pooling", "mean" if backbone in MEAN_BY_DEFAULT else "cls"),
+        pooling=variant.get("head_pooling", "mean" if backbone in mean_by_default else "cls"),
     )
 
 

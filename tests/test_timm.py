@@ -18,7 +18,8 @@ import gated_vpt  # noqa: E402
 from conftest import TIMM_CONFIGS, images, make_timm, randomize_adapter_  # noqa: E402
 from gated_vpt import GatedPromptBlock, GatedPromptConfig  # noqa: E402
 from reference import read_adapter, timm_reference_outputs  # noqa: E402
-from test_backbones import VARIANTS, largest_difference  # noqa: E402
+from test_backbones import VARIANTS, expected_settings, largest_difference  # noqa: E402
+from test_backbones import variant_config as backbone_variant_config  # noqa: E402
 from test_gradients import _loss, _model_gradients, _reference_leaves  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -31,21 +32,12 @@ MATRIX = [(c, v) for c in TIMM_CONFIGS for v in VARIANTS if not (v == "other_poo
 
 
 def variant_config(variant: str, name: str) -> dict:
-    if VARIANTS[variant] is None:
-        return dict(head_pooling="cls" if name in MEAN_BY_DEFAULT else "mean")
-    return VARIANTS[variant]
+    return backbone_variant_config(variant, name, MEAN_BY_DEFAULT)
 
 
 def settings(config: dict, name: str) -> dict:
-    """The method's meaning of a variant's config (as test_backbones.expected_settings), with timm's default heads."""
-    mode = config.get("prompt_mode", "shallow")
-    return dict(
-        mode=mode,
-        start=config.get("prompt_start_block", 0),
-        gated=config.get("gated", mode == "shallow"),
-        learnable_temperature=config.get("learnable_temperature", mode == "shallow"),
-        pooling=config.get("head_pooling", "mean" if name in MEAN_BY_DEFAULT else "cls"),
-    )
+    """The method's meaning of a variant's config, with timm's default heads."""
+    return expected_settings(config, name, MEAN_BY_DEFAULT)
 
 
 def pixels_for(name: str, dtype=torch.float32) -> torch.Tensor:
