@@ -79,41 +79,36 @@ def register(push_to_hub: Optional[Callable[..., Any]] = None) -> PeftType:
 def _route_push_to_hub(push: Optional[Callable[..., Any]]) -> None:
     """Send ``PeftModel.push_to_hub`` of gated_vpt models to ``push`` (see the module notes). The push is kept on
     the installed wrapper, not in this module, so that reloading the module keeps it."""
-    original = PeftModel.push_to_hub
-    if getattr(original, "routes_gated_vpt", False):
-        original.gated_vpt_push = push or original.gated_vpt_push
-        return
+    def wrap(original):
+        def push_to_hub(self, repo_id: str, *args, **kwargs):
+            gated = getattr(self.peft_config.get(self.active_adapter), "peft_type", None) == METHOD_NAME.upper()
+            if gated and not args and push_to_hub.gated_vpt_push is not None:
+                return push_to_hub.gated_vpt_push(self, repo_id, **kwargs)
+            return original(self, repo_id, *args, **kwargs)
 
-    @functools.wraps(original)
-    def push_to_hub(self, repo_id: str, *args, **kwargs):
-        gated = getattr(self.peft_config.get(self.active_adapter), "peft_type", None) == METHOD_NAME.upper()
-        if gated and not args and push_to_hub.gated_vpt_push is not None:
-            return push_to_hub.gated_vpt_push(self, repo_id, **kwargs)
-        return original(self, repo_id, *args, **kwargs)
+        push_to_hub.gated_vpt_push = None
+        return push_to_hub
 
-    push_to_hub.routes_gated_vpt = True
-    push_to_hub.gated_vpt_push = push
-    PeftModel.push_to_hub = push_to_hub
+    installed = _install_once(PeftModel, "push_to_hub", wrap)
+    installed.gated_vpt_push = push or installed.gated_vpt_push
 
 
 def _note_given_configs() -> None:
     """Have ``PeftModel.from_pretrained`` note the files of a gated_vpt config passed as ``config=`` (see the module
     notes)."""
-    original = PeftModel.from_pretrained.__func__
-    if getattr(original, "routes_gated_vpt", False):
-        return
-    signature = inspect.signature(original)
+    def wrap(original):
+        signature = inspect.signature(original)
 
-    @functools.wraps(original)
-    def from_pretrained(cls, *args, **kwargs):
-        arguments = signature.bind(cls, *args, **kwargs).arguments
-        config = arguments.get("config")
-        if _is_gated_vpt(config):  # the files are model_id's, wherever the config came from
-            config.note_source(arguments["model_id"], config_given=True, **arguments.get("kwargs", {}))
-        return original(cls, *args, **kwargs)
+        def from_pretrained(cls, *args, **kwargs):
+            arguments = signature.bind(cls, *args, **kwargs).arguments
+            config = arguments.get("config")
+            if _is_gated_vpt(config):  # the files are model_id's, wherever the config came from
+                config.note_source(arguments["model_id"], config_given=True, **arguments.get("kwargs", {}))
+            return original(cls, *args, **kwargs)
 
-    from_pretrained.routes_gated_vpt = True
-    PeftModel.from_pretrained = classmethod(from_pretrained)
+        return from_pretrained
+
+    _install_once(PeftModel, "from_pretrained", wrap)
 
 
 def _note_read_configs() -> None:
@@ -121,28 +116,25 @@ def _note_read_configs() -> None:
     read every adapter config (of any peft method) within ``read_json``'s bounds."""
     from peft.config import PeftConfigMixin
 
-    original = PeftConfigMixin.from_pretrained.__func__
-    if getattr(original, "routes_gated_vpt", False):
-        return
+    def wrap_from_pretrained(original):
+        def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder=None, **kwargs):
+            config = original(cls, pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+            if _is_gated_vpt(config):
+                config.note_source(pretrained_model_name_or_path, subfolder, config_given=False, **kwargs)
+            return config
 
-    @functools.wraps(original)
-    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder=None, **kwargs):
-        config = original(cls, pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-        if _is_gated_vpt(config):
-            config.note_source(pretrained_model_name_or_path, subfolder, config_given=False, **kwargs)
-        return config
+        return from_pretrained
 
-    original_json = PeftConfigMixin.from_json_file.__func__
+    def wrap_from_json_file(original):
+        def from_json_file(cls, path_json_file: str, **kwargs):
+            # peft's json.load raises RecursionError on deep nesting, and a non-object fails later with a TypeError.
+            read_json(Path(path_json_file), "adapter settings")
+            return original(cls, path_json_file, **kwargs)
 
-    @functools.wraps(original_json)
-    def from_json_file(cls, path_json_file: str, **kwargs):
-        # peft's json.load raises RecursionError on deep nesting, and a non-object fails later with a TypeError.
-        read_json(Path(path_json_file), "adapter settings")
-        return original_json(cls, path_json_file, **kwargs)
+        return from_json_file
 
-    from_pretrained.routes_gated_vpt = True
-    PeftConfigMixin.from_pretrained = classmethod(from_pretrained)
-    PeftConfigMixin.from_json_file = classmethod(from_json_file)
+    _install_once(PeftConfigMixin, "from_pretrained", wrap_from_pretrained)
+    _install_once(PeftConfigMixin, "from_json_file", wrap_from_json_file)
 
 
 def _check_transformers_loads() -> None:
@@ -150,73 +142,79 @@ def _check_transformers_loads() -> None:
     module notes)."""
     from transformers.integrations.peft import PeftAdapterMixin
 
-    original = PeftAdapterMixin.load_adapter
-    if getattr(original, "routes_gated_vpt", False):
-        return
-    signature = inspect.signature(original)
+    def wrap(original):
+        signature = inspect.signature(original)
 
-    @functools.wraps(original)
-    def load_adapter(self, *args, **kwargs):
-        arguments = signature.bind(self, *args, **kwargs).arguments
-        config = arguments.get("peft_config")
-        if _is_gated_vpt(config):
-            if arguments.get("adapter_state_dict") is not None:
-                from .model import check_given_weights
+        def load_adapter(self, *args, **kwargs):
+            arguments = signature.bind(self, *args, **kwargs).arguments
+            config = arguments.get("peft_config")
+            if _is_gated_vpt(config):
+                if arguments.get("adapter_state_dict") is not None:
+                    from .model import check_given_weights
 
-                check_given_weights(copy.deepcopy(config), arguments["adapter_state_dict"], self, "adapter_state_dict")
-            elif arguments.get("peft_model_id"):
-                download = {**(arguments.get("adapter_kwargs") or {}), **arguments.get("kwargs", {})}
-                config.note_source(arguments["peft_model_id"], download.pop("subfolder", None), config_given=True, **download)
-        return original(self, *args, **kwargs)
+                    check_given_weights(copy.deepcopy(config), arguments["adapter_state_dict"], self, "adapter_state_dict")
+                elif arguments.get("peft_model_id"):
+                    download = {**(arguments.get("adapter_kwargs") or {}), **arguments.get("kwargs", {})}
+                    subfolder = download.pop("subfolder", None)
+                    config.note_source(arguments["peft_model_id"], subfolder, config_given=True, **download)
+            return original(self, *args, **kwargs)
 
-    load_adapter.routes_gated_vpt = True
-    PeftAdapterMixin.load_adapter = load_adapter
+        return load_adapter
+
+    _install_once(PeftAdapterMixin, "load_adapter", wrap)
 
 
 def _refuse_pickled_saves() -> None:
     """Refuse ``save_pretrained(..., safe_serialization=False)`` for a model holding a gated_vpt adapter: it would
     write a pickle, which every gated_vpt loader refuses to read (unpickling runs code)."""
-    original = PeftModel.save_pretrained
-    if getattr(original, "routes_gated_vpt", False):
-        return
-    signature = inspect.signature(original)
+    def wrap(original):
+        signature = inspect.signature(original)
 
-    @functools.wraps(original)
-    def save_pretrained(self, *args, **kwargs):
-        arguments = signature.bind(self, *args, **kwargs).arguments
-        if arguments.get("safe_serialization", True) is False and any(map(_is_gated_vpt, self.peft_config.values())):
-            raise ValueError(
-                "gated_vpt adapters are saved as safetensors only: safe_serialization=False would write a pickle "
-                "(adapter_model.bin), which gated_vpt does not load since unpickling runs code. Leave "
-                "safe_serialization at its default, True."
-            )
-        return original(self, *args, **kwargs)
+        def save_pretrained(self, *args, **kwargs):
+            arguments = signature.bind(self, *args, **kwargs).arguments
+            if arguments.get("safe_serialization", True) is False and any(map(_is_gated_vpt, self.peft_config.values())):
+                raise ValueError(
+                    "gated_vpt adapters are saved as safetensors only: safe_serialization=False would write a pickle "
+                    "(adapter_model.bin), which gated_vpt does not load since unpickling runs code. Leave "
+                    "safe_serialization at its default, True."
+                )
+            return original(self, *args, **kwargs)
 
-    save_pretrained.routes_gated_vpt = True
-    PeftModel.save_pretrained = save_pretrained
+        return save_pretrained
+
+    _install_once(PeftModel, "save_pretrained", wrap)
 
 
 def _is_gated_vpt(config: object) -> bool:
     return getattr(config, "peft_type", None) == METHOD_NAME.upper()
 
 
+def _install_once(owner: object, name: str, wrap: Callable[[Callable], Callable]) -> Callable:
+    """Replace ``owner.name`` (a function, method or classmethod of peft or transformers) by ``wrap(original)`` and
+    return the installed wrapper; a second call (importing or reloading gated_vpt again) keeps the first one."""
+    static = inspect.getattr_static(owner, name)
+    original = static.__func__ if isinstance(static, classmethod) else getattr(owner, name)
+    if getattr(original, "routes_gated_vpt", False):
+        return original
+    wrapper = functools.wraps(original)(wrap(original))
+    wrapper.routes_gated_vpt = True
+    setattr(owner, name, classmethod(wrapper) if isinstance(static, classmethod) else wrapper)
+    return wrapper
+
 
 def _wrap_without_deprecation_warning() -> None:
     """Have ``PeftModel.__init__`` wrap a model for a gated_vpt config without transformers' warning about peft's use
     of ``is_gradient_checkpointing`` (see the module notes)."""
-    original = PeftModel.__init__
-    if getattr(original, "routes_gated_vpt", False):
-        return
+    def wrap(original):
+        def __init__(self, model, peft_config, *args, **kwargs):
+            if not _is_gated_vpt(peft_config):
+                return original(self, model, peft_config, *args, **kwargs)
+            with peft_wrapping():
+                return original(self, model, peft_config, *args, **kwargs)
 
-    @functools.wraps(original)
-    def __init__(self, model, peft_config, *args, **kwargs):
-        if not _is_gated_vpt(peft_config):
-            return original(self, model, peft_config, *args, **kwargs)
-        with peft_wrapping():
-            return original(self, model, peft_config, *args, **kwargs)
+        return __init__
 
-    __init__.routes_gated_vpt = True
-    PeftModel.__init__ = __init__
+    _install_once(PeftModel, "__init__", wrap)
 
 
 def _forget(peft_type: PeftType) -> None:
@@ -237,15 +235,12 @@ def _load_saved_modules_by_saved_name() -> None:
     module notes)."""
     from peft import peft_model
 
-    original = peft_model.set_peft_model_state_dict
-    if getattr(original, "routes_gated_vpt", False):
-        return
+    def wrap(original):
+        def set_peft_model_state_dict(model, peft_model_state_dict, adapter_name="default", *args, **kwargs):
+            if _is_gated_vpt(model.peft_config.get(adapter_name)):
+                peft_model_state_dict = saved_module_keys_to_model(model, peft_model_state_dict)
+            return original(model, peft_model_state_dict, adapter_name, *args, **kwargs)
 
-    @functools.wraps(original)
-    def set_peft_model_state_dict(model, peft_model_state_dict, adapter_name="default", *args, **kwargs):
-        if _is_gated_vpt(model.peft_config.get(adapter_name)):
-            peft_model_state_dict = saved_module_keys_to_model(model, peft_model_state_dict)
-        return original(model, peft_model_state_dict, adapter_name, *args, **kwargs)
+        return set_peft_model_state_dict
 
-    set_peft_model_state_dict.routes_gated_vpt = True
-    peft_model.set_peft_model_state_dict = set_peft_model_state_dict
+    _install_once(peft_model, "set_peft_model_state_dict", wrap)
